@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Join THIS machine to an sfp-ray cluster as a node standing for one device class.
+#
+# Usage:
+#   cluster/start-worker.sh HEAD_ADDR DEVICE_CLASS [COUNT] [extra `ray start` flags...]
+#
+#   HEAD_ADDR     host:port of the head's GCS (port 6379 is assumed when left out)
+#   DEVICE_CLASS  a class of sfp_ray/devices.yaml (mcu, rpi4, phone, jetson, laptop, edge_server)
+#                 or of the user catalogue named by SFP_DEVICE_CATALOG
+#   COUNT         how many simulated clients of that class this node may host (default 1)
+#
+# The node advertises the custom resource {"device:<class>": COUNT}; the simulator places a
+# client actor of class X on a node offering device:X (one unit per client) when the cluster
+# has such resources, and anywhere otherwise. By default the node also offers exactly the
+# Ray scheduling tickets those COUNT clients ask for (see sfp_ray/devices.yaml):
+#   --num-cpus = ceil(COUNT * num_cpus)   (at least 1)
+#   --num-gpus = ceil(COUNT * num_gpus)   (0 for CPU-only classes, so no GPU is offered)
+#   --memory   = COUNT * memory_mb MiB    (a scheduling ticket only, may exceed physical RAM:
+#                                          the emulating actor is not the device)
+# These are tickets, not the device's real cores: physical speed is modelled by
+# peak_flops x efficiency in simulated time.
+#
+# Environment (all optional):
+#   SFP_NUM_CPUS / SFP_NUM_GPUS   override the CPU/GPU count ("auto" = let Ray detect)
+#   SFP_NODE_MEMORY_MB            override the memory ticket in MiB ("auto" = let Ray detect)
+#   SFP_DEVICE_CATALOG            extra device catalogue YAML (same as config key devices.catalog)
+#   SFP_PYTHON                    Python with sfp_ray + ray installed (default: <repo>/.venv/bin/python)
+#   SFP_DRY_RUN=1                 print the `ray start` command instead of running it
+#   RAY_AUTH_MODE                 token (default here) | disabled -- must match the head
+#   RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token   the head's token (see README.md)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+die() { echo "start-worker.sh: error: $*" >&2; exit 2; }
+usage() {
+    sed -n '3,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[[ $# -ge 2 ]] || usage
+HEAD_ADDR="$1"
+DEVICE_CLASS="$2"
+COUNT="${3:-1}"
+shift $(( $# >= 3 ? 3 : 2 ))
+
+[[ "$HEAD_ADDR" == *:* ]] || HEAD_ADDR="$HEAD_ADDR:6379"
+[[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || die "COUNT must be a positive whole number of clients, got '$COUNT'"
+
+# --- tools -------------------------------------------------------------------------------
+PYTHON="${SFP_PYTHON:-$REPO_ROOT/.venv/bin/python}"
+if [[ ! -x "$PYTHON" ]]; then
+    PYTHON="$(command -v python3 || true)"
+fi
+[[ -n "$PYTHON" && -x "$PYTHON" ]] || die "no Python found; set SFP_PYTHON to the interpreter that has sfp_ray and ray installed"
+RAY="$(dirname "$PYTHON")/ray"
+if [[ ! -x "$RAY" ]]; then
+    RAY="$(command -v ray || true)"
+fi
+[[ -n "$RAY" ]] || die "the 'ray' command was not found next to $PYTHON nor on PATH"
+
+# --- device class -> tickets ---------------------------------------------------------------
+# Prints: num_cpus num_gpus memory_mib resources_json ; exits non-zero for an unknown class.
+CLASS_INFO="$(
+    cd "$REPO_ROOT" && SFP_CLASS="$DEVICE_CLASS" SFP_COUNT="$COUNT" \
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" - <<'PY'
+import json, math, os, sys
+from sfp_ray.devices import device_resource, load_catalog
+from sfp_ray.errors import ConfigError
+try:
+    catalog = load_catalog(os.environ.get("SFP_DEVICE_CATALOG") or None)
+except ConfigError as exc:
+    sys.exit(f"start-worker.sh: error: {exc}")
+cls, n = os.environ["SFP_CLASS"], int(os.environ["SFP_COUNT"])
+if cls not in catalog:
+    sys.exit(f"start-worker.sh: error: unknown device class {cls!r}; known classes: {', '.join(catalog)}")
+p = catalog[cls]
+eps = 1e-9  # 4 x 0.25 must give 1, not 2
+cpus = max(1, math.ceil(n * p.num_cpus - eps))
+gpus = math.ceil(n * p.num_gpus - eps) if p.num_gpus > 0 else 0
+res = dict(p.resources)
+for k, v in res.items():
+    res[k] = v * n
+res[device_resource(cls)] = n
+print(cpus, gpus, n * p.memory_mb, json.dumps(res, separators=(",", ":")))
+PY
+)" || exit 2
+read -r DEF_CPUS DEF_GPUS DEF_MEM_MB NODE_RESOURCES <<<"$CLASS_INFO"
+[[ -n "${NODE_RESOURCES:-}" ]] || die "could not read device class '$DEVICE_CLASS' from the catalogue"
+
+NUM_CPUS="${SFP_NUM_CPUS:-$DEF_CPUS}"
+NUM_GPUS="${SFP_NUM_GPUS:-$DEF_GPUS}"
+MEM_MB="${SFP_NODE_MEMORY_MB:-$DEF_MEM_MB}"
+
+CMD=("$RAY" start --address="$HEAD_ADDR" --resources="$NODE_RESOURCES" --disable-usage-stats)
+if [[ "$NUM_CPUS" != "auto" ]]; then
+    [[ "$NUM_CPUS" =~ ^[0-9]+$ ]] || die "SFP_NUM_CPUS must be a whole number or 'auto', got '$NUM_CPUS'"
+    CMD+=(--num-cpus="$NUM_CPUS")
+fi
+if [[ "$NUM_GPUS" != "auto" ]]; then
+    [[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "SFP_NUM_GPUS must be a whole number or 'auto', got '$NUM_GPUS'"
+    CMD+=(--num-gpus="$NUM_GPUS")
+fi
+if [[ "$NUM_GPUS" =~ ^[0-9]+$ && "$NUM_GPUS" -gt 0 ]]; then
+    HAVE_GPUS=0
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        HAVE_GPUS="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+    fi
+    if [[ "$HAVE_GPUS" -lt "$NUM_GPUS" ]]; then
+        echo "start-worker.sh: WARNING: offering $NUM_GPUS GPU(s) for $COUNT '$DEVICE_CLASS' client(s)," \
+             "but nvidia-smi sees $HAVE_GPUS here; lower COUNT or set SFP_NUM_GPUS." >&2
+    fi
+fi
+if [[ "$MEM_MB" != "auto" ]]; then
+    [[ "$MEM_MB" =~ ^[0-9]+$ ]] || die "SFP_NODE_MEMORY_MB must be a whole number of MiB or 'auto', got '$MEM_MB'"
+    CMD+=(--memory="$(( MEM_MB * 1024 * 1024 ))")
+fi
+CMD+=("$@")
+
+# --- token authentication ----------------------------------------------------------------
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+if [[ "$RAY_AUTH_MODE" == "token" && -z "${SFP_DRY_RUN:-}" ]]; then
+    if ! "$RAY" get-auth-token >/dev/null 2>&1; then
+        die "token authentication is on (RAY_AUTH_MODE=token) but no token was found on this machine.
+  Copy the head's token file to ~/.ray/auth_token here (chmod 600), or
+  export RAY_AUTH_TOKEN=<output of 'ray get-auth-token' on the head>, or
+  export RAY_AUTH_TOKEN_PATH=/path/to/token.
+  (Set RAY_AUTH_MODE=disabled only if the head was started that way.)"
+    fi
+fi
+
+if [[ -n "${SFP_DRY_RUN:-}" ]]; then
+    echo "RAY_AUTH_MODE=$RAY_AUTH_MODE"
+    printf '%q ' "${CMD[@]}"
+    echo
+    exit 0
+fi
+
+"${CMD[@]}"
+echo
+echo "Node joined $HEAD_ADDR as device class '$DEVICE_CLASS' hosting up to $COUNT client(s): resources $NODE_RESOURCES"
+echo "Check with: ray status --address $HEAD_ADDR"

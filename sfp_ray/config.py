@@ -1,0 +1,495 @@
+"""Typed, frozen experiment configuration.
+
+One :class:`Config` is built once from YAML and ``--set key=value`` overrides
+(DESIGN.md §7); unknown keys and bad values raise :class:`~sfp_ray.errors.ConfigError`
+with a message naming the dotted key and what is allowed. Nothing deeper in the code reads
+nested dicts by string keys.
+
+Example:
+    >>> cfg = load_config(overrides=["federation.rounds=2", "data.name=synthetic"])
+    >>> cfg.federation.rounds, cfg.data.name
+    (2, 'synthetic')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from sfp_ray.errors import ConfigError
+
+Partition = Literal["iid", "dirichlet", "shards"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+BypassPool = Literal["auto", "model", "avg"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which timm ViT to build and from which weights.
+
+    ``checkpoint`` may be a file path, ``"pretrain"`` (the backbone ``sfp-ray pretrain``
+    caches for this model; pre-trained on the fly when missing) or ``None`` (random init
+    unless ``pretrained``).
+    """
+
+    name: str = "vit_tiny_patch16_224"
+    img_size: int = 28
+    patch_size: int = 7
+    in_chans: int = 1
+    depth: int | None = 6
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    global_pool: str | None = None
+    pretrained: bool = False
+    checkpoint: str | None = "pretrain"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Where the ViT is cut: the client keeps ``head_blocks`` first and ``tail_blocks`` last blocks.
+
+    ``bypass_pool`` chooses how the body-bypassed path (EL2N scoring and the local-loss
+    update) pools: ``model`` uses the model's own pooling, ``avg`` averages the patch tokens,
+    ``auto`` picks ``avg`` only for the trap case of a class-token ViT with
+    ``head_blocks = tail_blocks = 0`` (whose class token never meets the image without blocks).
+    """
+
+    head_blocks: int = 1
+    tail_blocks: int = 1
+    bypass_pool: BypassPool = "auto"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Soft prompts (VPT, Jia et al. 2022). ``num_tokens = 0`` disables them."""
+
+    num_tokens: int = 10
+    deep: bool = False
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """EL2N data pruning (Paul et al. 2021). ``keep_ratio = 1.0`` disables pruning."""
+
+    keep_ratio: float = 0.5
+    every_round: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Client optimisation. ``local_update`` switches SFPrompt's local-loss update (phase 1b)."""
+
+    local_epochs: int = 1
+    split_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    local_update: bool = True
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, class subset and partition across clients.
+
+    ``classes`` defaults to the target task of the offline demo (Fashion-MNIST 5-9); the
+    pre-training source task is ``pretrain.classes``.
+    """
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    partition: Partition = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    classes: tuple[int, ...] | None = (5, 6, 7, 8, 9)
+    samples_per_client: int | None = 200
+    test_samples: int | None = 1000
+    min_samples: int = 8
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Cohort and rounds."""
+
+    num_clients: int = 10
+    clients_per_round: int = 5
+    rounds: int = 5
+    eval_every: int = 1
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """Device classes of the emulated clients: ``mix`` maps class name to a fraction."""
+
+    mix: Mapping[str, float] = field(default_factory=lambda: {"rpi4": 0.5, "phone": 0.3, "laptop": 0.2})
+    catalog: str | None = None
+    server: str = "edge_server"
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Settings of ``sfp-ray project`` (paper-scale cost projection on the meta device)."""
+
+    samples_per_client: int = 500
+    img_size: int = 224
+    num_classes: int = 100
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Offline stand-in for ImageNet pre-training: a small ViT on a source task."""
+
+    dataset: str = "fashion-mnist"
+    classes: tuple[int, ...] | None = (0, 1, 2, 3, 4)
+    max_samples: int | None = 12000
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray runtime. ``max_actors`` below the number of clients selects pooled mode."""
+
+    max_actors: int | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    address: str = "local"
+    server_max_concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved experiment configuration."""
+
+    seed: int = 0
+    method: str = "sfprompt"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def replace(self, **changes: Any) -> "Config":
+        """Return a copy with dotted-key changes applied and validated.
+
+        Example:
+            >>> Config().replace(**{"federation.rounds": 3}).federation.rounds
+            3
+        """
+        return build_config(to_dict(self), [f"{k}={_dump_scalar(v)}" for k, v in changes.items()])
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), suitable for YAML."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        elif isinstance(value, Mapping):
+            out[f.name] = dict(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _dump_scalar(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)) or value is None or isinstance(value, bool):
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return str(value)
+
+
+def _allowed(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_allowed(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list of integers"
+    if origin is not None and origin.__name__ == "Mapping" or tp is Mapping:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Coerce a YAML value to the annotated type or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: got {value!r}, allowed: {', '.join(repr(a) for a in args)}")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null", "~") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: got {value!r}, expected {_allowed(tp)}")
+    if origin is tuple:
+        if isinstance(value, (int,)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(f"{key}: got {value!r}, expected a list of integers") from None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of integers")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if origin is not None and getattr(origin, "__name__", "") == "Mapping":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping like {{name: value}}")
+        return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}, expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: got {value!r}, expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}, expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: got {value!r}, expected a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: got {value!r}, expected a string")
+    return value
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}{key}"
+            raise ConfigError(
+                f"{where}: unknown configuration key; known keys here: "
+                + ", ".join(f"{prefix}{n}" for n in sorted(names))
+            )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        value = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{f.name}: expected a section (mapping), got {value!r}")
+            kwargs[f.name] = _from_dict(tp, value, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(f"{prefix}{f.name}", value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = {}
+            node[p] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{p}' is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "mix":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
+    tree: dict[str, Any] = _merge({}, dict(data or {}))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. federation.rounds=3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        _set_dotted(tree, key, raw.strip())
+    cfg = _from_dict(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML file (optional) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config: {p} is not valid YAML: {e}".splitlines()[0]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"--config: {p} must hold a mapping of sections at the top level")
+        data = dict(loaded)
+    return build_config(data, overrides)
+
+
+def dump_config(cfg: Config, extra: Mapping[str, Any] | None = None) -> str:
+    """YAML text of the resolved configuration (plus optional extra top-level entries)."""
+    d = to_dict(cfg)
+    if extra:
+        d.update(extra)
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and cross-field constraints that do not need the model built.
+
+    Constraints that depend on the model (a cut deeper than its blocks) are checked in
+    :func:`sfp_ray.models.split_vit` and by the orchestrator before round 1.
+    """
+    m, s, p, pr, t, d, f, r = (
+        cfg.model, cfg.split, cfg.prompt, cfg.pruning, cfg.train, cfg.data, cfg.federation, cfg.ray
+    )
+    _require(m.img_size > 0, "model.img_size", f"must be a positive integer, got {m.img_size}")
+    _require(m.patch_size > 0, "model.patch_size", f"must be a positive integer, got {m.patch_size}")
+    _require(
+        m.img_size % m.patch_size == 0,
+        "model.patch_size",
+        f"must divide model.img_size ({m.img_size}), got {m.patch_size}",
+    )
+    _require(m.in_chans in (1, 3), "model.in_chans", f"allowed: 1 or 3, got {m.in_chans}")
+    _require(m.depth is None or m.depth > 0, "model.depth", f"must be positive or null, got {m.depth}")
+    _require(s.head_blocks >= 0, "split.head_blocks", f"must be >= 0, got {s.head_blocks}")
+    _require(s.tail_blocks >= 0, "split.tail_blocks", f"must be >= 0, got {s.tail_blocks}")
+    _require(p.num_tokens >= 0, "prompt.num_tokens", f"must be >= 0 (0 disables prompts), got {p.num_tokens}")
+    _require(
+        0.0 < pr.keep_ratio <= 1.0,
+        "pruning.keep_ratio",
+        f"must be in (0, 1] (1.0 disables pruning), got {pr.keep_ratio}",
+    )
+    _require(t.local_epochs >= 0, "train.local_epochs", f"must be >= 0, got {t.local_epochs}")
+    _require(t.split_epochs >= 0, "train.split_epochs", f"must be >= 0, got {t.split_epochs}")
+    _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _require(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
+    _require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _require(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
+    _require(d.shards_per_client >= 1, "data.shards_per_client", f"must be >= 1, got {d.shards_per_client}")
+    _require(
+        d.samples_per_client is None or d.samples_per_client >= 1,
+        "data.samples_per_client",
+        f"must be >= 1 or null (all), got {d.samples_per_client}",
+    )
+    _require(
+        d.test_samples is None or d.test_samples >= 1,
+        "data.test_samples",
+        f"must be >= 1 or null (all), got {d.test_samples}",
+    )
+    _require(d.min_samples >= 1, "data.min_samples", f"must be >= 1, got {d.min_samples}")
+    if d.classes is not None:
+        _require(len(d.classes) >= 2, "data.classes", f"needs at least 2 classes, got {list(d.classes)}")
+        _require(len(set(d.classes)) == len(d.classes), "data.classes", f"has duplicates: {list(d.classes)}")
+        _require(all(c >= 0 for c in d.classes), "data.classes", f"must be >= 0: {list(d.classes)}")
+    _require(f.num_clients >= 1, "federation.num_clients", f"must be >= 1, got {f.num_clients}")
+    _require(
+        1 <= f.clients_per_round <= f.num_clients,
+        "federation.clients_per_round",
+        f"must be in [1, federation.num_clients={f.num_clients}], got {f.clients_per_round}",
+    )
+    _require(f.rounds >= 1, "federation.rounds", f"must be >= 1, got {f.rounds}")
+    _require(f.eval_every >= 1, "federation.eval_every", f"must be >= 1, got {f.eval_every}")
+    if cfg.devices.mix:
+        for name, frac in cfg.devices.mix.items():
+            _require(frac >= 0, f"devices.mix.{name}", f"fraction must be >= 0, got {frac}")
+        _require(sum(cfg.devices.mix.values()) > 0, "devices.mix", "fractions must sum to > 0")
+    else:
+        raise ConfigError("devices.mix: must name at least one device class, e.g. {rpi4: 1.0}")
+    _require(
+        r.max_actors is None or r.max_actors >= 1,
+        "ray.max_actors",
+        f"must be >= 1 or null (one actor per client), got {r.max_actors}",
+    )
+    _require(r.num_cpus is None or r.num_cpus > 0, "ray.num_cpus", f"must be > 0, got {r.num_cpus}")
+    _require(r.num_gpus is None or r.num_gpus >= 0, "ray.num_gpus", f"must be >= 0, got {r.num_gpus}")
+    _require(
+        r.server_max_concurrency >= 1,
+        "ray.server_max_concurrency",
+        f"must be >= 1, got {r.server_max_concurrency}",
+    )
+    pc = cfg.pretrain
+    _require(pc.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {pc.epochs}")
+    _require(pc.lr > 0, "pretrain.lr", f"must be > 0, got {pc.lr}")
+    _require(cfg.project.samples_per_client >= 1, "project.samples_per_client", "must be >= 1")

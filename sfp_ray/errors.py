@@ -1,0 +1,26 @@
+"""Exceptions raised by sfp-ray library code.
+
+Library code raises; only the CLI turns an error into an exit code and a one-line message.
+"""
+
+from __future__ import annotations
+
+
+class SfpRayError(Exception):
+    """Base class of every error sfp-ray raises on purpose."""
+
+
+class ConfigError(SfpRayError, ValueError):
+    """A configuration value is invalid. The message names the key and what is allowed."""
+
+
+class DataError(SfpRayError):
+    """A dataset cannot be found or read. The message says where it looked and what to do."""
+
+
+class ModelError(SfpRayError):
+    """A model or checkpoint cannot be created or loaded."""
+
+
+class ClusterError(SfpRayError):
+    """The Ray cluster cannot host the requested actors, or cannot be reached."""

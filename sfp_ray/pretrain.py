@@ -1,0 +1,132 @@
+"""Offline pre-training: the stand-in for ImageNet weights when nothing can be downloaded.
+
+SFPrompt fine-tunes a *pre-trained* ViT. Without internet there are no timm weights, so
+``sfp-ray pretrain`` trains the configured small ViT on a *source* task (default:
+Fashion-MNIST classes 0-4, ``pretrain.*``) and caches the backbone (classifier dropped);
+federated fine-tuning then runs on the *target* task (``data.classes``, default 5-9).
+With internet, set ``model.pretrained=true`` (timm weights) or ``model.checkpoint=PATH``.
+
+The cache key covers every setting that changes the backbone, so a changed model or source
+task pre-trains anew and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from sfp_ray.config import Config, to_dict
+from sfp_ray.data import load_dataset
+from sfp_ray.errors import ConfigError
+from sfp_ray.models import build_from_config, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$SFP_CACHE_DIR`` or ``./.cache/sfp-ray``."""
+    return Path(os.environ.get("SFP_CACHE_DIR", ".cache/sfp-ray"))
+
+
+def pretrain_key(cfg: Config) -> str:
+    """Hash of the settings that determine the pre-trained backbone."""
+    m = to_dict(cfg.model)
+    m.pop("checkpoint", None)
+    m.pop("pretrained", None)
+    payload = {"model": m, "pretrain": to_dict(cfg.pretrain), "seed": cfg.seed, "root": cfg.data.root, "v": 1}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretrain_path(cfg: Config) -> Path:
+    return cache_dir() / f"pretrain-{cfg.model.name}-{pretrain_key(cfg)}.pt"
+
+
+def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = None) -> str | None:
+    """The checkpoint file ``cfg.model.checkpoint`` stands for, pre-training if needed.
+
+    ``"pretrain"`` -> the cached backbone for this model (pre-trained now when missing);
+    ``None``/``"none"`` -> no checkpoint; anything else must be an existing file.
+    """
+    ck = cfg.model.checkpoint
+    if ck is None or str(ck).lower() in ("none", "null", ""):
+        return None
+    if ck == "pretrain":
+        if cfg.model.pretrained:
+            return None  # timm's pre-trained weights replace the offline stand-in
+        path = pretrain_path(cfg)
+        if not path.is_file():
+            (log_fn or log.warning)(f"no cached pre-trained backbone at {path}: pre-training it now "
+                                    "(sfp-ray pretrain; done once)")
+            pretrain(cfg, out=path)
+        return str(path)
+    p = Path(ck)
+    if not p.is_file():
+        raise ConfigError(f"model.checkpoint: file not found: {p}")
+    return str(p)
+
+
+def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: bool = True) -> dict:
+    """Train the configured ViT on the source task and save the backbone; return a summary."""
+    pc = cfg.pretrain
+    out = Path(out) if out is not None else pretrain_path(cfg)
+    t0 = time.perf_counter()
+    train = load_dataset(pc.dataset, train=True, root=cfg.data.root, classes=pc.classes, img_size=cfg.model.img_size,
+                         in_chans=cfg.model.in_chans, seed=cfg.seed, max_samples=pc.max_samples)
+    test = load_dataset(pc.dataset, train=False, root=cfg.data.root, classes=pc.classes, img_size=cfg.model.img_size,
+                        in_chans=cfg.model.in_chans, seed=cfg.seed, max_samples=2000)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_from_config(cfg, train.num_classes, checkpoint=None)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=0.05)
+        steps_per_epoch = (len(train) + pc.batch_size - 1) // pc.batch_size
+        total = steps_per_epoch * pc.epochs
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.lr, total_steps=total, pct_start=0.1)
+        model.train()
+        step = 0
+        for epoch in range(pc.epochs):
+            order = torch.randperm(len(train), generator=gen)
+            running = 0.0
+            for i in range(0, len(train), pc.batch_size):
+                idx = order[i:i + pc.batch_size]
+                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+                if progress and (step % 20 == 0 or step == total):
+                    print(f"\rpretrain epoch {epoch + 1}/{pc.epochs} step {step}/{total} loss {running:.3f} "
+                          f"({time.perf_counter() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
+        if progress:
+            print(file=sys.stderr)
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(test), 512):
+                correct += int((model(test.images[i:i + 512]).argmax(1) == test.labels[i:i + 512]).sum())
+    acc = correct / max(len(test), 1)
+    meta = {
+        "source_dataset": pc.dataset,
+        "source_classes": list(pc.classes) if pc.classes else None,
+        "source_test_accuracy": acc,
+        "train_samples": len(train),
+        "epochs": pc.epochs,
+        "seconds": time.perf_counter() - t0,
+        "model": to_dict(cfg.model),
+        "key": pretrain_key(cfg),
+    }
+    save_checkpoint(model, out, meta=meta, include_classifier=False)
+    meta["path"] = str(out)
+    log.info("pre-trained backbone: %s (source test accuracy %.3f)", out, acc)
+    return meta
