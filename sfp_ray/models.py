@@ -273,16 +273,13 @@ class ViTHead(nn.Module):
         in_chans = vit.patch_embed.proj.in_channels if hasattr(vit.patch_embed, "proj") else 3
         bound = prompt_init_bound(in_chans, patch, dim)
         if num_prompts > 0:
-            p = torch.empty(1, num_prompts, dim)
-            p.uniform_(-bound, bound, generator=generator)
-            self.prompt = nn.Parameter(p)
+            self.prompt = nn.Parameter(_init_prompt(vit, num_prompts, bound, generator))
             deep_ids = self.block_ids[1:] if deep else []
         else:
             self.register_parameter("prompt", None)
             deep_ids = []
         self.prompt_deep = nn.ParameterDict(
-            {str(i): nn.Parameter(torch.empty(1, num_prompts, dim).uniform_(-bound, bound, generator=generator))
-             for i in deep_ids}
+            {str(i): nn.Parameter(_init_prompt(vit, num_prompts, bound, generator)) for i in deep_ids}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,6 +293,15 @@ class ViTHead(nn.Module):
                 x = _replace_prompts(x, self.prompt_deep[key], n)
             x = self.blocks[key](x)
         return x
+
+
+def _init_prompt(vit: VisionTransformer, num_prompts: int, bound: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """``(1, num_prompts, D)`` uniform in ``[-bound, bound]``, drawn on the CPU (so the values
+    depend only on the seed) and placed on the model's device and dtype (``meta`` included)."""
+    ref = vit.patch_embed.proj.weight if hasattr(vit.patch_embed, "proj") else next(vit.parameters())
+    p = torch.empty(1, num_prompts, vit.embed_dim).uniform_(-bound, bound, generator=generator)
+    return p.to(device=ref.device, dtype=ref.dtype)
 
 
 def _replace_prompts(x: torch.Tensor, prompt: torch.Tensor, n_prefix: int) -> torch.Tensor:
@@ -377,8 +383,7 @@ class ViTTail(nn.Module):
         bound = prompt_init_bound(in_chans, patch, dim)
         deep_ids = self.block_ids if (deep and num_prompts > 0) else []
         self.prompt_deep = nn.ParameterDict(
-            {str(i): nn.Parameter(torch.empty(1, num_prompts, dim).uniform_(-bound, bound, generator=generator))
-             for i in deep_ids}
+            {str(i): nn.Parameter(_init_prompt(vit, num_prompts, bound, generator)) for i in deep_ids}
         )
 
     def _pool(self, x: torch.Tensor, pool: str, n_prefix: int) -> torch.Tensor:
