@@ -142,9 +142,7 @@ def _run_methods(args: argparse.Namespace, methods: list[str]) -> int:
     for m in methods:
         get_method(m)  # validate all names before any work
     out = Path(args.out) if args.out else default_out_dir()
-    sink = ReportSink(out, plots=not args.no_plots)
     err = sys.stderr
-    print(f"sfp-ray: writing the report to {out}", file=err)
     ck_cache: dict[str, str | None] = {}
 
     def resolve(c):
@@ -153,10 +151,12 @@ def _run_methods(args: argparse.Namespace, methods: list[str]) -> int:
             ck_cache[key] = resolve_checkpoint(c, log_fn=lambda s: print(f"sfp-ray: {s}", file=err))
         return ck_cache[key]
 
+    specs = [prepare_run(cfg, m, resolve_checkpoint=resolve) for m in methods]  # validates everything first
+    sink = ReportSink(out, plots=not args.no_plots)
+    print(f"sfp-ray: writing the report to {out}", file=err)
     started = False
     try:
-        for m in methods:
-            spec = prepare_run(cfg, m, resolve_checkpoint=resolve)
+        for m, spec in zip(methods, specs):
             executor, st = _make_executor(args.executor, spec.cfg, args.address)
             started = started or st
             print(f"sfp-ray: {m}: {spec.cfg.federation.num_clients} clients "

@@ -274,6 +274,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # YAML reads `--set k=1` as an int
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key}: got {value!r}, expected true or false")
@@ -314,6 +316,10 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key in data:
         if key not in names:
             where = f"{prefix}{key}"
+            value = data[key]
+            while isinstance(value, Mapping) and len(value) == 1:  # name the whole dotted key
+                (sub, value), = value.items()
+                where += f".{sub}"
             raise ConfigError(
                 f"{where}: unknown configuration key; known keys here: "
                 + ", ".join(f"{prefix}{n}" for n in sorted(names))

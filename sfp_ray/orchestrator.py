@@ -127,8 +127,23 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     except ConfigError:
         raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
                           f"{', '.join(catalog)}") from None
+    validate_model(cfg)
     checkpoint = resolve_checkpoint(cfg) if resolve_checkpoint is not None else _default_checkpoint(cfg)
     return RunSpec(cfg, method, train.num_classes, checkpoint, train, test, parts, devices, server_device)
+
+
+def validate_model(cfg: Config) -> None:
+    """Build the configured model on the meta device and cut it: catches an unknown model
+    or a cut deeper than the model before any data or weights are touched."""
+    import torch
+
+    from sfp_ray.models import build_from_config, split_vit
+
+    m = cfg.model
+    with torch.device("meta"):
+        vit = build_from_config(dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=False)), 2)
+    split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, cfg.prompt.num_tokens, deep=cfg.prompt.deep,
+              bypass_pool=cfg.split.bypass_pool)
 
 
 def _default_checkpoint(cfg: Config) -> str | None:
