@@ -190,7 +190,9 @@ def summarize(costs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
         server = c[(c["part"] == "body") | ((c["client_id"] < 0) & (c["phase"] == "aggregate"))]
         client_rows = c[c["client_id"] >= 0]
         acc = r["test_accuracy"].dropna()
-        prune = on_client[on_client["phase"] == "prune"]["flops"].sum()
+        prune_rows = on_client[on_client["phase"] == "prune"]
+        prune = prune_rows["flops"].sum()
+        prune_events = prune_rows.groupby(["round", "client_id"]).ngroups if len(prune_rows) else 0
         n_rounds = int(r["round"].max()) if len(r) else 0
         rows.append({
             "method": method,
@@ -204,6 +206,11 @@ def summarize(costs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
             "bytes_up_per_client_round": client_rows["bytes_up"].sum() / max(participations, 1.0),
             "bytes_down_per_client_round": client_rows["bytes_down"].sum() / max(participations, 1.0),
             "prune_flops_share": prune / on_client["flops"].sum() if on_client["flops"].sum() else 0.0,
+            # EL2N scoring is charged to the client when it happens; without pruning.every_round
+            # a client prunes once, so its cost spreads over all of that client's participations
+            "prune_events": prune_events,
+            "prune_flops_per_event": prune / prune_events if prune_events else 0.0,
+            "prune_flops_amortised_per_client_round": prune / max(participations, 1.0),
             "wall_s": float(r["wall_s"].sum()),
             "sim_s": float(r["sim_s"].sum()),
             "bytes_total": int(r["bytes_total"].iloc[-1]) if len(r) else 0,
