@@ -297,8 +297,10 @@ class ViTHead(nn.Module):
 
 def _init_prompt(vit: VisionTransformer, num_prompts: int, bound: float,
                  generator: torch.Generator | None) -> torch.Tensor:
-    """``(1, num_prompts, D)`` uniform in ``[-bound, bound]``, drawn on the CPU (so the values
-    depend only on the seed) and placed on the model's device and dtype (``meta`` included)."""
+    """``(1, num_prompts, D)`` uniform in ``[-bound, bound]`` on the model's device and dtype.
+
+    Drawn on the CPU, so the values depend only on the seed; then moved (``meta`` included).
+    """
     ref = vit.patch_embed.proj.weight if hasattr(vit.patch_embed, "proj") else next(vit.parameters())
     p = torch.empty(1, num_prompts, vit.embed_dim).uniform_(-bound, bound, generator=generator)
     return p.to(device=ref.device, dtype=ref.dtype)
