@@ -267,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Idle OpenMP threads that spin-wait for a core slow torch down 20x and more when
+    # anything else runs on the machine (Ray workers, other jobs); sleep instead.
+    # Must be set before torch is imported; export OMP_WAIT_POLICY=ACTIVE to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
     try:
         return COMMANDS[args.command](args)
