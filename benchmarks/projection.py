@@ -11,6 +11,10 @@ Run: ``.venv/bin/python benchmarks/projection.py`` (about a minute on 2 cores).
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see sfp_ray/cli.py
+
 import argparse
 import itertools
 import time
@@ -52,7 +56,8 @@ def main() -> None:
             "client_flops_ratio": s["client_flops"] / f["client_flops"],
             "bytes_ratio": (s["bytes_up"] + s["bytes_down"]) / (f["bytes_up"] + f["bytes_down"]),
             "sfprompt_client_gflops": s["client_flops"] / 1e9, "fl_full_client_gflops": f["client_flops"] / 1e9,
-            "sfprompt_mb": (s["bytes_up"] + s["bytes_down"]) / 1e6, "fl_full_mb": (f["bytes_up"] + f["bytes_down"]) / 1e6,
+            "sfprompt_mb": (s["bytes_up"] + s["bytes_down"]) / 1e6,
+            "fl_full_mb": (f["bytes_up"] + f["bytes_down"]) / 1e6,
         })
     grid_df = pd.DataFrame(rows)
     grid_df.to_csv(out / "projection_grid.csv", index=False)
@@ -66,7 +71,9 @@ def write_markdown(path: Path, tables: dict[str, pd.DataFrame], grid: pd.DataFra
              f"({seconds:.0f} s). Per client per round, 224 px, 100 classes, defaults otherwise "
              "(10 prompts, keep 0.5, 1 local epoch, 1 split epoch, 500 samples per client, cut 1/1).", ""]
     for model, df in tables.items():
-        lines += [f"## {model}", "", "| method | client GFLOP | server GFLOP | MB up | MB down | client FLOPs / fl_full | bytes / fl_full |",
+        lines += [f"## {model}", "",
+                  "| method | client GFLOP | server GFLOP | MB up | MB down | client FLOPs / fl_full "
+                  "| bytes / fl_full |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for _, r in df.iterrows():
             lines.append(f"| {r['method']} | {r['client_flops'] / 1e9:.1f} | {r['server_flops'] / 1e9:.1f} | "
@@ -74,7 +81,8 @@ def write_markdown(path: Path, tables: dict[str, pd.DataFrame], grid: pd.DataFra
                          f"{r['bytes_ratio']:.3f} |")
         lines.append("")
     lines += ["## SFPrompt vs fl_full over settings", "",
-              "| model | cut (head/tail) | keep | samples | SFPrompt local epochs | client FLOPs / fl_full | bytes / fl_full |",
+              "| model | cut (head/tail) | keep | samples | SFPrompt local epochs | client FLOPs / fl_full "
+              "| bytes / fl_full |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for _, r in grid.iterrows():
         lines.append(f"| {r['model']} | {r['head_blocks']}/{r['tail_blocks']} | {r['keep_ratio']} | "

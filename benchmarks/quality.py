@@ -11,6 +11,10 @@ Run: ``.venv/bin/python benchmarks/quality.py [--set KEY=VALUE ...]``.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see sfp_ray/cli.py
+
 import argparse
 import sys
 import time

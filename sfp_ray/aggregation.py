@@ -8,7 +8,7 @@ that the completion order of a parallel round never changes a float sum.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

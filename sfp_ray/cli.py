@@ -21,8 +21,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from sfp_ray.errors import ClusterError, ConfigError, DataError, ModelError, SfpRayError
 
@@ -206,7 +206,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from sfp_ray.projection import project, format_projection
+    from sfp_ray.projection import format_projection, project
 
     cfg = _load(args)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None

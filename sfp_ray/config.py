@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -184,7 +185,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Return a copy with dotted-key changes applied and validated.
 
         Example:

@@ -24,8 +24,9 @@ import pickle
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch

@@ -288,7 +288,10 @@ def load_dataset(
         raise ConfigError(f"model.in_chans: must be 1 or 3, got {in_chans!r}")
     if img_size is not None and (isinstance(img_size, bool) or int(img_size) != img_size or img_size < 1):
         raise ConfigError(f"model.img_size: must be a positive integer, got {img_size!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) != max_samples or max_samples < 1):
+    bad_max = max_samples is not None and (
+        isinstance(max_samples, bool) or int(max_samples) != max_samples or max_samples < 1
+    )
+    if bad_max:
         raise ConfigError(f"data.max_samples: must be a positive integer, got {max_samples!r}")
 
     ds = _REGISTRY[key](root, bool(train), int(seed))

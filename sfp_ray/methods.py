@@ -18,8 +18,9 @@ fl_linear          FedAvg of the classifier only (linear probing)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from sfp_ray.config import Config
 from sfp_ray.errors import ConfigError

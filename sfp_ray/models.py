@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,8 +62,13 @@ def create_model(
     Args:
         name: a timm model name, e.g. ``vit_base_patch16_224``.
         num_classes: classifier width.
-        img_size, patch_size, in_chans, depth, embed_dim, num_heads, global_pool: timm
-            constructor overrides; ``None`` keeps the model's default.
+        img_size: input size override (``None`` keeps the model's default, as below).
+        patch_size: patch size override.
+        in_chans: input channels override.
+        depth: number of blocks override.
+        embed_dim: token width override.
+        num_heads: attention heads override.
+        global_pool: pooling override (``token``, ``avg``, ...).
         pretrained: load timm's pre-trained weights (Hugging Face hub or its local cache;
             timm resamples position/patch embeddings and re-initialises a classifier of a
             different width).
@@ -194,7 +200,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, meta: Mapping[
 # --------------------------------------------------------------------------- seams
 
 
-def vit_embed(model: VisionTransformer | "Embeddings", x: torch.Tensor) -> torch.Tensor:
+def vit_embed(model: VisionTransformer | Embeddings, x: torch.Tensor) -> torch.Tensor:
     """Patch embedding, prefix tokens, position embedding, dropout and pre-norm.
 
     This re-implements timm's private ``VisionTransformer._pos_embed`` for a fixed image
@@ -319,7 +325,7 @@ class ViTBody(nn.Module):
     the network.
     """
 
-    def __init__(self, vit: VisionTransformer, first: int, last: int, selector: "TokenSelector") -> None:
+    def __init__(self, vit: VisionTransformer, first: int, last: int, selector: TokenSelector) -> None:
         super().__init__()
         self.block_ids = list(range(first, last))
         self.blocks = nn.ModuleDict({str(i): vit.blocks[i] for i in self.block_ids})

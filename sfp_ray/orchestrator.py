@@ -12,9 +12,10 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -134,7 +135,8 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
 
 def validate_model(cfg: Config) -> None:
     """Build the configured model on the meta device and cut it: catches an unknown model
-    or a cut deeper than the model before any data or weights are touched."""
+    or a cut deeper than the model before any data or weights are touched.
+    """
     import torch
 
     from sfp_ray.models import build_from_config, split_vit

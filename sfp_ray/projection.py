@@ -16,7 +16,7 @@ expected participations ``rounds * clients_per_round / num_clients`` (at least 1
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import timm

@@ -32,7 +32,7 @@ def test_vit_base_forward_backward_is_105_15_gflops(vit_base_meta):
 
 
 def test_fused_attention_is_counted_on_cpu():
-    """timm's fused SDPA path must be counted (the MATH backend is forced while counting)."""
+    """Timm's fused SDPA path must be counted (the MATH backend is forced while counting)."""
     m = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1)
     m.blocks[0].attn.fused_attn = True
     x = torch.randn(1, 3, 32, 32)
@@ -44,12 +44,13 @@ def test_fused_attention_is_counted_on_cpu():
 
 def test_frozen_backbone_prompt_step_costs_what_it_executes():
     """A prompt step with a frozen backbone is neither 1x nor 3x the forward: weight gradients
-    of frozen layers are not computed, input gradients are."""
+    of frozen layers are not computed, input gradients are.
+    """
     torch.manual_seed(0)
     m = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=8, in_chans=3, depth=3)
     s = split_vit(m, 3, 0, num_prompts=4)  # the whole model on the client, prompts at the input
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    for n, p in s.named_parameters():
+    for p in s.parameters():
         p.requires_grad_(True)
     _, fwd = count_flops(lambda: s(x))
     _, full = count_flops(lambda: F.cross_entropy(s(x), y).backward())

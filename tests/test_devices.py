@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_ray_options_extras():
 
 def test_profile_is_frozen_hashable_picklable():
     p = DeviceProfile(name="x", **_entry(resources={"a": 1.0}))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.num_cpus = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         p.resources["b"] = 2.0  # type: ignore[index]

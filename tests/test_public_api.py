@@ -21,7 +21,8 @@ def test_public_names_are_pinned_and_resolve():
 
 def test_import_is_light():
     """``import sfp_ray`` (and the CLI module) must not import torch: the CLI sets thread
-    policies before torch starts."""
+    policies before torch starts.
+    """
     code = "import sys, sfp_ray, sfp_ray.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

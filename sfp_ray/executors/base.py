@@ -8,8 +8,9 @@ runs the same roles inside Ray actors. A test checks that they agree.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,10 +95,10 @@ class Executor(abc.ABC):
         """Requested vs enforced vs observed resources per actor (empty for in-process)."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook, nothing to release by default)
         """Release actors / memory."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -8,7 +8,7 @@ indices - needs to live between rounds); the server role shares that workspace's
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -21,8 +21,9 @@ Every compute step goes through the :class:`~sfp_ray.costs.Ledger`, which counts
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -333,7 +334,9 @@ def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
 
 
-def evaluate(ws: Workspace, data: ArrayDataset, batch_size: int, meter: Any = None) -> tuple[float, float, float, float]:
+def evaluate(
+    ws: Workspace, data: ArrayDataset, batch_size: int, meter: Any = None
+) -> tuple[float, float, float, float]:
     """Accuracy, mean loss, FLOPs and wall seconds of the full model on ``data``."""
     split = ws.split
     t0 = time.perf_counter()

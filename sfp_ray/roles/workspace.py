@@ -9,7 +9,7 @@ weights. Trainable state travels as name -> tensor mappings whose names are thos
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
