@@ -93,6 +93,8 @@ def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: boo
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.lr, total_steps=total, pct_start=0.1)
         model.train()
         step = 0
+        tty = sys.stderr.isatty()  # a live line on a terminal, one line per 100 steps in logs
+        lead = "\r" if tty else ""
         for epoch in range(pc.epochs):
             order = torch.randperm(len(train), generator=gen)
             running = 0.0
@@ -105,10 +107,11 @@ def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: boo
                 sched.step()
                 step += 1
                 running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-                if progress and (step % 20 == 0 or step == total):
-                    print(f"\rpretrain epoch {epoch + 1}/{pc.epochs} step {step}/{total} loss {running:.3f} "
-                          f"({time.perf_counter() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
-        if progress:
+                if progress and (step % (20 if tty else 100) == 0 or step == total):
+                    print(f"{lead}pretrain epoch {epoch + 1}/{pc.epochs} step {step}/{total} "
+                          f"loss {running:.3f} ({time.perf_counter() - t0:.0f}s)", end="" if tty else "\n",
+                          file=sys.stderr, flush=True)
+        if progress and tty:
             print(file=sys.stderr)
         model.eval()
         correct = 0
