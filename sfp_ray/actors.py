@@ -39,7 +39,8 @@ import resource
 import threading
 import time
 import warnings
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -110,7 +111,7 @@ def enforce_limits(device: Any) -> dict[str, Any]:
         "requested_memory_mb": int(device.memory_mb),
         "assigned_num_cpus": float(assigned.get("CPU", 0.0)),
         "assigned_num_gpus": float(assigned.get("GPU", 0.0)),
-        "assigned_gpu_ids": _fmt_cpus(int(i) for i in ray.get_gpu_ids()) if ctx is not None else "",
+        "assigned_gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()) if ctx is not None else "",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
     threads = max(1, math.floor(device.num_cpus))
@@ -382,7 +383,7 @@ class ServerActor:
 class AggregatorActor:
     """Sample-count-weighted FedAvg of client states that arrive as object refs.
 
-    Pass the client states' ``ObjectRef``\\ s as *top-level* arguments
+    Pass the client states' object refs as *top-level* arguments
     (``aggregate.remote(weights, ids, *refs)``): Ray then resolves them here, zero-copy from
     the object store, and they never pass through the driver.
     """
@@ -400,5 +401,6 @@ class AggregatorActor:
         info = {"flops": aggregation_flops(states), "wall_s": wall, "payload_bytes": state_bytes(new)[0]}
         return to_numpy_state(new), info
 
-    def ping(self) -> bool:
-        return True
+    def ready(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"role": "aggregator", "node_id": ctx.get_node_id(), "pid": os.getpid()}

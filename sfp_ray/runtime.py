@@ -25,8 +25,9 @@ import logging
 import os
 import socket
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from sfp_ray.config import RayConfig
 from sfp_ray.errors import ClusterError
@@ -136,7 +137,7 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
     try:
         ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=True)
     except ConnectionError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise ClusterError(
             f"cannot join Ray at address {addr!r}: {first}; start a cluster with `ray start --head` "
             "(cluster/start-head.sh) or use --address local; see cluster/README.md"
@@ -182,22 +183,18 @@ def _demand(opts: Mapping[str, Any]) -> dict[str, int]:
 class _Node:
     """Remaining capacity of a node while packing (GPUs kept per instance)."""
 
-    index: int
-    total: dict[str, int]
     free: dict[str, int]
-    gpus: list[int] = field(default_factory=list)
+    gpus: list[int] = field(default_factory=list)  # free share of each GPU instance
 
     @classmethod
-    def of(cls, index: int, resources: Mapping[str, float]) -> "_Node":
-        total: dict[str, int] = {}
+    def of(cls, resources: Mapping[str, float]) -> _Node:
+        free: dict[str, int] = {}
         for k, v in resources.items():
             if k in _IGNORED or k.startswith("node:"):
                 continue
-            total[k] = int(v) if k == "memory" else _q(v)
-        n_gpu = total.pop("GPU", 0)
-        whole, rest = divmod(n_gpu, _SCALE)
-        gpus = [_SCALE] * whole + ([rest] if rest else [])
-        return cls(index, dict(total, GPU=n_gpu), dict(total), gpus)
+            free[k] = int(v) if k == "memory" else _q(v)
+        whole, rest = divmod(free.pop("GPU", 0), _SCALE)
+        return cls(free, [_SCALE] * whole + ([rest] if rest else []))
 
     def _gpu_slots(self, need: int) -> list[int] | None:
         """GPU instances that would serve ``need`` (fixed-point), or None."""
@@ -268,14 +265,15 @@ def _describe(label: str, n: int = 1) -> tuple[str, str | None]:
     return f"actor{plural} of device class {label!r}", label
 
 
-def _fix_hint(res: str) -> str:
+def _fix_hint(res: str, label: str = "") -> str:
+    key = "devices.server" if label.startswith("server:") else "devices.mix"
     if res == "GPU":
-        return "set ray.num_gpus=1 for logical GPUs on a GPU-less machine, or change devices.mix"
+        return f"set ray.num_gpus=1 for logical GPUs on a GPU-less machine, or change {key}"
     if res == "CPU":
         return "set ray.num_cpus (logical CPUs may exceed physical cores) or add nodes"
     if res.startswith("device:"):
-        return f"start a node that offers {res} (cluster/start-worker.sh) or change devices.mix"
-    return "add a node that offers it, or change devices.mix / devices.catalog"
+        return f"start a node that offers {res} (cluster/start-worker.sh) or change {key}"
+    return f"add a node that offers it, or change {key} / devices.catalog"
 
 
 def check_fit(
@@ -313,7 +311,7 @@ def check_fit(
 
     # 1. each shape on its own must fit some node
     for label, d in demands:
-        if any(_Node.of(i, n).fits(d) for i, n in enumerate(nodes)):
+        if any(_Node.of(n).fits(d) for n in nodes):
             continue
         what, cls = _describe(label)
         who = f"device class {cls!r}" if cls else what
@@ -327,16 +325,16 @@ def check_fit(
             if total <= 0:
                 have = "0 GPUs" if res == "GPU" else ("0 CPUs" if res == "CPU" else f"no {res!r} resource")
                 raise ClusterError(f"{who} needs {_res_name(res)}={_fmt_amount(res, need)} but the cluster has "
-                                   f"{have} ({_fix_hint(res)})")
+                                   f"{have} ({_fix_hint(res, label)})")
             if not enough:
                 raise ClusterError(f"{who} needs {_res_name(res)}={_fmt_amount(res, need)} but the largest node "
                                    f"offers {_fmt_amount(res, int(best) if res == 'memory' else _q(best))} "
-                                   f"({_fix_hint(res)})")
+                                   f"({_fix_hint(res, label)})")
         raise ClusterError(f"{who} needs {_fmt_opts(d)} but no single node offers all of it at once "
                            f"(nodes: {[_fmt_node(n) for n in nodes]})")
 
     # 2. the whole set must pack at once (first-fit decreasing)
-    packers = [_Node.of(i, n) for i, n in enumerate(nodes)]
+    packers = [_Node.of(n) for n in nodes]
     order = sorted(range(len(demands)),
                    key=lambda i: (demands[i][1].get("GPU", 0), demands[i][1].get("CPU", 0),
                                   sum(v for k, v in demands[i][1].items() if k not in ("GPU", "CPU"))),
@@ -368,8 +366,8 @@ def check_fit(
     if others:
         parts = [f"{n} x {lb} ({_unit(res, dict(demands)[lb][res])})" for lb, n in others.items()]
         together = " together with " + ", ".join(parts)
-    hint = ("set ray.max_actors to use pooled mode" if label.startswith("client:") or ":" not in label
-            else _fix_hint(res))
+    is_client = label.startswith("client:") or (":" not in label and label != "aggregator")
+    hint = "set ray.max_actors to use pooled mode" if is_client else _fix_hint(res, label)
     raise ClusterError(
         f"cannot place {requested[label]} {what} ({_unit(res, d[res])} each){together}: the cluster has "
         f"{_unit(res, supply_u)}; {placed[label]} fit ({hint})"

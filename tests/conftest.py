@@ -1,23 +1,66 @@
 """Shared pytest set-up for the sfp-ray test suite.
 
-Module-level settings apply before any test module imports timm or torch work starts:
+Module-level settings, applied before any test module imports torch or timm:
 
 * ``HF_HUB_OFFLINE=1``: timm's hub look-ups fail fast instead of stalling ~47 s without
   internet (DESIGN.md §5);
-* two torch threads: the suite is sized for a 2-core CI machine.
+* ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. On a machine
+  busy with other processes, spinning threads fight for the cores and the tiny models of
+  these tests run 20-50x slower with 2 threads than with 1; passive waiting removes that;
+* two torch threads (``SFP_TEST_THREADS`` overrides): the suite is sized for a 2-core CI
+  machine.
 
 Fixtures shared by several test files live below.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the first torch import
 
 import torch  # noqa: E402  (after the environment is set)
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("SFP_TEST_THREADS", "2")))
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private Ray instance for the whole session (DESIGN.md §6): 4 logical CPUs, 1 logical GPU.
+
+    Logical CPUs may exceed the physical cores (they are scheduling tickets); the logical GPU
+    lets fractional-GPU actors (``jetson`` clients, the ``edge_server`` server) schedule on a
+    GPU-less machine. Ray workers build timm models with ``TIMM_FUSED_ATTN=0``: FLOP counting
+    runs counted calls under the MATH attention backend, so with timm's fused kernel the
+    numerics depend on which calls each process's FLOP meter counts, and an executor with one
+    meter per actor could not match the serial one bit for bit. Tests comparing executors turn
+    fused attention off in this process too (``fused_attn_off`` in tests/test_ray.py).
+
+    Reuses a Ray instance already initialised in this process (and then leaves it running);
+    never calls ``ray stop``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=1,
+        include_dashboard=False,
+        object_store_memory=512 * 2**20,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"TIMM_FUSED_ATTN": "0", "HF_HUB_OFFLINE": "1"}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

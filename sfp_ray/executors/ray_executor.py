@@ -39,7 +39,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,10 @@ class RayExecutor(Executor):
         self.client_actors: list[Any] = []
         self.slot_classes: list[str] | None = None  # pooled mode: device class of each slot
         self.last_routing: dict[int, int] = {}
-        self._labels: list[str] = []
+        self._actor_labels: list[str] = []  # plan labels: server, aggregator, then clients/slots
+        self._train_images: Any = None  # object refs of the training arrays
+        self._train_labels: Any = None
+        self._init: dict[str, np.ndarray] = {}
         self._global: tuple[Mapping[str, torch.Tensor], Any] | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -157,7 +161,10 @@ class RayExecutor(Executor):
         return device.ray_options(include_memory=False, device_resource_amount=amount)
 
     def plan(self, spec: RunSpec, cluster: Mapping[str, float]) -> list[tuple[str, dict[str, Any], Any]]:
-        """``(label, ray options, device)`` of every actor a run creates: server, aggregator, clients."""
+        """``(label, ray options, device)`` of every actor a run creates: server, aggregator, clients.
+
+        Also decides the mode: sets :attr:`slot_classes` in pooled mode, None otherwise.
+        """
         cfg = spec.cfg
         server_opts = spec.server_device.ray_options(
             include_memory=False,
@@ -196,32 +203,38 @@ class RayExecutor(Executor):
 
         self.spec = spec
         train, test = spec.train, spec.test
-        self._images = ray.put(train.images.numpy())
-        self._labels_ref = ray.put(train.labels.numpy())
+        self._train_images = ray.put(train.images.numpy())
+        self._train_labels = ray.put(train.labels.numpy())
         meta = (train.num_classes, train.name, tuple(train.class_names))
         test_meta = (test.num_classes, test.name, tuple(test.class_names))
 
-        (slabel, sopts, sdev), (alabel, aopts, _) = plan[0], plan[1]
-        self.server = ServerActor.options(**sopts, max_concurrency=cfg.ray.server_max_concurrency).remote(
-            cfg, spec.num_classes, spec.checkpoint, sdev, ray.put(test.images.numpy()),
-            ray.put(test.labels.numpy()), test_meta)
-        self.aggregator = AggregatorActor.options(**aopts).remote()
-        link_server = self.server if spec.method.uses_server else None
-        self.client_actors = []
-        for i, (_label, opts, dev) in enumerate(plan[2:]):
-            self.client_actors.append(ClientActor.options(**opts).remote(
-                cfg, spec.method, spec.num_classes, spec.checkpoint, meta, dev, link_server,
-                i if self.pooled else None))
-        self._labels = [label for label, _, _ in plan]
+        (_, sopts, sdev), (_, aopts, _) = plan[0], plan[1]
+        self._actor_labels = [label for label, _, _ in plan]
+        try:
+            self.server = ServerActor.options(**sopts, max_concurrency=cfg.ray.server_max_concurrency).remote(
+                cfg, spec.num_classes, spec.checkpoint, sdev, ray.put(test.images.numpy()),
+                ray.put(test.labels.numpy()), test_meta)
+            self.aggregator = AggregatorActor.options(**aopts).remote()
+            link_server = self.server if spec.method.uses_server else None
+            self.client_actors = []
+            for i, (_, opts, dev) in enumerate(plan[2:]):
+                self.client_actors.append(ClientActor.options(**opts).remote(
+                    cfg, spec.method, spec.num_classes, spec.checkpoint, meta, dev, link_server,
+                    i if self.pooled else None))
+        except BaseException:
+            self.close()
+            raise
         self._wait_ready([self.server, self.aggregator] + self.client_actors)
+        # the method's trainable state as built, before any round changed an actor's copy
+        self._init = ray.get(self.client_actors[0].initial_state.remote())
 
     def _wait_ready(self, actors: list[Any]) -> None:
         import ray
 
-        refs = [a.ready.remote() if i != 1 else a.ping.remote() for i, a in enumerate(actors)]
+        refs = [a.ready.remote() for a in actors]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout_s)
         if pending:
-            waiting = Counter(self._labels[refs.index(r)] for r in pending)
+            waiting = Counter(self._actor_labels[refs.index(r)] for r in pending)
             self.close()
             raise ClusterError(
                 f"{len(pending)} of {len(refs)} actors were not placed/built within {self.ready_timeout_s:g} s "
@@ -246,11 +259,8 @@ class RayExecutor(Executor):
         return ref
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        import ray
-
         assert self.spec is not None, "start() first"
-        state = to_torch_state(ray.get(self.client_actors[0].initial_state.remote()))
-        return state
+        return to_torch_state(self._init)
 
     # ------------------------------------------------------------------ rounds
 
@@ -272,12 +282,12 @@ class RayExecutor(Executor):
             actor = self.client_actors[self.last_routing[s.client_id]]
             st, mt = actor.run.remote(s.round, s.client_id, s.seed, s.client_state, spec.devices[s.client_id],
                                       spec.server_device, np.asarray(spec.client_indices[s.client_id]), gref,
-                                      self._images, self._labels_ref)
+                                      self._train_images, self._train_labels)
             state_refs.append(st)
             meta_refs.append(mt)
         metas: list[ClientOutput] = ray.get(meta_refs)
         outputs = []
-        for st, m in zip(state_refs, metas):
+        for st, m in zip(state_refs, metas, strict=True):
             res = dict(m.resources, executor="ray", pooled=self.pooled)
             outputs.append(dataclasses.replace(m, state=st, resources=res))
         return sorted(outputs, key=lambda o: o.client_id)
@@ -313,8 +323,8 @@ class RayExecutor(Executor):
 
         actors = ([self.server] if self.server is not None else []) + self.client_actors
         rows = ray.get([a.resources.remote() for a in actors])
-        labels = [self._labels[0]] + self._labels[2:] if self.server is not None else self._labels[2:]
-        return [dict(r, label=lb, executor="ray", pooled=self.pooled) for r, lb in zip(rows, labels)]
+        labels = [self._actor_labels[0]] + self._actor_labels[2:] if self.server is not None else self._actor_labels[2:]
+        return [dict(r, label=lb, executor="ray", pooled=self.pooled) for r, lb in zip(rows, labels, strict=True)]
 
     @property
     def num_client_actors(self) -> int:
@@ -335,4 +345,4 @@ class RayExecutor(Executor):
                     log.debug("ray.kill failed: %s", e)
         self.server, self.aggregator, self.client_actors = None, None, []
         self._global = None
-        self._images = self._labels_ref = None
+        self._train_images = self._train_labels = None

@@ -1,0 +1,370 @@
+"""The Ray runtime: executor agreement with the serial reference, pooled mode, fit checks.
+
+All tests share one private Ray instance (``ray_session`` in conftest.py: 4 logical CPUs,
+1 logical GPU) and keep torch actors few: every actor imports torch and timm (~5 s of CPU
+each on a 2-core machine). Runs compare with the serial executor at one torch thread
+(what the actors enforce for sub-core tickets) and without timm's fused attention
+(see ``ray_session``), where the two executors agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sfp_ray.config import RayConfig, load_config
+from sfp_ray.errors import ClusterError, ConfigError
+from sfp_ray.executors.ray_executor import RayExecutor, plan_slots, route
+from sfp_ray.executors.serial import SerialExecutor
+from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run, sample_cohort
+from sfp_ray.runtime import check_fit, parse_address, start_ray
+
+TINY = [
+    "data.name=synthetic",
+    "data.classes=null",
+    "model.checkpoint=none",
+    "model.img_size=16",
+    "model.patch_size=4",
+    "model.depth=4",
+    "prompt.num_tokens=2",
+    "data.test_samples=64",
+]
+
+JETSON = {"num_cpus": 0.25, "num_gpus": 0.25}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def fused_attn_off() -> Iterator[None]:
+    """Build timm models in this process without the fused attention kernel (like the Ray workers)."""
+    from timm.layers import set_fused_attn, use_fused_attn
+
+    on, experimental = use_fused_attn(), use_fused_attn(experimental=True)
+    set_fused_attn(False)
+    try:
+        yield
+    finally:
+        set_fused_attn(on or experimental, experimental=experimental)
+
+
+class Capture:
+    """A sink keeping the resource rows and round records."""
+
+    def __init__(self) -> None:
+        self.resources: list[dict[str, Any]] = []
+        self.rounds: list[Any] = []
+
+    def start_run(self, meta: Any) -> None: ...
+
+    def add_costs(self, meta: Any, records: Sequence[Any]) -> None: ...
+
+    def add_messages(self, meta: Any, records: Sequence[Any]) -> None: ...
+
+    def add_round(self, meta: Any, record: Any) -> None:
+        self.rounds.append(record)
+
+    def add_resources(self, meta: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.resources.extend(dict(r) for r in rows)
+
+    def end_run(self, meta: Any, final_state: Any) -> None: ...
+
+
+class RecordingRayExecutor(RayExecutor):
+    """A RayExecutor that remembers, per round, the routing and the client states in and out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict[int, dict]] = []
+        self.returned: list[dict[int, dict]] = []
+        self.routing: list[dict[int, int]] = []
+
+    def run_clients(self, specs, global_state):  # type: ignore[override]
+        outs = super().run_clients(specs, global_state)
+        self.sent.append({s.client_id: dict(s.client_state) for s in specs})
+        self.returned.append({o.client_id: dict(o.client_state) for o in outs})
+        self.routing.append(dict(self.last_routing))
+        return outs
+
+
+def run_serial(spec) -> RunResult:
+    old = torch.get_num_threads()
+    try:
+        with fused_attn_off():
+            return Orchestrator(spec, SerialExecutor(num_threads=1)).run()
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_ray(spec, executor: RayExecutor | None = None, sink: Capture | None = None) -> tuple[RunResult, RayExecutor]:
+    ex = executor or RayExecutor()
+    try:
+        with fused_attn_off():
+            res = Orchestrator(spec, ex, sinks=[sink] if sink else []).run()
+        ex.report_rows = ex.resource_report()  # type: ignore[attr-defined]
+        ex.actor_count = ex.num_client_actors  # type: ignore[attr-defined]
+    finally:
+        ex.close()
+    return res, ex
+
+
+def max_state_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def assert_same_run(serial: RunResult, ray_res: RunResult, tol: float = 1e-5) -> None:
+    diff = max_state_diff(serial.final_state, ray_res.final_state)
+    assert diff <= tol, (f"final states differ by {diff:.3g}; train losses serial "
+                         f"{[r.train_loss for r in serial.rounds]} vs ray {[r.train_loss for r in ray_res.rounds]}")
+    for rs, rr in zip(serial.rounds, ray_res.rounds, strict=True):
+        assert rr.test_accuracy == pytest.approx(rs.test_accuracy, abs=1e-9)
+        assert rr.test_loss == pytest.approx(rs.test_loss, rel=1e-5)
+        assert rr.bytes_round == rs.bytes_round
+        assert rr.client_flops_round == rs.client_flops_round
+        assert rr.server_flops_round == rs.server_flops_round
+        assert rr.sim_s == pytest.approx(rs.sim_s, rel=1e-9)
+    assert ray_res.meta.executor == "ray"
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_plan_slots_proportional_with_one_per_class():
+    assert plan_slots(["a"] * 30 + ["b"] * 10, 4) == ["a", "a", "a", "b"]
+    assert plan_slots(["a"] * 20 + ["b"] * 20, 4) == ["a", "a", "b", "b"]
+    # a rare class still gets its slot; never more slots than clients of a class
+    assert plan_slots(["a"] * 38 + ["b"], 4) == ["a", "a", "a", "b"]
+    assert plan_slots(["a", "a", "b"], 10) == ["a", "a", "b"]
+    with pytest.raises(ConfigError, match="ray.max_actors"):
+        plan_slots(["a", "b", "c"], 2)
+
+
+def test_route_deals_clients_round_robin_within_their_class():
+    slots = ["a", "a", "b"]
+    r = route([(5, "a"), (1, "a"), (9, "a"), (2, "b"), (4, "b")], slots)
+    assert r == {1: 0, 5: 1, 9: 0, 2: 2, 4: 2}
+    assert all(slots[s] == c for (cid, c) in [(5, "a"), (1, "a"), (9, "a"), (2, "b"), (4, "b")] for s in [r[cid]])
+    with pytest.raises(ValueError, match="no slot of device class 'c'"):
+        route([(0, "c")], slots)
+
+
+def test_check_fit_names_the_class_when_the_cluster_has_no_gpu():
+    with pytest.raises(ClusterError) as e:
+        check_fit([("client:rpi4", {"num_cpus": 0.25}), ("client:jetson", JETSON)], {"CPU": 8.0})
+    msg = str(e.value)
+    assert "device class 'jetson' needs num_gpus=0.25 but the cluster has 0 GPUs" in msg
+    assert "ray.num_gpus=1" in msg
+    with pytest.raises(ClusterError, match="device class 'edge_server' needs num_gpus=0.5.*change devices.server"):
+        check_fit([("server:edge_server", {"num_cpus": 1, "num_gpus": 0.5})], {"CPU": 2})
+
+
+def test_check_fit_packs_fractional_gpus_per_gpu_and_cpus_per_node():
+    # 0.5 + 0.25 + 0.25 fill one GPU; 0.75 + 0.5 do not fit one, but fit two
+    check_fit([("server:edge_server", {"num_cpus": 1, "num_gpus": 0.5})] + [("client:jetson", JETSON)] * 2,
+              {"CPU": 2, "GPU": 1})
+    with pytest.raises(ClusterError, match="cannot place 2 client actors of class 'jetson'"):
+        check_fit([("client:jetson", {"num_cpus": 0, "num_gpus": 0.75})] * 2, {"CPU": 1, "GPU": 1.5})
+    check_fit([("client:jetson", {"num_cpus": 0, "num_gpus": 0.75})] * 2, {"CPU": 1, "GPU": 2})
+    # the sum of fractional CPUs per node counts, and a shape must fit a single node
+    nodes = [{"CPU": 1.0}, {"CPU": 1.0}]
+    check_fit([("client:laptop", {"num_cpus": 0.5})] * 4, nodes=nodes)
+    with pytest.raises(ClusterError, match=r"cannot place 5 client actors of class 'laptop' \(0.5 CPU each\)"):
+        check_fit([("client:laptop", {"num_cpus": 0.5})] * 5, nodes=nodes)
+    with pytest.raises(ClusterError, match="device class 'big' needs num_cpus=1.5 but the largest node offers 1"):
+        check_fit([("client:big", {"num_cpus": 1.5})], nodes=nodes)
+    # custom device resources are per node
+    nodes = [{"CPU": 4, "device:rpi4": 2}, {"CPU": 4}]
+    check_fit([("client:rpi4", {"num_cpus": 0.25, "resources": {"device:rpi4": 1}})] * 2, nodes=nodes)
+    with pytest.raises(ClusterError, match="cannot place 3 client actors of class 'rpi4'.*2 fit"):
+        check_fit([("client:rpi4", {"num_cpus": 0.25, "resources": {"device:rpi4": 1}})] * 3, nodes=nodes)
+    with pytest.raises(ClusterError, match="device:phone"):
+        check_fit([("client:phone", {"num_cpus": 0.25, "resources": {"device:phone": 1}})], nodes=nodes)
+
+
+def test_parse_address():
+    assert parse_address("local") is None and parse_address("auto") is None
+    assert parse_address("ray://head:10001") == ("head", 10001)
+    with pytest.raises(ClusterError, match="HOST:PORT"):
+        parse_address("nohost")
+    with pytest.raises(ClusterError, match="port"):
+        parse_address("host:http")
+
+
+# --------------------------------------------------------------------------- Ray: boundaries
+
+
+def test_check_fit_logical_gpus_on_the_live_cluster(ray_session):
+    check_fit([("client:jetson", JETSON)] * 4)  # 4 x 0.25 fill the fixture's one logical GPU
+    with pytest.raises(ClusterError) as e:
+        check_fit([("client:jetson", JETSON)] * 5)
+    msg = str(e.value)
+    assert "cannot place 5 client actors of class 'jetson' (0.25 GPU each)" in msg
+    assert "the cluster has 1 GPU; 4 fit" in msg and "ray.max_actors" in msg
+
+
+def test_start_ray_unreachable_address_fails_fast_and_leaves_ray_alone(ray_session):
+    node = ray_session.get_runtime_context().get_node_id()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for addr in ("127.0.0.1:1", f"127.0.0.1:{port}"):
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=f"cannot reach Ray at 127.0.0.1:{addr.split(':')[1]} within 3 s"):
+            start_ray(RayConfig(), addr)
+        assert time.monotonic() - t0 < 5
+    assert ray_session.is_initialized()
+    assert ray_session.get_runtime_context().get_node_id() == node
+    assert start_ray(RayConfig(), "local") is False  # reuses the running instance
+
+
+def test_executor_needs_a_running_ray(monkeypatch):
+    import ray
+
+    spec = prepare_run(load_config(overrides=TINY + ["federation.num_clients=2", "federation.clients_per_round=2",
+                                                     "data.samples_per_client=8"]))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(ClusterError, match="call sfp_ray.runtime.start_ray first"):
+        RayExecutor().start(spec)
+
+
+def test_executor_refuses_a_run_that_does_not_fit_before_creating_actors(ray_session):
+    # the server (0.5 GPU) and 3 jetson clients (0.25 GPU each) need 1.25 GPUs
+    spec = prepare_run(load_config(overrides=TINY + [
+        "federation.num_clients=3", "federation.clients_per_round=3", "data.samples_per_client=8",
+        "devices.mix={jetson: 1.0}"]))
+    ex = RayExecutor()
+    with pytest.raises(ClusterError) as e:
+        ex.start(spec)
+    msg = str(e.value)
+    assert "client actors of class 'jetson'" in msg and "server:edge_server" in msg and "2 fit" in msg
+    assert ex.num_client_actors == 0 and ex.server is None
+
+
+def test_executor_gives_up_when_other_jobs_hold_the_resources(ray_session):
+    """check_fit looks at totals; actors still pending after ``ready_timeout_s`` end the start."""
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=1)
+    class GpuHog:
+        def ping(self) -> bool:
+            return True
+
+    hog = GpuHog.remote()
+    ray.get(hog.ping.remote())
+    spec = prepare_run(load_config(overrides=TINY + [
+        "federation.num_clients=1", "federation.clients_per_round=1", "data.samples_per_client=8"]))
+    ex = RayExecutor(ready_timeout_s=3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=r"not placed/built within 3 s \(1 x server:edge_server"):
+            ex.start(spec)
+        assert time.monotonic() - t0 < 30
+        assert ex.server is None and ex.num_client_actors == 0  # killed what it had made
+    finally:
+        ray.kill(hog)
+
+
+# --------------------------------------------------------------------------- Ray: runs
+
+
+def test_sfprompt_ray_matches_serial(ray_session):
+    cfg = load_config(overrides=TINY + [
+        "data.samples_per_client=32", "federation.num_clients=4", "federation.clients_per_round=4",
+        "federation.rounds=2", "devices.mix={rpi4: 1.0}"])
+    spec = prepare_run(cfg)
+    serial = run_serial(spec)
+    sink = Capture()
+    res, ex = run_ray(spec, sink=sink)
+    assert_same_run(serial, res)
+    assert ex.actor_count == 4
+    for c, st in serial.client_states.items():
+        np.testing.assert_array_equal(res.client_states[c]["kept"], st["kept"])
+    # each client ran in its own actor and reported requested / enforced / observed resources
+    rows = sink.resources
+    assert len(rows) == 8 and len({r["actor_id"] for r in rows}) == 4
+    for r in rows:
+        assert r["requested_num_cpus"] == 0.25 and r["assigned_num_cpus"] == 0.25
+        assert r["enforced_threads"] == 1 == r["observed_threads"]
+        assert r["enforced_affinity"].startswith("not enforced")
+        assert r["observed_peak_rss_mb"] > 50 and r["memory_cap_exceeded"] is False
+        assert r["node_id"] == ray_session.get_runtime_context().get_node_id()
+    server_row = ex.report_rows[0]
+    assert server_row["role"] == "server" and server_row["assigned_num_gpus"] == 0.5
+    # the server's per-request queue time reached the round records
+    assert all(r.server_queue_s >= 0 for r in res.rounds)
+
+
+def test_fl_full_ray_matches_serial(ray_session):
+    cfg = load_config(overrides=TINY + [
+        "method=fl_full", "data.samples_per_client=16", "federation.num_clients=2",
+        "federation.clients_per_round=2", "federation.rounds=2", "devices.mix={phone: 1.0}"])
+    spec = prepare_run(cfg)
+    serial = run_serial(spec)
+    res, ex = run_ray(spec)
+    assert_same_run(serial, res)
+    assert ex.actor_count == 2
+
+
+@pytest.fixture(scope="module")
+def pooled(ray_session):
+    """40 logical clients (20 rpi4, 20 jetson) on 4 slot actors, 8 clients a round, 2 rounds."""
+    cfg = load_config(overrides=TINY + [
+        "seed=3", "data.samples_per_client=8", "federation.num_clients=40", "federation.clients_per_round=8",
+        "federation.rounds=2", "devices.mix={rpi4: 0.5, jetson: 0.5}", "ray.max_actors=4"])
+    spec = prepare_run(cfg)
+    sink = Capture()
+    res, ex = run_ray(spec, RecordingRayExecutor(), sink)
+    return spec, res, ex, sink
+
+
+def test_pooled_mode_runs_40_clients_on_4_actors(pooled):
+    spec, res, ex, sink = pooled
+    assert len(res.rounds) == 2 and all(r.participants == 8 for r in res.rounds)
+    assert ex.actor_count == 4
+    assert sorted(ex.slot_classes) == ["jetson", "jetson", "rpi4", "rpi4"]
+    for routing in ex.routing:
+        assert set(routing.values()) <= set(range(4))
+        for cid, slot in routing.items():
+            assert ex.slot_classes[slot] == spec.devices[cid].name
+        assert max(np.bincount(list(routing.values()))) >= 2  # some slot served several clients
+    assert len({r["actor_id"] for r in sink.resources}) <= 4
+    assert {r["slot"] for r in sink.resources} <= set(range(4))
+
+
+def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
+    spec, res, ex, _ = pooled
+    c1, c2 = sample_cohort(3, 1, 40, 8), sample_cohort(3, 2, 40, 8)
+    both = set(c1) & set(c2)
+    assert both, "seed 3 was chosen so that some clients take part in both rounds"
+    for c in both:
+        kept1 = ex.returned[0][c]["kept"]
+        np.testing.assert_array_equal(ex.sent[1][c]["kept"], kept1)  # the orchestrator sent it back
+        np.testing.assert_array_equal(res.client_states[c]["kept"], kept1)  # and it was reused, not re-pruned
+        assert res.client_states[c]["pruned_at_round"] == 1
+    for c in set(c2) - set(c1):
+        assert res.client_states[c]["pruned_at_round"] == 2
+    # slots are stateless: the pooled run equals the serial reference
+    assert_same_run(run_serial(spec), res)
+
+
+def test_jetson_slots_schedule_on_a_logical_gpu_and_compute_on_cpu(pooled):
+    _, _, ex, sink = pooled
+    rows = [r for r in sink.resources if r["device"] == "jetson"]
+    assert rows
+    for r in rows:
+        assert r["requested_num_gpus"] == 0.25 and r["assigned_num_gpus"] == 0.25
+        assert r["assigned_gpu_ids"] == "0"  # Ray's logical GPU id ...
+        assert r["cuda_available"] is False  # ... but torch sees no CUDA device
+        assert r["tensor_device"] == "cpu"
+        assert r["enforced_gpu_fraction"] != r["enforced_gpu_fraction"]  # NaN: nothing to enforce
+    slots = [r for r in ex.report_rows if r.get("role") == "client"]
+    assert len(slots) == 4 and sum(r["assigned_num_gpus"] for r in slots) == 0.5
