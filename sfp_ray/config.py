@@ -34,6 +34,10 @@ BypassPool = Literal["auto", "model", "avg"]
 class ModelConfig:
     """Which timm ViT to build and from which weights.
 
+    ``fused_attn`` selects timm's fused attention kernel; off by default so that every pass
+    runs the same arithmetic as the FLOP-counted ones (counting forces PyTorch's MATH kernel),
+    which keeps serial and Ray runs bit-comparable. Turn it on for speed on GPUs.
+
     ``checkpoint`` may be a file path, ``"pretrain"`` (the backbone ``sfp-ray pretrain``
     caches for this model; pre-trained on the fly when missing) or ``None`` (random init
     unless ``pretrained``).
@@ -47,6 +51,7 @@ class ModelConfig:
     embed_dim: int | None = None
     num_heads: int | None = None
     global_pool: str | None = None
+    fused_attn: bool = False
     pretrained: bool = False
     checkpoint: str | None = "pretrain"
 

@@ -605,10 +605,20 @@ def split_vit(
     return SplitViT(model, head, body, tail, resolved_bypass)
 
 
+def set_fused_attn(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's fused attention kernel on every attention module; return how many."""
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "fused_attn") and isinstance(mod.fused_attn, bool):
+            mod.fused_attn = enabled
+            n += 1
+    return n
+
+
 def build_from_config(cfg: Any, num_classes: int, *, checkpoint: str | os.PathLike | None = None) -> VisionTransformer:
     """Create the model described by ``cfg.model`` (checkpoint path already resolved)."""
     m = cfg.model
-    return create_model(
+    model = create_model(
         m.name,
         num_classes=num_classes,
         img_size=m.img_size,
@@ -621,3 +631,5 @@ def build_from_config(cfg: Any, num_classes: int, *, checkpoint: str | os.PathLi
         pretrained=m.pretrained,
         checkpoint=checkpoint,
     )
+    set_fused_attn(model, m.fused_attn)
+    return model
