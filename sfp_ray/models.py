@@ -506,6 +506,9 @@ class SplitViT(nn.Module):
             p.requires_grad_(True)
 
 
+_TRAP_WARNED: set[str | None] = set()
+
+
 def split_vit(
     model: VisionTransformer,
     head_blocks: int,
@@ -584,7 +587,8 @@ def split_vit(
         resolved_bypass = "avg"
     else:
         resolved_bypass = None
-    if trap:
+    if trap and resolved_bypass not in _TRAP_WARNED:
+        _TRAP_WARNED.add(resolved_bypass)  # once per process and setting: clients build many splits
         if resolved_bypass is None:
             log.warning(
                 "split: head_blocks = tail_blocks = 0 on a class-token ViT: the body-bypassed "

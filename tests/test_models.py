@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+import sfp_ray.models as models_mod
 from sfp_ray.errors import ConfigError, ModelError
 from sfp_ray.models import (
     create_model,
@@ -346,7 +347,10 @@ def test_prompt_grad_slice_holds_the_whole_prompt_gradient() -> None:
 # ----------------------------------------------------------------------------- bypass trap
 
 
-def test_bypass_trap_auto_pools_patches_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_bypass_trap_auto_pools_patches_and_warns(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models_mod, "_TRAP_WARNED", set())  # the warning is once per process
     model = _make("cls")
     with caplog.at_level(logging.WARNING, logger="sfp_ray.models"):
         s = split_vit(model, 0, 0, num_prompts=2, bypass_pool="auto")
@@ -358,7 +362,10 @@ def test_bypass_trap_auto_pools_patches_and_warns(caplog: pytest.LogCaptureFixtu
     assert _maxdiff(a, b) > 1e-4  # the bypassed path sees the image
 
 
-def test_bypass_trap_model_pool_keeps_token_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_bypass_trap_model_pool_keeps_token_and_warns(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models_mod, "_TRAP_WARNED", set())  # the warning is once per process
     model = _make("cls")
     with caplog.at_level(logging.WARNING, logger="sfp_ray.models"):
         s = split_vit(model, 0, 0, num_prompts=2, bypass_pool="model")
