@@ -52,7 +52,7 @@ from sfp_ray.costs import FlopMeter, state_bytes
 from sfp_ray.data import ArrayDataset
 from sfp_ray.executors.base import aggregation_flops
 from sfp_ray.roles.client import ClientOutput, ClientTask, evaluate
-from sfp_ray.roles.server import BodyReply, RequestStat, ServerRole
+from sfp_ray.roles.server import BodyAggregate, BodyReply, RequestStat, ServerRole
 from sfp_ray.roles.workspace import Workspace, to_numpy_state
 
 log = logging.getLogger(__name__)
@@ -322,22 +322,26 @@ class ExclusiveCountingMeter(FlopMeter):
 
 @ray.remote
 class ServerActor:
-    """Hosts the frozen body (a :class:`ServerRole` on a full workspace) and evaluation.
+    """Hosts the body (a :class:`ServerRole` on a full workspace) and evaluation.
 
     Create it with ``max_concurrency=N`` (a threaded actor) so it serves N client requests
     at once; the role keys stored autograd graphs per request and locks its bookkeeping.
     Per-request queue wait (from the client's send time) and compute time are in the
-    role's stats (:meth:`take_stats`).
+    role's stats (:meth:`take_stats`). With ``train_body=True`` the role trains the body
+    (split-learning baselines): the caller brackets each round with :meth:`begin_round`
+    and :meth:`finish_round` and waits for each to return (a threaded actor does not
+    order calls); the global body never leaves the actor unless :meth:`body_state` is asked.
     """
 
     def __init__(self, cfg: Config, num_classes: int, checkpoint: str | None, device: Any,
                  test_images: np.ndarray, test_labels: np.ndarray,
-                 test_meta: tuple[int, str, tuple[str, ...]]) -> None:
+                 test_meta: tuple[int, str, tuple[str, ...]], train_body: bool = False) -> None:
         self.device = device
         self.info = enforce_limits(device)
         self.ws = Workspace(cfg, num_classes, checkpoint)
         self.meter = ExclusiveCountingMeter()
-        self.role = ServerRole(self.ws.split.body, meter=self.meter, as_numpy=True)
+        self.role = ServerRole(self.ws.split.body, meter=self.meter, as_numpy=True,
+                               train=cfg.train if train_body else None)
         nc, name, class_names = test_meta
         self.test = ArrayDataset(images=torch.from_numpy(np.array(test_images)),
                                  labels=torch.from_numpy(np.array(test_labels)),
@@ -366,6 +370,15 @@ class ServerActor:
 
     def pending(self) -> int:
         return self.role.pending()
+
+    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:
+        self.role.begin_round(round, client_ids)
+
+    def finish_round(self, weights: Mapping[int, float]) -> BodyAggregate:
+        return self.role.finish_round(weights)
+
+    def body_state(self) -> dict[str, np.ndarray]:
+        return to_numpy_state(self.role.body_state())
 
     def evaluate(self, global_state: Mapping[str, np.ndarray]) -> tuple[float, float, float, float]:
         """``(accuracy, loss, flops, wall_s)`` of the model with ``global_state`` loaded."""

@@ -4,6 +4,14 @@ The orchestrator knows only the :class:`~sfp_ray.executors.base.Executor` interf
 emits typed records to sinks (:mod:`sfp_ray.reports`). Randomness is derived from the
 configuration seed: the cohort of round ``r`` from ``(seed, r)``, each client's training
 seed from ``(seed, r, client_id)``, so a run is reproducible whatever executes it.
+
+A round is ``begin_round`` -> ``run_clients`` -> ``aggregate`` -> ``finish_round`` (the
+last two: FedAvg of the client states, and of the server's body copies when the method
+trains the body). A sequential method (``Method.sequential``, vanilla split learning) runs
+the cohort one client at a time in ascending id order instead, each as its own
+``begin_round`` -> ``run_clients`` -> ``finish_round`` with the previous client's output
+state as its global state; the last client's state becomes the new global state
+(``Executor.adopt``; its ``aggregate`` row has 0 FLOPs).
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from sfp_ray.costs import CostRecord, MessageRecord
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import assign_devices, get_device, load_catalog
 from sfp_ray.errors import ConfigError
-from sfp_ray.executors.base import ClientSpec, Executor, RunSpec
+from sfp_ray.executors.base import AggregateResult, ClientSpec, Executor, RunSpec
 from sfp_ray.methods import Method, get_method
+from sfp_ray.roles.server import BodyAggregate
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +168,12 @@ def _default_checkpoint(cfg: Config) -> str | None:
 
 @dataclass
 class RunResult:
+    """What a run produced.
+
+    ``final_state`` is the global trainable state after the last round; for a method whose
+    server trains the body it includes the server's final global body (names ``body.*``).
+    """
+
     meta: RunMeta
     rounds: list[RoundRecord]
     final_state: Mapping[str, torch.Tensor]
@@ -212,15 +227,25 @@ class Orchestrator:
             t0 = time.perf_counter()
             cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
             specs = [ClientSpec(r, c, derive_seed(cfg.seed, r, c), client_states.get(c, {})) for c in cohort]
-            outputs = sorted(ex.run_clients(specs, state), key=lambda o: o.client_id)
+            if self.spec.method.sequential:
+                outputs, agg, bodies = self._sequential_round(r, specs, state)
+            else:
+                ex.begin_round(r, cohort)
+                outputs = sorted(ex.run_clients(specs, state), key=lambda o: o.client_id)
+                agg = ex.aggregate(outputs)
+                bodies = [b for b in [ex.finish_round(outputs)] if b is not None]
             for o in outputs:
                 client_states[o.client_id] = o.client_state
-            agg = ex.aggregate(outputs)
             state = agg.state
             costs: list[CostRecord] = [c for o in outputs for c in o.costs]
             server_dev = self.spec.server_device
             costs.append(CostRecord(r, -1, server_dev.name, "aggregate", "all", flops=agg.flops, wall_s=agg.wall_s,
                                     sim_s=server_dev.compute_seconds(agg.flops) if agg.flops else 0.0))
+            if bodies:  # the server's FedAvg of its body copies (0 FLOPs when single copies are adopted)
+                bflops = sum(b.flops for b in bodies)
+                costs.append(CostRecord(r, -1, server_dev.name, "aggregate", "body", flops=bflops,
+                                        wall_s=sum(b.wall_s for b in bodies),
+                                        sim_s=server_dev.compute_seconds(bflops) if bflops else 0.0))
             if r % f.eval_every == 0 or r == f.rounds:
                 ev = ex.evaluate(state)
                 last_acc, last_loss = ev.accuracy, ev.loss
@@ -232,7 +257,7 @@ class Orchestrator:
             stats = ex.server_stats()
             queue = sum(getattr(s, "queue_s", 0.0) for s in stats)
             wall = time.perf_counter() - t0
-            sim = round_sim_seconds(outputs, costs)
+            sim = round_sim_seconds(outputs, costs, sequential=self.spec.method.sequential)
             b = sum(c.bytes_up + c.bytes_down for c in costs)
             cfl = sum(c.flops for c in costs if c.client_id >= 0 and c.part != "body")
             sfl = sum(c.flops for c in costs if c.part == "body" or (c.client_id < 0 and c.phase != "eval"))
@@ -259,20 +284,40 @@ class Orchestrator:
                 s.add_round(meta, rec)
             if self.progress is not None:
                 self.progress(rec)
+        final = dict(state)
+        if self.spec.method.trains_body:
+            final.update(ex.body_state() or {})
         for s in self.sinks:
-            s.end_run(meta, state)
+            s.end_run(meta, final)
         del last_acc, last_loss
-        return RunResult(meta, rounds, state, client_states)
+        return RunResult(meta, rounds, final, client_states)
+
+    def _sequential_round(self, r: int, specs: Sequence[ClientSpec], state: Mapping[str, torch.Tensor]
+                          ) -> tuple[list[Any], AggregateResult, list[BodyAggregate]]:
+        """One round of a sequential method: clients one after another, state relayed, no averaging."""
+        ex = self.executor
+        outputs, bodies = [], []
+        current: Any = state
+        for spec in sorted(specs, key=lambda s: s.client_id):
+            ex.begin_round(r, [spec.client_id])
+            (out,) = ex.run_clients([spec], current)
+            body = ex.finish_round([out])
+            if body is not None:
+                bodies.append(body)
+            outputs.append(out)
+            current = out.state  # may be an executor handle (a Ray ObjectRef): passed on as it is
+        return outputs, ex.adopt(outputs[-1]), bodies
 
 
-def round_sim_seconds(outputs: Sequence[Any], costs: Sequence[CostRecord]) -> float:
+def round_sim_seconds(outputs: Sequence[Any], costs: Sequence[CostRecord], *, sequential: bool = False) -> float:
     """Simulated duration of a synchronous round.
 
     Clients run in parallel on their own devices; each one's time is the sum of its cells
     (its compute, its messages, and the server compute it waits for). The round lasts as
     long as the slowest client, or as long as the server needs for all body requests if
     that is longer (one server device processing requests one at a time: the difference
-    is server queueing), followed by aggregation.
+    is server queueing), followed by aggregation. With ``sequential`` clients (split
+    learning) take turns, so the round lasts the sum of their times.
     """
     per_client: dict[int, float] = {}
     server_busy = 0.0
@@ -284,6 +329,8 @@ def round_sim_seconds(outputs: Sequence[Any], costs: Sequence[CostRecord]) -> fl
                 server_busy += c.sim_s
         elif c.phase == "aggregate":
             agg += c.sim_s
+    if sequential:
+        return sum(per_client.values()) + agg
     slowest = max(per_client.values(), default=0.0)
     return max(slowest, server_busy) + agg
 

@@ -8,6 +8,14 @@ are taken from the shapes of the tensors that actually cross the cut (the same
 from the trainable state's parameter bytes. Nothing here is a closed-form guess: the
 same head/body/tail modules as in training are executed, only on ``meta``.
 
+The split-learning baselines (``sfl``, ``sl``: ``Method.trains_body``) have their own rule:
+the client runs head forward, tail forward + backward and head backward with every head
+and tail parameter trainable, the server runs body forward + backward *with* weight
+gradients, on every local sample for ``split_epochs``; per sample, the head output and
+the gradient w.r.t. the body output go up, the body output and the full gradient w.r.t.
+the head output come down; head + tail parameters travel both ways once per round. For
+``sl`` these are the costs of one client's turn in a round.
+
 Pruning (EL2N scoring of all ``n`` local samples) runs once per client unless
 ``pruning.every_round``; ``client_flops`` spreads that one-off cost over the client's
 expected participations ``rounds * clients_per_round / num_clients`` (at least 1), and
@@ -63,7 +71,9 @@ def project_method(cfg: Config, model_name: str, method: str) -> dict:
            "head_blocks": cfg.split.head_blocks, "tail_blocks": cfg.split.tail_blocks,
            "num_prompts": cfg.prompt.num_tokens, "keep_ratio": cfg.pruning.keep_ratio,
            "local_epochs": t.local_epochs, "split_epochs": t.split_epochs if m.uses_server else 0}
-    if m.uses_server:
+    if m.trains_body:
+        row.update(_project_split_learning(split, x, y, n, t.split_epochs))
+    elif m.uses_server:
         names = {k for k, _ in split.named_parameters() if k.startswith("head.prompt") or k.startswith("tail.")}
         _set_trainable(split, names)
         has_p = split.num_prompts > 0
@@ -132,6 +142,34 @@ def project_method(cfg: Config, model_name: str, method: str) -> dict:
             "split_bytes_per_sample": 0, "state_bytes": state_bytes,
         })
     return row
+
+
+def _project_split_learning(split, x: torch.Tensor, y: torch.Tensor, n: int, epochs: int) -> dict:
+    """Costs of ``sfl``/``sl``: all of head + tail train on the client, the body on the server."""
+    names = {k for k, _ in split.named_parameters() if k.startswith("head.") or k.startswith("tail.")}
+    body_params = list(split.body.parameters())
+    _set_trainable(split, names | {k for k, _ in split.named_parameters() if k.startswith("body.")})
+    h = split.head(x)
+    f_head = _flops(lambda: split.head(x))
+    act = h.detach().requires_grad_(True)
+    body_out = split.body(act)
+    f_body_fwd = _flops(lambda: split.body(act))
+    out = body_out.detach().requires_grad_(True)
+    f_tail = _flops(lambda: F.cross_entropy(split.tail(out), y).backward())
+    (gx, *_) = torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True)
+    f_body_bwd = _flops(lambda: torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True))
+    f_head_bwd = _flops(lambda: h.backward(gx, retain_graph=True))
+    up = payload_bytes(act) + payload_bytes(out.grad)
+    down = payload_bytes(out) + payload_bytes(gx)
+    state_bytes = sum(p.numel() * BYTES_PER_ELEMENT for k, p in split.named_parameters() if k in names)
+    client = n * epochs * (f_head + f_tail + f_head_bwd)
+    return {
+        "local_epochs": 0,  # no local-loss update
+        "client_flops": client, "client_flops_first_round": client, "prune_flops": 0, "local_update_flops": 0,
+        "split_client_flops": client, "server_flops": n * epochs * (f_body_fwd + f_body_bwd),
+        "bytes_up": n * epochs * up + state_bytes, "bytes_down": n * epochs * down + state_bytes,
+        "split_bytes_per_sample": up + down, "state_bytes": state_bytes,
+    }
 
 
 def _nograd(fn, x):

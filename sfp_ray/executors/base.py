@@ -3,6 +3,14 @@
 The orchestrator knows only this interface. :class:`~sfp_ray.executors.serial.SerialExecutor`
 runs the roles in-process (the reference); :class:`~sfp_ray.executors.ray_executor.RayExecutor`
 runs the same roles inside Ray actors. A test checks that they agree.
+
+A round is ``begin_round`` -> ``run_clients`` -> ``aggregate`` -> ``finish_round``.
+``begin_round``/``finish_round`` matter only for methods whose server trains the body
+(``Method.trains_body``): they open one body copy per client on the server and average
+the copies into the new global body, which stays on the server between rounds
+(:meth:`Executor.body_state` reads it). Sequential methods (``Method.sequential``) run
+each client as its own one-client round and :meth:`Executor.adopt` the last client's
+state instead of aggregating.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import numpy as np
 import torch
 
 from sfp_ray.config import Config
+from sfp_ray.costs import state_bytes
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods import Method
 from sfp_ray.roles.client import ClientOutput
+from sfp_ray.roles.server import BodyAggregate
 
 
 @dataclass
@@ -86,6 +96,29 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> EvalResult:
         """Test accuracy/loss of the model assembled from the global state."""
+
+    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:  # noqa: B027  (optional hook)
+        """Before ``run_clients``: a method that trains the body gets one body copy per client on the server.
+
+        A no-op for every other method.
+        """
+
+    def finish_round(self, outputs: Sequence[ClientOutput]) -> BodyAggregate | None:
+        """After the round's clients: the server averages their body copies (weighted by
+        ``num_samples``) into the new global body, which stays on the server.
+
+        None for a method whose server does not train the body.
+        """
+        return None
+
+    def body_state(self) -> dict[str, torch.Tensor] | None:
+        """The server's current global body (names ``body.*``); None for methods without a server."""
+        return None
+
+    def adopt(self, output: ClientOutput) -> AggregateResult:
+        """A client's output state, unchanged, as the new global state (sequential methods: no averaging, 0 FLOPs)."""
+        state = {k: v.clone() for k, v in output.state.items()}
+        return AggregateResult(state, 0.0, 0.0, state_bytes(state)[0])
 
     def server_stats(self) -> list[Any]:
         """Per-request server statistics since the last call (queue wait, compute time)."""

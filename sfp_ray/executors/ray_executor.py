@@ -2,9 +2,12 @@
 
 Layout of a run (DESIGN.md §3):
 
-* one :class:`~sfp_ray.actors.ServerActor` (the frozen body, a threaded actor serving
+* one :class:`~sfp_ray.actors.ServerActor` (the body, a threaded actor serving
   ``ray.server_max_concurrency`` requests at once; it also evaluates the global model),
-  placed with the server device's tickets;
+  placed with the server device's tickets. When the method trains the body, the body
+  lives in this actor between rounds: :meth:`RayExecutor.begin_round` and
+  :meth:`RayExecutor.finish_round` open and close its per-client copies, and only
+  :meth:`RayExecutor.body_state` brings the body to the driver;
 * one :class:`~sfp_ray.actors.AggregatorActor`;
 * client actors, each created with its device profile's tickets
   (``DeviceProfile.ray_options``), plus one unit of ``device:<class>`` when the cluster
@@ -28,7 +31,9 @@ state as a separate object (``num_returns=2``), and :meth:`RayExecutor.run_clien
 returns :class:`~sfp_ray.roles.client.ClientOutput` objects whose ``state`` is that
 **ObjectRef** (not the tensors). :meth:`RayExecutor.aggregate` passes those refs to the
 aggregator as top-level arguments, so client states never pass through the driver; the
-driver fetches only the averaged state, once per round, for the next download.
+driver fetches only the averaged state, once per round, for the next download. A
+sequential method (split learning) passes each client's state ref on as the next client's
+global state, so only the last client's state reaches the driver (:meth:`RayExecutor.adopt`).
 
 Ray must already be running (:func:`sfp_ray.runtime.start_ray`); :meth:`RayExecutor.close`
 kills the actors this executor made and leaves Ray up.
@@ -45,10 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfp_ray.costs import state_bytes
 from sfp_ray.devices import device_resource
 from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.executors.base import AggregateResult, ClientSpec, EvalResult, Executor, RunSpec
 from sfp_ray.roles.client import ClientOutput
+from sfp_ray.roles.server import BodyAggregate
 from sfp_ray.roles.workspace import to_numpy_state, to_torch_state
 from sfp_ray.runtime import check_fit, cluster_nodes
 
@@ -213,7 +220,7 @@ class RayExecutor(Executor):
         try:
             self.server = ServerActor.options(**sopts, max_concurrency=cfg.ray.server_max_concurrency).remote(
                 cfg, spec.num_classes, spec.checkpoint, sdev, ray.put(test.images.numpy()),
-                ray.put(test.labels.numpy()), test_meta)
+                ray.put(test.labels.numpy()), test_meta, train_body=spec.method.trains_body)
             self.aggregator = AggregatorActor.options(**aopts).remote()
             link_server = self.server if spec.method.uses_server else None
             self.client_actors = []
@@ -248,10 +255,16 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ state
 
-    def _state_ref(self, state: Mapping[str, torch.Tensor]) -> Any:
-        """Object ref of a global state: reused when it is the state this executor last produced."""
+    def _state_ref(self, state: Mapping[str, torch.Tensor] | Any) -> Any:
+        """Object ref of a global state: reused when it is the state this executor last produced.
+
+        A state that is already an ``ObjectRef`` (a client's output, relayed by a
+        sequential method) is passed on as it is.
+        """
         import ray
 
+        if isinstance(state, ray.ObjectRef):
+            return state
         if self._global is not None and self._global[0] is state:
             return self._global[1]
         ref = ray.put(to_numpy_state(state))
@@ -304,6 +317,38 @@ class RayExecutor(Executor):
         state = to_torch_state(ray.get(state_ref))
         self._global = (state, state_ref)
         return AggregateResult(state, info["flops"], info["wall_s"], info["payload_bytes"])
+
+    def adopt(self, output: ClientOutput) -> AggregateResult:
+        import ray
+
+        if not isinstance(output.state, ray.ObjectRef):
+            return super().adopt(output)
+        state = to_torch_state(ray.get(output.state))
+        self._global = (state, output.state)
+        return AggregateResult(state, 0.0, 0.0, state_bytes(state)[0])
+
+    def _trains_body(self) -> bool:
+        return self.spec is not None and self.server is not None and self.spec.method.trains_body
+
+    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:
+        import ray
+
+        if self._trains_body():
+            ray.get(self.server.begin_round.remote(round, sorted(client_ids)))
+
+    def finish_round(self, outputs: Sequence[ClientOutput]) -> BodyAggregate | None:
+        import ray
+
+        if not self._trains_body():
+            return None
+        return ray.get(self.server.finish_round.remote({o.client_id: o.num_samples for o in outputs}))
+
+    def body_state(self) -> dict[str, torch.Tensor] | None:
+        import ray
+
+        if self.spec is None or self.server is None or not self.spec.method.uses_server:
+            return None
+        return to_torch_state(ray.get(self.server.body_state.remote()))
 
     def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> EvalResult:
         import ray

@@ -3,6 +3,9 @@
 One workspace serves all clients one after another (clients download the global state at
 the start of each round, so nothing but their small persistent state - the kept EL2N
 indices - needs to live between rounds); the server role shares that workspace's body.
+When the method trains the body, the server trains per-client copies and writes their
+average into that shared body at :meth:`SerialExecutor.finish_round`, so evaluation sees
+the new global body.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from sfp_ray.aggregation import fedavg
 from sfp_ray.costs import FlopMeter, state_bytes
 from sfp_ray.executors.base import AggregateResult, ClientSpec, EvalResult, Executor, RunSpec, aggregation_flops
 from sfp_ray.roles.client import ClientOutput, ClientTask, LocalBodyLink, evaluate
-from sfp_ray.roles.server import ServerRole
+from sfp_ray.roles.server import BodyAggregate, ServerRole
 from sfp_ray.roles.workspace import Workspace
 
 
@@ -36,7 +39,9 @@ class SerialExecutor(Executor):
         self.ws = Workspace(spec.cfg, spec.num_classes, spec.checkpoint)
         self.client = spec.method.make_client(self.ws)
         self.meter = FlopMeter()
-        self.server = ServerRole(self.ws.split.body, meter=self.meter) if spec.method.uses_server else None
+        self.server = (ServerRole(self.ws.split.body, meter=self.meter,
+                                  train=spec.cfg.train if spec.method.trains_body else None)
+                       if spec.method.uses_server else None)
         self._init = self.ws.get_state(self.client.names)
 
     def initial_state(self) -> dict[str, torch.Tensor]:
@@ -60,6 +65,18 @@ class SerialExecutor(Executor):
             self.ws.set_trainable(self.client.names)
             outputs.append(self.client.run(task, global_state, link, self.meter))
         return outputs
+
+    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:
+        if self.server is not None and self.server.trains_body:
+            self.server.begin_round(round, client_ids)
+
+    def finish_round(self, outputs: Sequence[ClientOutput]) -> BodyAggregate | None:
+        if self.server is None or not self.server.trains_body:
+            return None
+        return self.server.finish_round({o.client_id: o.num_samples for o in outputs})
+
+    def body_state(self) -> dict[str, torch.Tensor] | None:
+        return self.server.body_state() if self.server is not None else None
 
     def aggregate(self, outputs: Sequence[ClientOutput]) -> AggregateResult:
         t0 = time.perf_counter()

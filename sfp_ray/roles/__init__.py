@@ -1,10 +1,19 @@
 """Client and server roles as plain classes (no Ray): the work one party does in a round."""
 
-from sfp_ray.roles.client import ClientOutput, ClientTask, FedAvgClient, LocalBodyLink, SFPromptClient
-from sfp_ray.roles.server import BodyReply, ServerRole
+from sfp_ray.roles.client import (
+    ClientOutput,
+    ClientTask,
+    FedAvgClient,
+    LocalBodyLink,
+    SFPromptClient,
+    SplitClient,
+    SplitLearningClient,
+)
+from sfp_ray.roles.server import BodyAggregate, BodyReply, ServerRole
 from sfp_ray.roles.workspace import Workspace
 
 __all__ = [
+    "BodyAggregate",
     "BodyReply",
     "ClientOutput",
     "ClientTask",
@@ -12,5 +21,7 @@ __all__ = [
     "LocalBodyLink",
     "SFPromptClient",
     "ServerRole",
+    "SplitClient",
+    "SplitLearningClient",
     "Workspace",
 ]

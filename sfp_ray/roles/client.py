@@ -14,6 +14,11 @@ DESIGN.md §1:
    into the prompts; one optimizer step over ``(p, W_t)`` per batch;
 3. ``upload``: send ``(p, W_t)`` to the aggregator.
 
+The split-learning baselines (:class:`SplitLearningClient`: SplitFed-V1 and vanilla split
+learning) run phases 0, 2 and 3 only, training all of head and tail while the server
+trains the body. :class:`FedAvgClient` runs the federated baselines (``local_train`` on the
+whole model).
+
 Every compute step goes through the :class:`~sfp_ray.costs.Ledger`, which counts FLOPs per
 (phase, part), and every message is recorded where it is sent.
 """
@@ -31,7 +36,9 @@ import torch.nn.functional as F
 
 from sfp_ray.costs import CostRecord, Ledger, MessageRecord
 from sfp_ray.data import ArrayDataset
+from sfp_ray.errors import ConfigError
 from sfp_ray.pruning import el2n_scores, select_hardest
+from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.server import BodyReply, ServerRole
 from sfp_ray.roles.workspace import Workspace
 
@@ -89,15 +96,6 @@ class ClientOutput:
     resources: dict[str, Any] = field(default_factory=dict)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], train: Any) -> torch.optim.Optimizer:
-    """The client optimizer named by ``train.optimizer``."""
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     """Index batches over ``n`` samples, shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -120,7 +118,84 @@ def _split_by_part(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, tor
     return out
 
 
-class SFPromptClient:
+class SplitClient:
+    """What the split clients share: the split-training step and phase over a :class:`BodyLink`.
+
+    A subclass sets ``ws``, ``cfg``, ``names`` (its trainable state), ``params`` and
+    ``head_trains`` (whether anything before the cut trains, so that the head output's
+    gradient must come back down), and says which tokens of that gradient it needs
+    (:meth:`head_grad_slice`).
+    """
+
+    ws: Workspace
+    cfg: Any
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    head_trains: bool
+
+    def head_grad_slice(self) -> tuple[int, int] | None:
+        """Tokens of the head output whose gradient comes back down (None: all of them)."""
+        return None
+
+    def split_step(self, x: torch.Tensor, y: torch.Tensor, link: BodyLink, ledger: Ledger,
+                   opt: torch.optim.Optimizer) -> float:
+        """One split-training step over the network (phase 2)."""
+        split = self.ws.split
+        need_grad = self.head_trains
+        h = ledger.compute("head", ("fwd", tuple(x.shape), need_grad),
+                           lambda: split.head(x) if need_grad else _no_grad(split.head, x))
+        acts = h.detach()
+        ledger.send_tensor(acts, part="head", direction="up", kind="activation")
+        reply = link.forward(acts, need_grad=need_grad)
+        ledger.add_flops("split_train", "body", reply.flops, wall_s=reply.compute_s)
+        ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
+                       serialized=reply.serialized_bytes)
+        out = _as_tensor(reply.tensor).requires_grad_(True)
+
+        def tail_step() -> torch.Tensor:
+            loss = F.cross_entropy(split.tail(out), y)
+            loss.backward()
+            return loss
+
+        loss = ledger.compute("tail", ("fwdbwd", tuple(out.shape)), tail_step)
+        if need_grad:
+            g = out.grad.detach()
+            ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
+            grad_slice = self.head_grad_slice()
+            back = link.backward(g, grad_slice)
+            ledger.add_flops("split_train", "body", back.flops, wall_s=back.compute_s)
+            ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
+                           serialized=back.serialized_bytes)
+            gh = _as_tensor(back.tensor)
+            if grad_slice is not None:
+                full = torch.zeros_like(h)
+                full[:, grad_slice[0]:grad_slice[1]] = gh
+                gh = full
+            ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(gh))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.item())
+
+    def train_split(self, data: ArrayDataset, link: BodyLink | None, ledger: Ledger, gen: torch.Generator) -> float:
+        """Phase ``split_train``: ``split_epochs`` passes of split steps over ``data``; mean loss.
+
+        One optimizer (``train.optimizer``) over the client's trainable parameters, one
+        :meth:`split_step` per batch.
+        """
+        t = self.cfg.train
+        if link is None:
+            raise RuntimeError(f"{self.cfg.method}: split training needs a link to the server's body")
+        with ledger.phase("split_train"):
+            opt = make_optimizer(self.params, t)
+            losses = []
+            for _ in range(t.split_epochs):
+                for idx in batches(len(data), t.batch_size, gen):
+                    losses.append(self.split_step(data.images[idx], data.labels[idx], link, ledger, opt))
+            ledger.add_samples("split_train", "tail", len(data) * t.split_epochs)
+        return float(np.mean(losses)) if losses else float("nan")
+
+
+class SFPromptClient(SplitClient):
     """SFPrompt's client procedure on a workspace (phases 0-3 of DESIGN.md §1)."""
 
     def __init__(self, ws: Workspace) -> None:
@@ -129,6 +204,13 @@ class SFPromptClient:
         self.names = sfprompt_state_names(ws)
         self.params = ws.set_trainable(self.names)
         self.has_prompts = ws.split.num_prompts > 0
+        # the head output's gradient is needed when something trainable (the prompts) sits before the cut
+        self.head_trains = self.has_prompts
+
+    def head_grad_slice(self) -> tuple[int, int] | None:
+        """Only the prompt tokens' gradient when no head block trains (see ``SplitViT.prompt_grad_slice``)."""
+        sl = self.ws.split.prompt_grad_slice()
+        return (sl.start, sl.stop) if sl is not None else None
 
     # ----------------------------------------------------------------- phases
 
@@ -169,46 +251,6 @@ class SFPromptClient:
                 losses.append(loss.item())
         return float(np.mean(losses)) if losses else float("nan")
 
-    def split_step(self, x: torch.Tensor, y: torch.Tensor, link: BodyLink, ledger: Ledger,
-                   opt: torch.optim.Optimizer) -> float:
-        """One split-training step over the network (phase 2)."""
-        split = self.ws.split
-        need_grad = self.has_prompts
-        h = ledger.compute("head", ("fwd", tuple(x.shape), need_grad),
-                           lambda: split.head(x) if need_grad else _no_grad(split.head, x))
-        acts = h.detach()
-        ledger.send_tensor(acts, part="head", direction="up", kind="activation")
-        reply = link.forward(acts, need_grad=need_grad)
-        ledger.add_flops("split_train", "body", reply.flops, wall_s=reply.compute_s)
-        ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
-                       serialized=reply.serialized_bytes)
-        out = _as_tensor(reply.tensor).requires_grad_(True)
-
-        def tail_step() -> torch.Tensor:
-            loss = F.cross_entropy(split.tail(out), y)
-            loss.backward()
-            return loss
-
-        loss = ledger.compute("tail", ("fwdbwd", tuple(out.shape)), tail_step)
-        if need_grad:
-            g = out.grad.detach()
-            ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
-            sl = split.prompt_grad_slice()
-            grad_slice = (sl.start, sl.stop) if sl is not None else None
-            back = link.backward(g, grad_slice)
-            ledger.add_flops("split_train", "body", back.flops, wall_s=back.compute_s)
-            ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
-                           serialized=back.serialized_bytes)
-            gh = _as_tensor(back.tensor)
-            if grad_slice is not None:
-                full = torch.zeros_like(h)
-                full[:, grad_slice[0]:grad_slice[1]] = gh
-                gh = full
-            ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(gh))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.item())
-
     # ----------------------------------------------------------------- round
 
     def run(self, task: ClientTask, global_state: Mapping[str, Any], link: BodyLink | None,
@@ -242,17 +284,7 @@ class SFPromptClient:
                 ledger.add_samples("local_update", "tail", len(train_data) * cfg.train.local_epochs)
 
         if cfg.train.split_epochs > 0:
-            if link is None:
-                raise RuntimeError("sfprompt: split training needs a link to the server's body")
-            with ledger.phase("split_train"):
-                opt = make_optimizer(self.params, cfg.train)
-                step_losses = []
-                for _ in range(cfg.train.split_epochs):
-                    for idx in batches(len(train_data), cfg.train.batch_size, gen):
-                        step_losses.append(self.split_step(train_data.images[idx], train_data.labels[idx],
-                                                           link, ledger, opt))
-                losses.append(float(np.mean(step_losses)) if step_losses else float("nan"))
-                ledger.add_samples("split_train", "tail", len(train_data) * cfg.train.split_epochs)
+            losses.append(self.train_split(train_data, link, ledger, gen))
 
         new_state = self.ws.get_state(self.names)
         with ledger.phase("upload"):
@@ -268,6 +300,60 @@ class SFPromptClient:
             messages=ledger.messages,
             sim_s=ledger.sim_seconds(),
             train_loss=losses[-1] if losses else float("nan"),
+        )
+
+
+def split_learning_state_names(ws: Workspace) -> list[str]:
+    """The client side of a split-learning baseline: every head and tail parameter."""
+    return ws.names(lambda n: n.startswith("head.") or n.startswith("tail."))
+
+
+class SplitLearningClient(SplitClient):
+    """The client of the split-learning baselines ``sfl`` and ``sl`` on SFPrompt's U-shaped cut.
+
+    SplitFed-V1 (Thapa et al., AAAI 2022) and vanilla split learning (Gupta & Raskar,
+    2018) with the labels kept on the client: the client trains *all* of head and tail,
+    the server trains the body (:class:`~sfp_ray.roles.server.ServerRole` with
+    ``train=``). No prompts, no pruning, no local-loss update; a round is ``download`` ->
+    ``split_train`` -> ``upload``. Each split step sends the head output up, receives the
+    body output, sends the gradient w.r.t. the body output up and receives the *full*
+    gradient w.r.t. the head output (every head parameter trains). The split step is
+    SFPrompt's (:meth:`SplitClient.split_step`); the trainable set, the gradient rule and
+    the phases differ.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        if ws.split.num_prompts:
+            raise ConfigError(f"prompt.num_tokens: {ws.cfg.method} trains no prompts, got "
+                              f"{ws.split.num_prompts}; set prompt.num_tokens=0")
+        self.ws = ws
+        self.cfg = ws.cfg
+        self.names = split_learning_state_names(ws)
+        self.params = ws.set_trainable(self.names)
+        self.head_trains = True  # every head parameter trains: the whole head output's gradient comes down
+
+    def run(self, task: ClientTask, global_state: Mapping[str, Any], link: BodyLink | None,
+            meter: Any) -> ClientOutput:
+        ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter)
+        gen = torch.Generator().manual_seed(task.seed)
+        with ledger.phase("download"):
+            self.ws.load_state(global_state)
+            for part, sub in _split_by_part(global_state).items():
+                ledger.send_state(sub, part=part, direction="down")
+        loss = self.train_split(task.data, link, ledger, gen) if self.cfg.train.split_epochs > 0 else float("nan")
+        new_state = self.ws.get_state(self.names)
+        with ledger.phase("upload"):
+            for part, sub in _split_by_part(new_state).items():
+                ledger.send_state(sub, part=part, direction="up")
+        return ClientOutput(
+            client_id=task.client_id,
+            state=new_state,
+            num_samples=len(task.data),
+            client_state=dict(task.client_state),
+            costs=ledger.records(),
+            messages=ledger.messages,
+            sim_s=ledger.sim_seconds(),
+            train_loss=loss,
         )
 
 
