@@ -96,7 +96,25 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def enforce_limits(device: Any) -> dict[str, Any]:
+def pick_cores(available: Sequence[int], num_cpus: float, index: int) -> list[int]:
+    """The ``ceil(num_cpus)`` cores (at least 1) an actor with placement ``index`` pins itself to.
+
+    Ray grants fractional CPUs as tickets without CPU ids, so actors spread themselves over
+    the node's cores by index: a 0.25-CPU device then really cannot use two cores.
+
+    Example:
+        >>> pick_cores([0, 1], 0.25, 0), pick_cores([0, 1], 0.25, 3), pick_cores([0, 1, 2, 3], 2, 1)
+        ([0], [1], [2, 3])
+    """
+    cores = sorted(available)
+    k = max(1, math.ceil(num_cpus - 1e-9))
+    if not cores or k >= len(cores):
+        return cores
+    start = (index * k) % len(cores)
+    return [cores[(start + j) % len(cores)] for j in range(k)]
+
+
+def enforce_limits(device: Any, index: int | None = None) -> dict[str, Any]:
     """Apply the enforceable limits of a device profile to this process; return what was done.
 
     Returns a flat dict with ``requested_*`` (from the profile), ``assigned_*`` (what Ray
@@ -118,11 +136,16 @@ def enforce_limits(device: Any) -> dict[str, Any]:
     torch.set_num_threads(threads)
     out["enforced_threads"] = threads
     cpus = _assigned_cpu_ids()
-    if cpus and hasattr(os, "sched_setaffinity"):
+    if not hasattr(os, "sched_setaffinity"):
+        out["enforced_affinity"] = "not enforced: os.sched_setaffinity is unavailable on this platform"
+    elif cpus:
         os.sched_setaffinity(0, cpus)
         out["enforced_affinity"] = _fmt_cpus(cpus)
-    elif cpus:
-        out["enforced_affinity"] = "not enforced: os.sched_setaffinity is unavailable on this platform"
+    elif index is not None:
+        # Ray assigns no CPU ids to actors: pin to ceil(num_cpus) cores chosen by index
+        chosen = pick_cores(os.sched_getaffinity(0), device.num_cpus, index)
+        os.sched_setaffinity(0, chosen)
+        out["enforced_affinity"] = _fmt_cpus(chosen)
     else:
         out["enforced_affinity"] = "not enforced: Ray assigns no CPU ids to actors"
     if torch.cuda.is_available() and device.num_gpus > 0:
@@ -217,14 +240,16 @@ class ClientActor:
         device: the :class:`~sfp_ray.devices.DeviceProfile` whose limits are enforced.
         server: handle of the :class:`ServerActor` (None for federated methods).
         slot: slot index in pooled mode (None: one actor per client).
+        index: placement index of this actor; it pins itself to ``ceil(num_cpus)`` cores
+            chosen by it (:func:`pick_cores`), since Ray gives actors no CPU ids.
     """
 
     def __init__(self, cfg: Config, method: Any, num_classes: int, checkpoint: str | None,
                  dataset: tuple[int, str, tuple[str, ...]], device: Any, server: Any = None,
-                 slot: int | None = None) -> None:
+                 slot: int | None = None, index: int | None = None) -> None:
         self.device = device
         self.slot = slot
-        self.info = enforce_limits(device)
+        self.info = enforce_limits(device, index)
         self.ws = Workspace(cfg, num_classes, checkpoint, drop_body=method.uses_server)
         self.client = method.make_client(self.ws)
         self.meter = FlopMeter()

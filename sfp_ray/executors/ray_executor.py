@@ -227,7 +227,7 @@ class RayExecutor(Executor):
             for i, (_, opts, dev) in enumerate(plan[2:]):
                 self.client_actors.append(ClientActor.options(**opts).remote(
                     cfg, spec.method, spec.num_classes, spec.checkpoint, meta, dev, link_server,
-                    i if self.pooled else None))
+                    i if self.pooled else None, i))
         except BaseException:
             self.close()
             raise
