@@ -33,7 +33,7 @@ from sfp_ray.runtime import start_ray
 HERE = Path(__file__).parent
 BASE = [
     "federation.num_clients=8", "federation.clients_per_round=8", "federation.rounds=3",
-    "data.samples_per_client=100", "devices.mix={rpi4: 1.0}", "devices.server=laptop", "ray.num_cpus=4",
+    "data.samples_per_client=400", "devices.mix={rpi4: 1.0}", "devices.server=laptop", "ray.num_cpus=4",
 ]
 
 
