@@ -267,8 +267,10 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
         n = summary.set_index("method").reindex(part.index)
         participations = rounds.groupby("method")["participants"].sum().reindex(part.index)
         per = part.div(participations, axis=0) / 1e9
-        fig, ax = plt.subplots(figsize=(6, 4))
-        per.plot(kind="bar", stacked=True, ax=ax, logy=False)
+        per = per.loc[:, per.sum(axis=0) > 0]  # phases without compute (download/upload) add nothing
+        fig, ax = plt.subplots(figsize=(7, 4))
+        per.plot(kind="bar", stacked=True, ax=ax, logy=False, rot=0)
+        ax.legend(title="phase", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_ylabel("client GFLOPs per client per round")
         ax.set_xlabel("")
         ax.set_title("client compute by phase")
