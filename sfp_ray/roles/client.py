@@ -176,6 +176,20 @@ class SplitClient:
         opt.zero_grad(set_to_none=True)
         return float(loss.item())
 
+    def download(self, global_state: Mapping[str, Any], ledger: Ledger) -> None:
+        """Phase 0: load the global trainable state; one message per part (prompt, head, tail)."""
+        self.ws.load_state(global_state)
+        for part, sub in _split_by_part(global_state).items():
+            ledger.send_state(sub, part=part, direction="down")
+
+    def upload(self, ledger: Ledger) -> dict[str, torch.Tensor]:
+        """Phase 3: the new trainable state, sent to the aggregator one message per part."""
+        new_state = self.ws.get_state(self.names)
+        with ledger.phase("upload"):
+            for part, sub in _split_by_part(new_state).items():
+                ledger.send_state(sub, part=part, direction="up")
+        return new_state
+
     def train_split(self, data: ArrayDataset, link: BodyLink | None, ledger: Ledger, gen: torch.Generator) -> float:
         """Phase ``split_train``: ``split_epochs`` passes of split steps over ``data``; mean loss.
 
@@ -261,9 +275,7 @@ class SFPromptClient(SplitClient):
         cs = dict(task.client_state)
 
         with ledger.phase("download"):
-            self.ws.load_state(global_state)
-            for part, sub in _split_by_part(global_state).items():
-                ledger.send_state(sub, part=part, direction="down")
+            self.download(global_state, ledger)
 
         data = task.data
         kept = cs.get("kept")
@@ -286,10 +298,7 @@ class SFPromptClient(SplitClient):
         if cfg.train.split_epochs > 0:
             losses.append(self.train_split(train_data, link, ledger, gen))
 
-        new_state = self.ws.get_state(self.names)
-        with ledger.phase("upload"):
-            for part, sub in _split_by_part(new_state).items():
-                ledger.send_state(sub, part=part, direction="up")
+        new_state = self.upload(ledger)
 
         return ClientOutput(
             client_id=task.client_id,
@@ -337,14 +346,9 @@ class SplitLearningClient(SplitClient):
         ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter)
         gen = torch.Generator().manual_seed(task.seed)
         with ledger.phase("download"):
-            self.ws.load_state(global_state)
-            for part, sub in _split_by_part(global_state).items():
-                ledger.send_state(sub, part=part, direction="down")
+            self.download(global_state, ledger)
         loss = self.train_split(task.data, link, ledger, gen) if self.cfg.train.split_epochs > 0 else float("nan")
-        new_state = self.ws.get_state(self.names)
-        with ledger.phase("upload"):
-            for part, sub in _split_by_part(new_state).items():
-                ledger.send_state(sub, part=part, direction="up")
+        new_state = self.upload(ledger)
         return ClientOutput(
             client_id=task.client_id,
             state=new_state,
