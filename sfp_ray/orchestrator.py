@@ -222,7 +222,6 @@ class Orchestrator:
         sflops_total = 0.0
         cum_wall = 0.0
         cum_sim = 0.0
-        last_acc, last_loss = float("nan"), float("nan")
         for r in range(1, f.rounds + 1):
             t0 = time.perf_counter()
             cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
@@ -248,7 +247,6 @@ class Orchestrator:
                                         sim_s=server_dev.compute_seconds(bflops) if bflops else 0.0))
             if r % f.eval_every == 0 or r == f.rounds:
                 ev = ex.evaluate(state)
-                last_acc, last_loss = ev.accuracy, ev.loss
                 costs.append(CostRecord(r, -1, server_dev.name, "eval", "all", flops=ev.flops, wall_s=ev.wall_s,
                                         samples=len(self.spec.test)))
                 acc, loss = ev.accuracy, ev.loss
@@ -289,7 +287,6 @@ class Orchestrator:
             final.update(ex.body_state() or {})
         for s in self.sinks:
             s.end_run(meta, final)
-        del last_acc, last_loss
         return RunResult(meta, rounds, final, client_states)
 
     def _sequential_round(self, r: int, specs: Sequence[ClientSpec], state: Mapping[str, torch.Tensor]
@@ -333,12 +330,6 @@ def round_sim_seconds(outputs: Sequence[Any], costs: Sequence[CostRecord], *, se
         return sum(per_client.values()) + agg
     slowest = max(per_client.values(), default=0.0)
     return max(slowest, server_busy) + agg
-
-
-def config_with_method(cfg: Config, method: str) -> Config:
-    """``cfg`` with ``method`` set (validated)."""
-    get_method(method)
-    return dataclasses.replace(cfg, method=method)
 
 
 def default_out_dir(base: str | Path = "runs") -> Path:

@@ -264,7 +264,6 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
     on_client = costs[(costs["client_id"] >= 0) & (costs["part"] != "body")]
     if not on_client.empty:
         part = on_client.groupby(["method", "phase"], sort=False)["flops"].sum().unstack(fill_value=0.0)
-        n = summary.set_index("method").reindex(part.index)
         participations = rounds.groupby("method")["participants"].sum().reindex(part.index)
         per = part.div(participations, axis=0) / 1e9
         per = per.loc[:, per.sum(axis=0) > 0]  # phases without compute (download/upload) add nothing
@@ -279,7 +278,6 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
-        del n
     return paths
 
 
