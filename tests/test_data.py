@@ -1,7 +1,8 @@
-"""Tests for sfp_ray.data: partitions, loaders and dataset adaptation (no Ray, no network)."""
+"""Tests for the sfp_ray.data package: partitions, loaders, adaptation, damaged files, layering."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import struct
 from pathlib import Path
@@ -10,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from sfp_ray import data
 from sfp_ray.data import (
     ArrayDataset,
+    core,
     dataset_search_path,
     label_skew,
     list_datasets,
     load_dataset,
     partition,
     register_dataset,
+    sources,
 )
 from sfp_ray.errors import ConfigError, DataError
 
@@ -70,7 +72,7 @@ def _write_fmnist(directory: Path, n_train: int = 30, n_test: int = 20, compress
 def no_default_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Points the default Fashion-MNIST dirs at empty places and clears $SFP_DATA_ROOT."""
     empty = tmp_path / "nowhere"
-    monkeypatch.setattr(data, "DEFAULT_SEARCH_DIRS", (empty / "a", empty / "b"))
+    monkeypatch.setattr(sources, "DEFAULT_SEARCH_DIRS", (empty / "a", empty / "b"))
     monkeypatch.delenv("SFP_DATA_ROOT", raising=False)
     return empty
 
@@ -291,7 +293,7 @@ def test_digits_split_and_adaptation() -> None:
 def test_channel_reduce_and_max_samples() -> None:
     rgb = load_dataset("digits", in_chans=3)
     grey = ArrayDataset(rgb.images, rgb.labels, 10, "x")
-    back = data._convert_channels(grey.images, 1, "x")
+    back = core.convert_channels(grey.images, 1, "x")
     assert back.shape[1] == 1
     ds = load_dataset("synthetic", max_samples=300, seed=2)
     assert len(ds) == 300
@@ -355,4 +357,41 @@ def test_register_dataset() -> None:
         ds = load_dataset("tiny-test-ds", classes=[1], img_size=6)
         assert ds.images.shape == (2, 1, 6, 6) and ds.labels.tolist() == [0, 0]
     finally:
-        data._REGISTRY.pop("tiny-test-ds", None)
+        sources._REGISTRY.pop("tiny-test-ds", None)
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def test_data_package_is_a_lower_layer() -> None:
+    """Every import in sfp_ray/data (module level or inside functions) stays below the
+    simulator: no Ray, and of sfp_ray only the errors and config modules.
+    """
+    allowed = {"sfp_ray.errors", "sfp_ray.config"}
+    package_dir = Path(sources.__file__).parent
+    files = sorted(package_dir.glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "core.py", "sources.py", "partitioning.py"}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else ["sfp_ray.data"]
+            else:
+                continue
+            for name in names:
+                where = f"{f.name}:{node.lineno} imports {name}"
+                assert name.split(".")[0] != "ray", where
+                if name == "sfp_ray" or name.startswith("sfp_ray."):
+                    assert name in allowed or name == "sfp_ray.data" or name.startswith("sfp_ray.data."), where
+
+
+def test_package_reexports_resolve() -> None:
+    import sfp_ray
+    import sfp_ray.data as pkg
+
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, name
+    assert sfp_ray.load_dataset is load_dataset and sfp_ray.partition is partition
+    assert sfp_ray.list_datasets is list_datasets
+    assert pkg.ArrayDataset is core.ArrayDataset and pkg.load_dataset is sources.load_dataset

@@ -1,26 +1,36 @@
-"""Datasets and client partitions for the split-federated-learning simulator.
+"""Dataset sources: the name registry, the raw loaders and where their files are looked for.
 
-This module loads image classification datasets into memory as :class:`ArrayDataset`
-objects (plain tensors, no ``torch.utils.data`` machinery, so they are cheap to slice and
-to ship to Ray actors) and splits sample indices among federated clients.
+:func:`load_dataset` is the entry point: it looks a name up in the registry
+(:func:`register_dataset`, :func:`list_datasets`), calls the raw loader, then adapts the
+result with the transforms of :mod:`sfp_ray.data.core` (class selection, stratified
+sub-sampling, resizing, channel conversion). Built-in entries:
 
-Every image tensor produced here is ``float32`` with shape ``(N, C, H, W)`` and is
-normalised as ``(x / 255 - 0.5) / 0.5``, i.e. raw pixel values ``0..255`` are mapped to
-``[-1, 1]`` (see :data:`NORM_MEAN` and :data:`NORM_STD`). Labels are ``int64`` with
-values ``0..num_classes-1``.
-
-Datasets are looked up by name in a small registry (:func:`register_dataset`,
-:func:`list_datasets`). Built-in entries:
-
-* ``fashion-mnist``: read from the original idx files (own parser, no download).
-* ``digits``: scikit-learn's bundled 8x8 digits, with a fixed 80/20 split.
+* ``fashion-mnist``: Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for
+  Benchmarking Machine Learning Algorithms" (2017, arXiv:1708.07747). Read from the
+  original idx files with the parser below (no download). The idx format is the one
+  described on the MNIST database page (LeCun, Cortes and Burges): a big-endian header
+  ``0x00 0x00 <dtype> <ndim>`` followed by ``ndim`` big-endian ``uint32`` sizes, then
+  the data in C order. Damaged files raise :class:`~sfp_ray.errors.DataError` naming the
+  file and the fault (empty, not gzip, truncated, bad magic number, trailing bytes,
+  images and labels disagreeing).
+* ``digits``: scikit-learn's bundled 8x8 digits (a copy of the UCI "Optical Recognition
+  of Handwritten Digits" test set, Alpaydin and Kaynak 1998), with a fixed 80/20 split.
 * ``synthetic``: generated, learnable 28x28 data for tests; deterministic from ``seed``.
-* ``cifar10``, ``cifar100``, ``svhn``: read from a local torchvision root
+* ``cifar10``, ``cifar100`` (Krizhevsky, "Learning Multiple Layers of Features from Tiny
+  Images", 2009) and ``svhn`` (Netzer et al., "Reading Digits in Natural Images with
+  Unsupervised Feature Learning", 2011): read from a local torchvision root
   (``download=False``; nothing is ever downloaded at run time).
 
-:func:`load_dataset` applies class selection, sub-sampling, resizing and channel
-conversion on top of a raw loader. :func:`partition` splits indices among clients with
-an ``iid``, ``dirichlet`` or ``shards`` scheme.
+Where files are looked for is given by :func:`dataset_search_path`: ``data.root``, then
+``$SFP_DATA_ROOT`` (:data:`ENV_DATA_ROOT`), then :data:`DEFAULT_SEARCH_DIRS`. Patch those
+constants here, on this module, not on the :mod:`sfp_ray.data` package.
+
+Example:
+    >>> "synthetic" in list_datasets()
+    True
+    >>> ds = load_dataset("synthetic", train=False, classes=[3, 1], img_size=8, in_chans=3)
+    >>> ds.images.shape, ds.class_names
+    (torch.Size([100, 3, 8, 8]), ('class3', 'class1'))
 """
 
 from __future__ import annotations
@@ -30,38 +40,32 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from sfp_ray.data.core import (
+    ArrayDataset,
+    convert_channels,
+    normalise,
+    resize,
+    select_classes,
+    stratified_sample,
+)
 from sfp_ray.errors import ConfigError, DataError
 
 __all__ = [
-    "ArrayDataset",
     "DEFAULT_SEARCH_DIRS",
     "DEFAULT_TORCHVISION_ROOT",
     "ENV_DATA_ROOT",
     "FASHION_MNIST_CLASSES",
-    "NORM_MEAN",
-    "NORM_STD",
-    "PARTITION_SCHEMES",
+    "Loader",
     "dataset_search_path",
-    "label_skew",
     "list_datasets",
     "load_dataset",
-    "partition",
     "register_dataset",
 ]
-
-NORM_MEAN: float = 0.5
-"""Mean subtracted after scaling pixels to ``[0, 1]``."""
-
-NORM_STD: float = 0.5
-"""Standard deviation divided by after subtracting :data:`NORM_MEAN`."""
 
 ENV_DATA_ROOT: str = "SFP_DATA_ROOT"
 """Environment variable naming a data root directory."""
@@ -91,8 +95,6 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "Ankle boot",
 )
 
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards")
-
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 
@@ -109,85 +111,6 @@ _FMNIST_INSTALL_HINT = (
 )
 
 _TORCHVISION_DATASETS = ("cifar10", "cifar100", "svhn")
-
-_RESIZE_CHUNK = 4096
-
-
-# --------------------------------------------------------------------------------------
-# Dataset container
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ArrayDataset:
-    """An in-memory image classification dataset.
-
-    Attributes:
-        images: ``float32`` tensor of shape ``(N, C, H, W)``, normalised as
-            ``(x / 255 - 0.5) / 0.5`` so that raw pixel values ``0..255`` lie in ``[-1, 1]``.
-        labels: ``int64`` tensor of shape ``(N,)`` with values ``0..num_classes-1``.
-        num_classes: Number of classes (after any class selection/remapping).
-        name: Dataset name, e.g. ``"fashion-mnist"``.
-        class_names: Human-readable class names indexed by label, if known; empty otherwise.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-    name: str
-    class_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.images.shape[0] != self.labels.shape[0]:
-            raise DataError(
-                f"dataset {self.name!r}: {self.images.shape[0]} images but "
-                f"{self.labels.shape[0]} labels"
-            )
-
-    def __len__(self) -> int:
-        """Returns the number of samples."""
-        return int(self.labels.shape[0])
-
-    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ArrayDataset:
-        """Returns a new dataset holding only the samples at ``indices``.
-
-        Args:
-            indices: Integer sample indices (a sequence, numpy array or tensor), in the
-                order wanted. A boolean mask of length ``N`` is also accepted.
-
-        Returns:
-            A dataset with the same ``num_classes``, ``name`` and ``class_names``.
-        """
-        idx = _as_index_tensor(indices)
-        return ArrayDataset(
-            images=self.images[idx],
-            labels=self.labels[idx],
-            num_classes=self.num_classes,
-            name=self.name,
-            class_names=self.class_names,
-        )
-
-
-def _as_index_tensor(indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Converts index-like input to a 1-D ``int64`` tensor."""
-    if isinstance(indices, torch.Tensor):
-        t = indices.reshape(-1)
-        if t.dtype == torch.bool:
-            return torch.nonzero(t, as_tuple=False).reshape(-1)
-        return t.to(torch.long)
-    arr = np.asarray(indices).reshape(-1)
-    if arr.dtype == np.bool_:
-        arr = np.flatnonzero(arr)
-    return torch.from_numpy(arr.astype(np.int64, copy=True))
-
-
-def _normalise(pixels: np.ndarray) -> torch.Tensor:
-    """Maps raw pixel values ``0..255`` to a normalised ``float32`` tensor in ``[-1, 1]``."""
-    arr = np.ascontiguousarray(pixels, dtype=np.float32)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    return (t / 255.0 - NORM_MEAN) / NORM_STD
 
 
 # --------------------------------------------------------------------------------------
@@ -297,88 +220,14 @@ def load_dataset(
     ds = _REGISTRY[key](root, bool(train), int(seed))
 
     if classes is not None:
-        ds = _select_classes(ds, classes)
+        ds = select_classes(ds, classes)
     if max_samples is not None and int(max_samples) < len(ds):
-        ds = ds.subset(_stratified_sample(ds.labels.numpy(), int(max_samples), int(seed)))
+        ds = ds.subset(stratified_sample(ds.labels.numpy(), int(max_samples), int(seed)))
     if img_size is not None:
-        ds.images = _resize(ds.images, int(img_size))
+        ds.images = resize(ds.images, int(img_size))
     if in_chans is not None:
-        ds.images = _convert_channels(ds.images, int(in_chans), ds.name)
+        ds.images = convert_channels(ds.images, int(in_chans), ds.name)
     return ds
-
-
-def _select_classes(ds: ArrayDataset, classes: Sequence[int]) -> ArrayDataset:
-    """Keeps only ``classes`` and remaps them to ``0..k-1`` in the given order."""
-    wanted = [int(c) for c in classes]
-    if not wanted:
-        raise ConfigError("data.classes: must list at least one class id, got an empty list")
-    if len(set(wanted)) != len(wanted):
-        raise ConfigError(f"data.classes: class ids must be distinct, got {list(classes)}")
-    labels = ds.labels.numpy()
-    present = set(np.unique(labels).tolist())
-    missing = [c for c in wanted if c < 0 or c >= ds.num_classes or c not in present]
-    if missing:
-        raise ConfigError(
-            f"data.classes: class id(s) {missing} not present in dataset {ds.name!r} "
-            f"(valid ids: 0..{ds.num_classes - 1})"
-        )
-    lookup = np.full(ds.num_classes, -1, dtype=np.int64)
-    lookup[wanted] = np.arange(len(wanted), dtype=np.int64)
-    keep = np.flatnonzero(lookup[labels] >= 0)
-    new_labels = torch.from_numpy(lookup[labels[keep]])
-    names = tuple(ds.class_names[c] for c in wanted) if len(ds.class_names) == ds.num_classes else ()
-    return ArrayDataset(
-        images=ds.images[torch.from_numpy(keep)],
-        labels=new_labels,
-        num_classes=len(wanted),
-        name=ds.name,
-        class_names=names,
-    )
-
-
-def _stratified_sample(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Picks ``k`` indices at random, keeping class proportions close to the full set.
-
-    Each class's samples, in a seeded random order, get keys ``(j + 0.5) / n_c``; taking
-    the ``k`` smallest keys interleaves classes in proportion to their sizes.
-    """
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(labels.shape[0])
-    perm_labels = labels[perm]
-    keys = np.empty(perm.shape[0], dtype=np.float64)
-    for c in np.unique(perm_labels):
-        pos = np.flatnonzero(perm_labels == c)
-        keys[pos] = (np.arange(pos.shape[0]) + 0.5) / pos.shape[0]
-    chosen = perm[np.argsort(keys, kind="stable")[:k]]
-    return np.sort(chosen)
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resizes ``(N, C, H, W)`` images to ``size x size`` (bilinear, no antialiasing)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    if images.shape[0] == 0:
-        return images.new_zeros((0, images.shape[1], size, size))
-    chunks = [
-        F.interpolate(images[i : i + _RESIZE_CHUNK], size=(size, size), mode="bilinear",
-                      align_corners=False, antialias=False)
-        for i in range(0, images.shape[0], _RESIZE_CHUNK)
-    ]
-    return torch.cat(chunks, dim=0).contiguous()
-
-
-def _convert_channels(images: torch.Tensor, chans: int, name: str) -> torch.Tensor:
-    """Converts 1 -> 3 channels by repetition or 3 -> 1 by averaging."""
-    have = images.shape[1]
-    if have == chans:
-        return images
-    if have == 1 and chans == 3:
-        return images.repeat(1, 3, 1, 1)
-    if have == 3 and chans == 1:
-        return images.mean(dim=1, keepdim=True)
-    raise ConfigError(
-        f"model.in_chans: cannot convert dataset {name!r} from {have} to {chans} channels"
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -545,7 +394,7 @@ def _load_fashion_mnist(root: str | None, train: bool, seed: int) -> ArrayDatase
                 f"Fashion-MNIST labels in {lbl_path} go up to {int(labels.max())}; expected 0..9"
             )
         return ArrayDataset(
-            images=_normalise(images[:, None, :, :]),
+            images=normalise(images[:, None, :, :]),
             labels=torch.from_numpy(labels.astype(np.int64)),
             num_classes=len(FASHION_MNIST_CLASSES),
             name="fashion-mnist",
@@ -591,7 +440,7 @@ def _load_digits(root: str | None, train: bool, seed: int) -> ArrayDataset:
     n_test = int(round(_DIGITS_TEST_FRACTION * labels.shape[0]))
     idx = np.sort(perm[n_test:] if train else perm[:n_test])
     return ArrayDataset(
-        images=_normalise(images[idx, None, :, :].astype(np.float32)),
+        images=normalise(images[idx, None, :, :].astype(np.float32)),
         labels=torch.from_numpy(labels[idx]),
         num_classes=10,
         name="digits",
@@ -639,7 +488,7 @@ def _load_synthetic(root: str | None, train: bool, seed: int) -> ArrayDataset:
     noise = rng.standard_normal((n, _SYNTH_SIZE, _SYNTH_SIZE), dtype=np.float32) * _SYNTH_NOISE
     images = np.clip(_synthetic_templates().astype(np.float32)[labels] + noise, 0.0, 1.0) * 255.0
     return ArrayDataset(
-        images=_normalise(images[:, None, :, :]),
+        images=normalise(images[:, None, :, :]),
         labels=torch.from_numpy(labels),
         num_classes=_SYNTH_CLASSES,
         name="synthetic",
@@ -675,7 +524,7 @@ def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:
         raise _torchvision_missing(name, base / folder, exc, call) from exc
     images = np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2)
     return ArrayDataset(
-        images=_normalise(images),
+        images=normalise(images),
         labels=torch.as_tensor(np.asarray(ds.targets, dtype=np.int64)),
         num_classes=100 if hundred else 10,
         name=name,
@@ -725,184 +574,9 @@ def _load_svhn(root: str | None, train: bool, seed: int) -> ArrayDataset:
     except ImportError as exc:
         raise DataError(f"reading SVHN from {base} needs scipy: {exc}") from exc
     return ArrayDataset(
-        images=_normalise(np.asarray(ds.data, dtype=np.uint8)),
+        images=normalise(np.asarray(ds.data, dtype=np.uint8)),
         labels=torch.as_tensor(np.asarray(ds.labels, dtype=np.int64)),
         num_classes=10,
         name="svhn",
         class_names=tuple(str(d) for d in range(10)),
     )
-
-
-# --------------------------------------------------------------------------------------
-# Partitioning
-# --------------------------------------------------------------------------------------
-
-
-def partition(
-    labels: np.ndarray | torch.Tensor,
-    num_clients: int,
-    scheme: Literal["iid", "dirichlet", "shards"] = "iid",
-    *,
-    alpha: float = 0.5,
-    shards_per_client: int = 2,
-    seed: int = 0,
-    min_samples: int = 1,
-) -> list[np.ndarray]:
-    """Splits sample indices among federated clients.
-
-    Schemes:
-
-    * ``iid``: a seeded permutation of all indices cut into near-equal parts
-      (:func:`numpy.array_split`).
-    * ``dirichlet``: for each class, proportions ``p ~ Dirichlet(alpha * 1_K)`` over the
-      ``K`` clients; that class's (shuffled) indices are cut at ``cumsum(p) * n_c``.
-      Smaller ``alpha`` gives more label skew.
-    * ``shards``: indices sorted by label (random order within a label) are cut into
-      ``K * shards_per_client`` contiguous shards, and each client gets
-      ``shards_per_client`` shards chosen at random (McMahan et al., 2017).
-
-    Repair rule (``min_samples``): after partitioning, while some client has fewer than
-    ``min_samples`` samples, take the lowest-numbered such client and move one sample,
-    chosen at random, to it from the currently largest client (ties between equally large
-    clients broken at random). All random choices come from the same seeded generator, so
-    the result stays deterministic. The largest client always has more than
-    ``min_samples`` samples while any client is short, so donors never fall below the
-    minimum themselves.
-
-    Every index ``0..N-1`` appears in exactly one client for every scheme, and the result
-    depends only on the arguments.
-
-    Args:
-        labels: Class label of each sample, shape ``(N,)``.
-        num_clients: Number of clients ``K`` (``federation.num_clients``), at least 1.
-        scheme: ``"iid"``, ``"dirichlet"`` or ``"shards"`` (``data.partition``).
-        alpha: Dirichlet concentration (``data.alpha``), greater than 0.
-        shards_per_client: Shards per client for ``shards`` (``data.shards_per_client``).
-        seed: Seed for all random choices.
-        min_samples: Minimum samples per client after repair; 0 disables the repair.
-
-    Returns:
-        ``K`` sorted ``int64`` index arrays, one per client.
-
-    Raises:
-        ConfigError: ``num_clients < 1``; ``alpha <= 0``; unknown ``scheme``;
-            ``shards_per_client < 1``; ``min_samples < 0``; or fewer than
-            ``num_clients * min_samples`` samples in total.
-    """
-    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    y = y.reshape(-1).astype(np.int64, copy=False)
-    n = int(y.shape[0])
-
-    if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
-        raise ConfigError(f"federation.num_clients: must be an integer >= 1, got {num_clients!r}")
-    k = int(num_clients)
-    if scheme not in PARTITION_SCHEMES:
-        raise ConfigError(
-            f"data.partition: unknown scheme {scheme!r}; allowed: {', '.join(PARTITION_SCHEMES)}"
-        )
-    if not float(alpha) > 0:
-        raise ConfigError(f"data.alpha: must be > 0, got {alpha!r}")
-    if int(shards_per_client) != shards_per_client or shards_per_client < 1:
-        raise ConfigError(
-            f"data.shards_per_client: must be an integer >= 1, got {shards_per_client!r}"
-        )
-    if int(min_samples) != min_samples or min_samples < 0:
-        raise ConfigError(f"data.min_samples: must be an integer >= 0, got {min_samples!r}")
-    min_samples = int(min_samples)
-    if n < k * min_samples:
-        raise ConfigError(
-            f"federation.num_clients: {k} clients with at least {min_samples} sample(s) each "
-            f"need {k * min_samples} samples, but the dataset has only {n}; use fewer clients "
-            f"or a larger dataset"
-        )
-
-    rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        parts = np.array_split(rng.permutation(n), k)
-    elif scheme == "dirichlet":
-        parts = _dirichlet_split(y, k, float(alpha), rng)
-    else:
-        parts = _shard_split(y, k, int(shards_per_client), rng)
-
-    if min_samples > 0:
-        parts = _repair_min_samples(parts, min_samples, rng)
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-
-
-def _dirichlet_split(y: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
-    buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        p = rng.dirichlet(np.full(k, alpha))
-        if not np.all(np.isfinite(p)) or p.sum() <= 0:
-            # Extremely small alpha can underflow; all mass goes to one client.
-            p = np.zeros(k)
-            p[rng.integers(k)] = 1.0
-        cuts = np.floor(np.cumsum(p)[:-1] * idx.shape[0]).astype(np.int64)
-        cuts = np.clip(cuts, 0, idx.shape[0])
-        for client, piece in enumerate(np.split(idx, cuts)):
-            buckets[client].append(piece)
-    return [np.concatenate(b) if b else np.empty(0, dtype=np.int64) for b in buckets]
-
-
-def _shard_split(y: np.ndarray, k: int, per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
-    shuffled = rng.permutation(y.shape[0])
-    order = shuffled[np.argsort(y[shuffled], kind="stable")]
-    num_shards = k * per_client
-    shards = np.array_split(order, num_shards)
-    owner = rng.permutation(num_shards).reshape(k, per_client)
-    return [np.concatenate([shards[s] for s in owner[c]]) for c in range(k)]
-
-
-def _repair_min_samples(parts: list[np.ndarray], minimum: int, rng: np.random.Generator) -> list[np.ndarray]:
-    pools = [list(np.asarray(p, dtype=np.int64).tolist()) for p in parts]
-    sizes = np.array([len(p) for p in pools], dtype=np.int64)
-    while True:
-        short = np.flatnonzero(sizes < minimum)
-        if short.shape[0] == 0:
-            break
-        receiver = int(short[0])
-        largest = np.flatnonzero(sizes == sizes.max())
-        donor = int(largest[rng.integers(largest.shape[0])]) if largest.shape[0] > 1 else int(largest[0])
-        pool = pools[donor]
-        j = int(rng.integers(len(pool)))
-        pool[j], pool[-1] = pool[-1], pool[j]
-        pools[receiver].append(pool.pop())
-        sizes[donor] -= 1
-        sizes[receiver] += 1
-    return [np.asarray(p, dtype=np.int64) for p in pools]
-
-
-def label_skew(
-    parts: Sequence[np.ndarray | Sequence[int]],
-    labels: np.ndarray | torch.Tensor,
-    num_classes: int,
-) -> float:
-    """Measures label skew of a partition.
-
-    The skew is the mean, over clients, of the total-variation distance
-    ``0.5 * sum_c |p_client(c) - p_global(c)|`` between a client's label distribution and
-    the distribution over all ``labels``. It is 0 for perfectly balanced clients and at
-    most 1. Clients without samples have no distribution and are left out of the mean.
-
-    Args:
-        parts: Index arrays, one per client (as returned by :func:`partition`).
-        labels: Label of every sample, shape ``(N,)``.
-        num_classes: Number of classes.
-
-    Returns:
-        The mean total-variation distance, or 0.0 if no client has samples.
-    """
-    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    y = y.reshape(-1).astype(np.int64, copy=False)
-    if y.shape[0] == 0:
-        return 0.0
-    global_dist = np.bincount(y, minlength=num_classes)[:num_classes] / y.shape[0]
-    distances: list[float] = []
-    for p in parts:
-        idx = np.asarray(p, dtype=np.int64).reshape(-1)
-        if idx.shape[0] == 0:
-            continue
-        counts = np.bincount(y[idx], minlength=num_classes)[:num_classes]
-        distances.append(0.5 * float(np.abs(counts / idx.shape[0] - global_dist).sum()))
-    return float(np.mean(distances)) if distances else 0.0
