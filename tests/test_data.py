@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -245,6 +246,86 @@ def test_fashion_mnist_truncated(tmp_path: Path, no_default_dirs: Path) -> None:
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
+        load_dataset("fashion-mnist", root=str(tmp_path))
+
+
+IMAGES_GZ = "train-images-idx3-ubyte.gz"
+LABELS_GZ = "train-labels-idx1-ubyte.gz"
+
+
+def _cut_gzip(path: Path) -> None:
+    """Cuts a gzip file in half: the stream ends before its end marker."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _regzip(path: Path, change) -> None:
+    """Rewrites a .gz file as valid gzip of ``change(decompressed bytes)``."""
+    path.write_bytes(gzip.compress(change(gzip.decompress(path.read_bytes()))))
+
+
+def _flip_crc(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF  # first byte of the CRC32 in the gzip trailer
+    path.write_bytes(bytes(raw))
+
+
+def _header(magic: int, *dims: int) -> bytes:
+    return struct.pack(f">I{len(dims)}I", magic, *dims)
+
+
+# (id, file damaged, damage, what the message must say after the file's path)
+HOSTILE_FILES = [
+    ("truncated-gzip", IMAGES_GZ, _cut_gzip, r" is truncated: the gzip stream ends early"),
+    ("truncated-payload", IMAGES_GZ, lambda p: _regzip(p, lambda b: b[:-100]),
+     r" is truncated: dims \(30, 28, 28\) need 23536 bytes, got 23436 after decompression"),
+    ("header-only", LABELS_GZ, lambda p: _regzip(p, lambda b: b[:6]),
+     r" is truncated: header needs 8 bytes, got 6 after decompression"),
+    ("wrong-magic-swapped", LABELS_GZ, lambda p: _regzip(p, lambda b: _header(0x803) + b[4:]),
+     r" has bad magic number 0x00000803 \(expected 0x00000801\); it is an images file"),
+    ("wrong-magic-garbage", IMAGES_GZ, lambda p: _regzip(p, lambda b: b"\x12\x34\x56\x78" + b[4:]),
+     r" has bad magic number 0x12345678 \(expected 0x00000803\); the file is corrupt or not an idx file"),
+    ("not-gzip", LABELS_GZ, lambda p: p.write_bytes(gzip.decompress(p.read_bytes())),
+     r" has a \.gz name but is not gzip-compressed"),
+    ("empty-file", IMAGES_GZ, lambda p: p.write_bytes(b""), r" is empty \(0 bytes\)"),
+    ("empty-gzip-stream", LABELS_GZ, lambda p: p.write_bytes(gzip.compress(b"")),
+     r" is truncated: 0 byte\(s\) after decompression"),
+    ("bad-crc", LABELS_GZ, _flip_crc, r" is corrupt: its gzip data cannot be decompressed \(CRC check failed"),
+    ("trailing-bytes", LABELS_GZ, lambda p: _regzip(p, lambda b: b + b"xx"),
+     r" has 2 unexpected trailing bytes: dims \(30,\) need 38 bytes, got 40 after decompression"),
+    ("absurd-dims", IMAGES_GZ, lambda p: _regzip(p, lambda b: _header(0x803, 2**31, 2**31, 4) + b[16:]),
+     r" is truncated: dims \(2147483648, 2147483648, 4\) need 18446744073709551632 bytes"),
+    ("impossible-dims", IMAGES_GZ, lambda p: p.write_bytes(gzip.compress(_header(0x803, 0, 2**32 - 1, 2**32 - 1))),
+     r" declares dims \(0, 4294967295, 4294967295\), which cannot form an array"),
+    ("wrong-image-size", IMAGES_GZ, lambda p: _write_idx(p, np.zeros((30, 10, 10), dtype=np.uint8), 0x803),
+     r" are 10x10; expected 28x28"),
+    ("count-mismatch", IMAGES_GZ, lambda p: _write_idx(p, np.zeros((29, 28, 28), dtype=np.uint8), 0x803),
+     r" has 29 images but .*train-labels-idx1-ubyte\.gz has 30 labels"),
+    ("label-out-of-range", LABELS_GZ, lambda p: _write_idx(p, np.full(30, 12, dtype=np.uint8), 0x801),
+     r" go up to 12; expected 0\.\.9"),
+]
+
+
+@pytest.mark.parametrize(("fname", "damage", "fault"), [c[1:] for c in HOSTILE_FILES],
+                         ids=[c[0] for c in HOSTILE_FILES])
+def test_fashion_mnist_hostile_files(tmp_path: Path, no_default_dirs: Path, fname: str, damage, fault: str) -> None:
+    """A damaged file gives a one-line DataError naming the file and the fault."""
+    _write_fmnist(tmp_path)
+    damage(tmp_path / fname)
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / fname)) + fault) as exc:
+        load_dataset("fashion-mnist", root=str(tmp_path))
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("fname", "fault"), [
+    ("train-labels-idx1-ubyte", r" is empty \(0 bytes\)"),
+    ("train-images-idx3-ubyte", r" has bad magic number 0x1f8b0800 .*looks gzip-compressed; give it a \.gz suffix"),
+])
+def test_fashion_mnist_hostile_plain_files(tmp_path: Path, no_default_dirs: Path, fname: str, fault: str) -> None:
+    _write_fmnist(tmp_path, compress=False)
+    path = tmp_path / fname
+    path.write_bytes(gzip.compress(path.read_bytes()) if "magic" in fault else b"")
+    with pytest.raises(DataError, match=re.escape(str(path)) + fault):
         load_dataset("fashion-mnist", root=str(tmp_path))
 
 
