@@ -36,20 +36,22 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base = ["project.num_classes=100", "project.img_size=224", "model.in_chans=3"]
+    # the timm model at its own size (224 px, patch 16, 3 channels, all blocks), 100 classes, 500 samples
+    base = ["project.num_classes=100", "project.samples_per_client=500", "model.img_size=null",
+            "model.patch_size=null", "model.in_chans=null", "model.depth=null"]
     tables = {}
     for model in MODELS:
-        cfg = load_config(overrides=base)
-        df = project(cfg, model)
+        cfg = load_config(overrides=base + [f"model.name={model}"])
+        df = project(cfg)
         df.to_csv(out / f"projection_{model}.csv", index=False)
         tables[model] = df
     rows = []
     grid = itertools.product(MODELS, [(0, 0), (1, 1), (2, 2)], [0.5, 1.0], [100, 500, 1000], [0, 1])
     for model, (h, t), keep, n, local in grid:
-        common = base + [f"split.head_blocks={h}", f"split.tail_blocks={t}", f"pruning.keep_ratio={keep}",
-                         f"project.samples_per_client={n}"]
-        s = project_method(load_config(overrides=common + [f"train.local_epochs={local}"]), model, "sfprompt")
-        f = project_method(load_config(overrides=common + ["train.local_epochs=1"]), model, "fl_full")
+        common = base + [f"model.name={model}", f"split.head_blocks={h}", f"split.tail_blocks={t}",
+                         f"pruning.keep_ratio={keep}", f"project.samples_per_client={n}"]
+        s = project_method(load_config(overrides=common + [f"train.local_epochs={local}"]), "sfprompt")
+        f = project_method(load_config(overrides=common + ["train.local_epochs=1"]), "fl_full")
         rows.append({
             "model": model, "head_blocks": h, "tail_blocks": t, "keep_ratio": keep, "samples_per_client": n,
             "local_epochs": local,

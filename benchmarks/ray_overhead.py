@@ -25,10 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from sfp_ray.config import load_config
-from sfp_ray.executors.ray_executor import RayExecutor
+from sfp_ray.executors.ray import RayExecutor, start_ray
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.orchestrator import Orchestrator, prepare_run
-from sfp_ray.runtime import start_ray
 
 HERE = Path(__file__).parent
 BASE = [
@@ -41,7 +40,7 @@ def one(spec, executor) -> tuple[float, float, object]:
     t0 = time.perf_counter()
     with executor:
         res = Orchestrator(spec, executor).run()
-        rows = executor.resource_report()
+        rows = executor.resources() if isinstance(executor, RayExecutor) else []
     total = time.perf_counter() - t0
     loop = sum(r.wall_s for r in res.rounds)
     return total, loop, (res, rows)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from sfp_ray.tensors import as_view
+
 Tensorish = torch.Tensor | np.ndarray
 
 
@@ -62,7 +64,7 @@ def fedavg(
             if k not in states[i]:
                 continue
             v = states[i][k]
-            t = torch.from_numpy(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+            t = as_view(v)
             dtype = dtype or t.dtype
             w = float(weights[i])
             term = t.detach().to(torch.float64) * w

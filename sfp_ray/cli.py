@@ -2,11 +2,12 @@
 
 ::
 
-    sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--executor serial|ray]
-                     [--address ADDR] [--out DIR]
-    sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--out DIR]
-    sfp-ray pretrain [--config FILE] [--set KEY=VALUE ...] [--out FILE]
-    sfp-ray project  --model NAME [--set KEY=VALUE ...] [--methods ...] [--out DIR]
+    sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--seeds 0,1,2]
+                     [--executor ray|serial] [--address ADDR] [--out DIR]
+    sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
+                     [--executor ray|serial] [--address ADDR] [--out DIR]
+    sfp-ray pretrain [--config FILE] [--set KEY=VALUE ...] [--out FILE] [--force]
+    sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--methods ...] [--out DIR]
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices | datasets
 
@@ -29,18 +30,22 @@ from sfp_ray.errors import ClusterError, ConfigError, DataError, ModelError, Sfp
 log = logging.getLogger("sfp_ray")
 
 DEFAULT_METHODS = "sfprompt,fl_full"
+CONFIG_HELP = "YAML configuration file; its sections are the dotted keys of --set (see docs/configuration.md)"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML configuration file (sections as in DESIGN.md §7)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override a configuration key, e.g. --set federation.rounds=3 (repeatable)")
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["serial", "ray"], default="serial",
-                   help="serial: every role in this process (reference); ray: one actor per client, "
-                        "a server actor and an aggregator actor (default: %(default)s)")
+    p.add_argument("--seeds", metavar="S1,S2,...", default=None,
+                   help="run every method once per seed (e.g. 0,1,2) and report mean ± 95%% CI; default: the "
+                        "config's seed")
+    p.add_argument("--executor", choices=["ray", "serial"], default="ray",
+                   help="ray: clients as Ray actors sized from the cluster, a server actor, an aggregator actor; "
+                        "serial: every role in this process (the reference) (default: %(default)s)")
     p.add_argument("--address", metavar="ADDR", default=None,
                    help="Ray cluster to join: 'auto' or HOST:PORT; default starts a private local Ray "
                         "(ray.address in the config)")
@@ -74,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file (default: the cache path the 'pretrain' checkpoint setting uses)")
     p.add_argument("--force", action="store_true", help="pre-train even when the cached backbone exists")
 
-    p = sub.add_parser("project", help="paper-scale cost projection on the meta device (no training)")
-    p.add_argument("--model", required=True, help="timm model, e.g. vit_base_patch16_224")
+    p = sub.add_parser("project", help="cost projection of a run's configuration on the meta device (no training)")
+    p.add_argument("--model", default=None,
+                   help="timm model, e.g. vit_base_patch16_224, at its own image size, patch and channels (--set "
+                        "model.* still applies); default: the configured model")
     _add_config_args(p)
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/project-<model>)")
@@ -90,16 +97,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- helpers
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, extra: Sequence[str] = ()):
     from sfp_ray.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, [*extra, *args.overrides])
 
 
-def _progress(total_rounds: int, quiet: bool):
+def _say(msg: str) -> None:
+    print(f"sfp-ray: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; None -> ``[default]``.
+
+    Example:
+        >>> parse_seeds("0, 1,2", 5), parse_seeds(None, 5)
+        ([0, 1, 2], [5])
+    """
+    if text is None:
+        return [default]
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
+def check_out_dir(path: Path) -> Path:
+    """Create the output folder (or check the existing one) and that it is writable; one-line errors."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out: {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sfp-ray-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write to {path} ({e.strerror or e})") from None
+    return path
+
+
+def _progress(total_rounds: int, quiet: bool, with_seed: bool):
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
@@ -108,29 +153,23 @@ def _progress(total_rounds: int, quiet: bool):
         if quiet:
             return
         acc = "   -  " if rec.test_accuracy != rec.test_accuracy else f"{rec.test_accuracy:.3f}"
+        seed = f" seed {rec.seed}" if with_seed else ""
+        failed = f"  [yellow]{rec.failed} failed[/yellow]" if rec.failed else ""
         console.print(
-            f"[bold]{rec.method}[/bold] round {rec.round}/{total_rounds}  acc {acc}  "
+            f"[bold]{rec.method}[/bold]{seed} round {rec.round}/{total_rounds}  acc {acc}  "
             f"loss {rec.train_loss:.3f}  {rec.bytes_total / 1e6:.1f} MB  "
-            f"client {rec.client_flops_total / 1e9:.1f} GFLOP  sim {rec.cum_sim_s:.1f} s  wall {rec.cum_wall_s:.1f} s",
+            f"client {rec.client_flops_total / 1e9:.1f} GFLOP  sim {rec.cum_sim_s:.1f} s  "
+            f"wall {rec.cum_wall_s:.1f} s{failed}",
             soft_wrap=True,
         )
 
     return show
 
 
-def _make_executor(kind: str, cfg, address: str | None):
-    if kind == "serial":
-        from sfp_ray.executors.serial import SerialExecutor
-
-        return SerialExecutor(num_threads=None), False
-    from sfp_ray.executors.ray_executor import RayExecutor
-    from sfp_ray.runtime import start_ray
-
-    started = start_ray(cfg.ray, address if address is not None else cfg.ray.address)
-    return RayExecutor(), started
+# --------------------------------------------------------------------------- run / compare
 
 
-def _run_methods(args: argparse.Namespace, methods: list[str]) -> int:
+def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     import ray  # noqa: F401  (fail early if the install is broken)
 
     from sfp_ray.methods import get_method
@@ -138,57 +177,74 @@ def _run_methods(args: argparse.Namespace, methods: list[str]) -> int:
     from sfp_ray.pretrain import resolve_checkpoint
     from sfp_ray.reports import ReportSink, format_summary
 
-    cfg = _load(args)
     for m in methods:
         get_method(m)  # validate all names before any work
-    out = Path(args.out) if args.out else default_out_dir()
-    err = sys.stderr
+    seeds = parse_seeds(args.seeds, cfg.seed)
+    out = check_out_dir(Path(args.out) if args.out else default_out_dir())
     ck_cache: dict[str, str | None] = {}
 
     def resolve(c):
-        key = repr((c.model, c.pretrain, c.seed))
+        key = repr((c.model, c.pretrain, c.data.root))
         if key not in ck_cache:
-            ck_cache[key] = resolve_checkpoint(c, log_fn=lambda s: print(f"sfp-ray: {s}", file=err))
+            ck_cache[key] = resolve_checkpoint(c, log_fn=_say)
         return ck_cache[key]
 
-    specs = [prepare_run(cfg, m, resolve_checkpoint=resolve) for m in methods]  # validates everything first
+    # everything is validated (and data loaded, the backbone pre-trained) before any run starts
+    specs = [prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s in seeds for m in methods]
+    for note in dict.fromkeys(n for s in specs for n in s.notices):
+        _say(f"notice: {note}")
     sink = ReportSink(out, plots=not args.no_plots)
-    print(f"sfp-ray: writing the report to {out}", file=err)
-    started = False
+    _say(f"writing the report to {out}")
+    started, pool = False, None
     try:
-        for m, spec in zip(methods, specs):
-            executor, st = _make_executor(args.executor, spec.cfg, args.address)
-            started = started or st
-            print(f"sfp-ray: {m}: {spec.cfg.federation.num_clients} clients "
-                  f"({spec.cfg.federation.clients_per_round}/round), {spec.cfg.federation.rounds} rounds, "
-                  f"{args.executor} executor, data {spec.cfg.data.name} "
-                  f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}",
-                  file=err)
+        if args.executor == "ray":
+            from sfp_ray.executors.ray import ActorPool, start_ray
+
+            started = start_ray(cfg.ray, args.address if args.address is not None else cfg.ray.address)
+            pool = ActorPool.for_specs(specs)
+            for note in pool.plan.notices:
+                _say(f"notice: {note}")
+        for spec in specs:
+            f = spec.cfg.federation
+            _say(f"{spec.method.name} seed {spec.cfg.seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
+                 f"{f.rounds} rounds, {args.executor} executor, data {spec.cfg.data.name} "
+                 f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
+            if pool is not None:
+                from sfp_ray.executors.ray import RayExecutor
+
+                executor = RayExecutor(pool)
+            else:
+                from sfp_ray.executors.serial import SerialExecutor
+
+                executor = SerialExecutor()
             with executor:
-                Orchestrator(spec, executor, [sink], progress=_progress(spec.cfg.federation.rounds, args.quiet)).run()
+                Orchestrator(spec, executor, [sink],
+                             progress=_progress(f.rounds, args.quiet, len(seeds) > 1)).run()
     finally:
+        if pool is not None:
+            pool.close()
         if started:
             import ray
 
             ray.shutdown()
     summary = sink.finalize()
     print(format_summary(summary))
-    print(f"\nreport: {out}/ (summary.csv, rounds.csv, costs.csv, costs.parquet, config.yaml, *.png)")
+    extra = ", summary_by_seed.csv" if len(seeds) > 1 else ""
+    print(f"\nreport: {out}/ (summary.csv{extra}, rounds.csv, clients.csv, costs.csv, costs.parquet, "
+          "messages.csv, config.yaml, *.png)")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sfp_ray.config import load_config
-
-    method = args.method or load_config(args.config, args.overrides).method
-    return _run_methods(args, [method])
+    cfg = _load(args)
+    return _run_methods(args, [args.method or cfg.method], cfg)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--methods: give at least one method, e.g. sfprompt,fl_full")
-    return _run_methods(args, methods)
+    return _run_methods(args, methods, _load(args))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -205,14 +261,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--model NAME`` takes the timm model as timm defines it: these overrides are reset first.
+MODEL_RESET = ("model.img_size=null", "model.patch_size=null", "model.in_chans=null", "model.depth=null",
+               "model.embed_dim=null", "model.num_heads=null", "model.global_pool=null")
+
+
 def cmd_project(args: argparse.Namespace) -> int:
     from sfp_ray.projection import format_projection, project
 
-    cfg = _load(args)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    out = Path(args.out) if args.out else Path("runs") / f"project-{args.model}"
-    df = project(cfg, args.model, methods=methods)
-    out.mkdir(parents=True, exist_ok=True)
+    extra = [f"model.name={args.model}", *MODEL_RESET] if args.model else []
+    cfg = _load(args, extra)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
+    df = project(cfg, methods=methods)
     df.to_csv(out / "projection.csv", index=False)
     print(format_projection(df))
     print(f"\nprojection: {out}/projection.csv")
@@ -274,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         return COMMANDS[args.command](args)
-    except (SfpRayError, FileNotFoundError) as e:
+    except (SfpRayError, OSError) as e:
         if args.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

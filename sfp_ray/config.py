@@ -1,9 +1,9 @@
 """Typed, frozen experiment configuration.
 
-One :class:`Config` is built once from YAML and ``--set key=value`` overrides
-(DESIGN.md §7); unknown keys and bad values raise :class:`~sfp_ray.errors.ConfigError`
-with a message naming the dotted key and what is allowed. Nothing deeper in the code reads
-nested dicts by string keys.
+One :class:`Config` is built once from YAML and ``--set key=value`` overrides (every key
+is listed in ``docs/configuration.md``); unknown keys and bad values raise
+:class:`~sfp_ray.errors.ConfigError` with a message naming the dotted key and what is
+allowed. Nothing deeper in the code reads nested dicts by string keys.
 
 Example:
     >>> cfg = load_config(overrides=["federation.rounds=2", "data.name=synthetic"])
@@ -34,6 +34,9 @@ BypassPool = Literal["auto", "model", "avg"]
 class ModelConfig:
     """Which timm ViT to build and from which weights.
 
+    ``img_size``, ``patch_size``, ``in_chans``, ``depth``, ``embed_dim``, ``num_heads`` and
+    ``global_pool`` override the timm model's own values; ``null`` keeps them.
+
     ``fused_attn`` selects timm's fused attention kernel; off by default so that every pass
     runs the same arithmetic as the FLOP-counted ones (counting forces PyTorch's MATH kernel),
     which keeps serial and Ray runs bit-comparable. Turn it on for speed on GPUs.
@@ -44,9 +47,9 @@ class ModelConfig:
     """
 
     name: str = "vit_tiny_patch16_224"
-    img_size: int = 28
-    patch_size: int = 7
-    in_chans: int = 1
+    img_size: int | None = 28
+    patch_size: int | None = 7
+    in_chans: int | None = 1
     depth: int | None = 6
     embed_dim: int | None = None
     num_heads: int | None = None
@@ -142,17 +145,27 @@ class DevicesConfig:
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """Settings of ``sfp-ray project`` (paper-scale cost projection on the meta device)."""
+    """Overrides of ``sfp-ray project`` (cost projection on the meta device); unset keys take the run's values.
 
-    samples_per_client: int = 500
-    img_size: int = 224
-    num_classes: int = 100
+    ``samples_per_client`` defaults to ``data.samples_per_client``, ``img_size`` to
+    ``model.img_size`` (or the timm model's own size), ``num_classes`` to the number of
+    ``data.classes`` (or the dataset's class count).
+    """
+
+    samples_per_client: int | None = None
+    img_size: int | None = None
+    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Offline stand-in for ImageNet pre-training: a small ViT on a source task."""
+    """Offline stand-in for ImageNet pre-training: a small ViT on a source task.
 
+    ``seed`` is the pre-training's own seed: the run's ``seed`` does not change the
+    backbone, so runs over several seeds share one cached backbone.
+    """
+
+    seed: int = 0
     dataset: str = "fashion-mnist"
     classes: tuple[int, ...] | None = (0, 1, 2, 3, 4)
     max_samples: int | None = 12000
@@ -191,13 +204,19 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def replace(self, **changes: Any) -> Config:
-        """Return a copy with dotted-key changes applied and validated.
+        """Return a copy with dotted-key changes applied (typed values, coerced and validated).
+
+        The typed sections are replaced in place of re-parsing the whole configuration.
 
         Example:
             >>> Config().replace(**{"federation.rounds": 3}).federation.rounds
             3
         """
-        return build_config(to_dict(self), [f"{k}={_dump_scalar(v)}" for k, v in changes.items()])
+        cfg: Config = self
+        for dotted, value in changes.items():
+            cfg = _replace_dotted(cfg, dotted.split("."), value, "")
+        validate(cfg)
+        return cfg
 
 
 # --------------------------------------------------------------------------- conversion
@@ -219,10 +238,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _dump_scalar(value: Any) -> str:
-    if isinstance(value, (list, tuple, dict)) or value is None or isinstance(value, bool):
-        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    return str(value)
+def _replace_dotted(obj: Any, parts: list[str], value: Any, prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    name = parts[0]
+    if name not in names:
+        raise ConfigError(f"{prefix}{'.'.join(parts)}: unknown configuration key; known keys here: "
+                          + ", ".join(f"{prefix}{n}" for n in sorted(names)))
+    tp = typing.get_type_hints(type(obj))[name]
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{prefix}{name}: is a section; set one of its keys, e.g. {prefix}{name}.<key>")
+        return dataclasses.replace(obj, **{name: _coerce(prefix + name, value, tp)})
+    child = getattr(obj, name)
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"{prefix}{'.'.join(parts)}: '{name}' is not a section")
+    return dataclasses.replace(obj, **{name: _replace_dotted(child, parts[1:], value, f"{prefix}{name}.")})
 
 
 def _allowed(tp: Any) -> str:
@@ -435,14 +465,16 @@ def validate(cfg: Config) -> None:
     m, s, p, pr, t, d, f, r = (
         cfg.model, cfg.split, cfg.prompt, cfg.pruning, cfg.train, cfg.data, cfg.federation, cfg.ray
     )
-    _require(m.img_size > 0, "model.img_size", f"must be a positive integer, got {m.img_size}")
-    _require(m.patch_size > 0, "model.patch_size", f"must be a positive integer, got {m.patch_size}")
+    _require(m.img_size is None or m.img_size > 0, "model.img_size",
+             f"must be a positive integer or null (the model's own), got {m.img_size}")
+    _require(m.patch_size is None or m.patch_size > 0, "model.patch_size",
+             f"must be a positive integer or null (the model's own), got {m.patch_size}")
     _require(
-        m.img_size % m.patch_size == 0,
+        m.img_size is None or m.patch_size is None or m.img_size % m.patch_size == 0,
         "model.patch_size",
         f"must divide model.img_size ({m.img_size}), got {m.patch_size}",
     )
-    _require(m.in_chans in (1, 3), "model.in_chans", f"allowed: 1 or 3, got {m.in_chans}")
+    _require(m.in_chans is None or m.in_chans in (1, 3), "model.in_chans", f"allowed: 1, 3 or null, got {m.in_chans}")
     _require(m.depth is None or m.depth > 0, "model.depth", f"must be positive or null, got {m.depth}")
     _require(s.head_blocks >= 0, "split.head_blocks", f"must be >= 0, got {s.head_blocks}")
     _require(s.tail_blocks >= 0, "split.tail_blocks", f"must be >= 0, got {s.tail_blocks}")
@@ -504,4 +536,7 @@ def validate(cfg: Config) -> None:
     pc = cfg.pretrain
     _require(pc.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {pc.epochs}")
     _require(pc.lr > 0, "pretrain.lr", f"must be > 0, got {pc.lr}")
-    _require(cfg.project.samples_per_client >= 1, "project.samples_per_client", "must be >= 1")
+    pj = cfg.project
+    for key in ("samples_per_client", "img_size", "num_classes"):
+        value = getattr(pj, key)
+        _require(value is None or value >= 1, f"project.{key}", f"must be >= 1 or null (the run's value), got {value}")

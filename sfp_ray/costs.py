@@ -14,27 +14,31 @@ and the serialized size (pickle protocol 5 of the numpy array, as Ray serialises
 constant header overhead is measured once per shape and dtype).
 
 Simulated time follows the device profile: ``flops / (peak * efficiency)`` for compute and
-``bytes * 8 / bandwidth + latency`` per message and direction.
+``bytes * 8 / bandwidth + latency`` per message and direction. A :class:`Ledger` records
+every cost of one client's round twice: as rows by (phase, part, side) for the reports,
+and as a timeline of :class:`~sfp_ray.records.Segment` for the round clock
+(:func:`simulate_round`), which runs clients and their links in parallel and the server as
+one first-come-first-served queue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import pickle
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-Direction = Literal["up", "down"]
-Kind = Literal["activation", "gradient", "parameters"]
+from sfp_ray.records import CostRecord, Direction, Kind, MessageRecord, Segment, Side
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
@@ -121,53 +125,32 @@ def state_bytes(state: Mapping[str, torch.Tensor | np.ndarray]) -> tuple[int, in
     return payload, ser
 
 
-# --------------------------------------------------------------------------- records
+def shape_str(*tensors: torch.Tensor | np.ndarray) -> str:
+    """Shapes of a message's tensors for ``messages.csv``: ``"4x27x192"``, several joined by ``;``.
+
+    Example:
+        >>> shape_str(torch.zeros(4, 27, 192), torch.zeros(3))
+        '4x27x192;3'
+    """
+    return ";".join("x".join(str(int(d)) for d in t.shape) for t in tensors)
 
 
-@dataclass
-class MessageRecord:
-    """One message crossing the network."""
-
-    round: int
-    client_id: int
-    phase: str
-    part: str
-    direction: Direction
-    kind: Kind
-    sender: str
-    receiver: str
-    payload_bytes: int
-    serialized_bytes: int
-    sim_s: float = 0.0
-
-
-@dataclass
-class CostRecord:
-    """Cost of one (round, client, phase, part) cell; the row format of ``costs.csv``."""
-
-    round: int
-    client_id: int
-    device: str
-    phase: str
-    part: str
-    flops: float = 0.0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    serialized_up: int = 0
-    serialized_down: int = 0
-    messages: int = 0
-    wall_s: float = 0.0
-    sim_s: float = 0.0
-    samples: int = 0
+# --------------------------------------------------------------------------- ledger
 
 
 @dataclass
 class Ledger:
-    """Collects the costs of one client's round, cell by cell.
+    """Collects the costs of one client's round: rows by (phase, part, side) and a timeline.
 
-    Compute is charged to ``(phase, part)`` on the device that executed it; messages are
-    charged to the sender's part. ``device_of(part)`` tells which device profile runs a part
-    (the body runs on the server's).
+    * :meth:`compute` runs and counts the client's own compute (side ``client``, timed on
+      the client's device profile);
+    * :meth:`server_compute` charges work the server did for this client (side
+      ``server``, timed on the server's profile);
+    * :meth:`message` charges a transfer (side ``link``, timed on the client's uplink or
+      downlink, whichever direction it goes).
+
+    Every charge also extends the client's timeline (:attr:`timeline`), which the round
+    clock (:func:`simulate_round`) plays against the other clients' timelines.
     """
 
     round: int
@@ -175,22 +158,28 @@ class Ledger:
     device: Any  # DeviceProfile | None
     server_device: Any = None
     meter: FlopMeter = field(default_factory=FlopMeter)
-    cells: dict[tuple[str, str], CostRecord] = field(default_factory=dict)
+    cells: dict[tuple[str, str, str], CostRecord] = field(default_factory=dict)
     messages: list[MessageRecord] = field(default_factory=list)
+    timeline: list[Segment] = field(default_factory=list)
     phase_wall: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    server_queue_s: float = 0.0
     _phase: str = "idle"
 
-    def _device_for(self, part: str) -> Any:
-        return self.server_device if part == "body" else self.device
+    def _device_of(self, side: Side) -> Any:
+        return self.server_device if side == "server" else self.device
 
-    def cell(self, phase: str, part: str) -> CostRecord:
-        key = (phase, part)
+    def cell(self, phase: str, part: str, side: Side) -> CostRecord:
+        key = (phase, part, side)
         rec = self.cells.get(key)
         if rec is None:
-            dev = self._device_for(part)
-            rec = CostRecord(self.round, self.client_id, getattr(dev, "name", "unknown"), phase, part)
+            dev = self._device_of(side)
+            rec = CostRecord(self.round, self.client_id, getattr(dev, "name", "unknown"), phase, part, side)
             self.cells[key] = rec
         return rec
+
+    @property
+    def current_phase(self) -> str:
+        return self._phase
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -203,28 +192,43 @@ class Ledger:
             self.phase_wall[name] += time.perf_counter() - t0
             self._phase = prev
 
-    def compute(self, part: str, key: Hashable, fn: Callable[[], Any], *, phase: str | None = None) -> Any:
-        """Run ``fn`` as compute of ``part`` in the current phase; charge its FLOPs."""
-        phase = phase or self._phase
+    def _advance(self, phase: str, side: Side, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.timeline and self.timeline[-1].phase == phase and self.timeline[-1].side == side:
+            last = self.timeline.pop()
+            seconds += last.seconds
+        self.timeline.append(Segment(phase, side, seconds))
+
+    def compute(self, part: str, key: Hashable, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` as the client's compute of ``part`` in the current phase; charge its FLOPs."""
+        phase = self._phase
         out, flops = self.meter.run((phase, part) + (key if isinstance(key, tuple) else (key,)), fn)
-        self.add_flops(phase, part, flops)
+        rec = self.cell(phase, part, "client")
+        rec.flops += flops
+        if self.device is not None and flops:
+            sim = self.device.compute_seconds(flops)
+            rec.sim_s += sim
+            self._advance(phase, "client", sim)
         return out
 
-    def add_flops(self, phase: str, part: str, flops: float, wall_s: float | None = None) -> None:
-        rec = self.cell(phase, part)
+    def server_compute(self, part: str, flops: float, *, wall_s: float = 0.0, queue_s: float = 0.0) -> None:
+        """Charge ``flops`` the server computed for this client (e.g. a body request)."""
+        phase = self._phase
+        rec = self.cell(phase, part, "server")
         rec.flops += flops
-        dev = self._device_for(part)
-        if dev is not None and flops:
-            rec.sim_s += dev.compute_seconds(flops)
-        if wall_s is not None:
-            rec.wall_s += wall_s
+        rec.wall_s += wall_s
+        self.server_queue_s += queue_s
+        if self.server_device is not None and flops:
+            sim = self.server_device.compute_seconds(flops)
+            rec.sim_s += sim
+            self._advance(phase, "server", sim)
 
     def message(self, *, part: str, direction: Direction, kind: Kind, payload: int, serialized: int,
-                phase: str | None = None) -> None:
-        """Record a message sent by ``part`` (client side for ``up``, server side for ``down``)."""
-        phase = phase or self._phase
-        rec = self.cell(phase, part)
-        # the link's speed is the client's: it is the client's uplink / downlink
+                shapes: str = "") -> None:
+        """Record a message over the client's link: ``up`` is sent by the client, ``down`` by the server."""
+        phase = self._phase
+        rec = self.cell(phase, part, "link")
         sim = self.device.transfer_seconds(payload, direction) if self.device is not None else 0.0
         if direction == "up":
             rec.bytes_up += payload
@@ -236,38 +240,106 @@ class Ledger:
             sender, receiver = "server", f"client{self.client_id}"
         rec.messages += 1
         rec.sim_s += sim
-        self.messages.append(
-            MessageRecord(self.round, self.client_id, phase, part, direction, kind, sender, receiver,
-                          payload, serialized, sim)
-        )
+        self._advance(phase, "link", sim)
+        self.messages.append(MessageRecord(self.round, self.client_id, phase, part, direction, kind, sender, receiver,
+                                           payload, serialized, sim, shapes))
 
     def send_tensor(self, t: torch.Tensor, *, part: str, direction: Direction, kind: Kind) -> None:
         self.message(part=part, direction=direction, kind=kind, payload=payload_bytes(t),
-                     serialized=serialized_bytes(t))
+                     serialized=serialized_bytes(t), shapes=shape_str(t))
 
     def send_state(self, state: Mapping[str, torch.Tensor], *, part: str, direction: Direction) -> None:
         payload, ser = state_bytes(state)
-        self.message(part=part, direction=direction, kind="parameters", payload=payload, serialized=ser)
+        self.message(part=part, direction=direction, kind="parameters", payload=payload, serialized=ser,
+                     shapes=shape_str(*state.values()))
 
-    def add_samples(self, phase: str, part: str, n: int) -> None:
-        self.cell(phase, part).samples += n
+    def add_samples(self, part: str, n: int) -> None:
+        """Count ``n`` samples processed by the client's ``part`` in the current phase."""
+        self.cell(self._phase, part, "client").samples += n
 
     def records(self) -> list[CostRecord]:
-        """Cells with the phase wall time spread over the phase's cells by their FLOPs share."""
+        """Cells with the phase wall time spread over the phase's unmeasured cells by their FLOPs share."""
         by_phase: dict[str, list[CostRecord]] = defaultdict(list)
         for rec in self.cells.values():
             by_phase[rec.phase].append(rec)
         for phase, recs in by_phase.items():
             wall = self.phase_wall.get(phase, 0.0)
-            measured = sum(r.wall_s for r in recs)
-            rest = max(wall - measured, 0.0)
-            total_flops = sum(r.flops for r in recs if r.wall_s == 0.0)
+            rest = max(wall - sum(r.wall_s for r in recs), 0.0)
             free = [r for r in recs if r.wall_s == 0.0]
+            total_flops = sum(r.flops for r in free)
             for r in free:
-                share = (r.flops / total_flops) if total_flops > 0 else 1.0 / len(free)
-                r.wall_s = rest * share
-        return sorted(self.cells.values(), key=lambda r: (r.phase, r.part))
+                r.wall_s = rest * ((r.flops / total_flops) if total_flops > 0 else 1.0 / len(free))
+        return sorted(self.cells.values(), key=lambda r: (r.phase, r.part, r.side))
 
     def sim_seconds(self) -> float:
-        """Simulated duration of this client's round (its phases run one after another)."""
-        return sum(r.sim_s for r in self.cells.values())
+        """Simulated duration of this client's round on its own (no server queueing)."""
+        return sum(s.seconds for s in self.timeline)
+
+
+# --------------------------------------------------------------------------- round clock
+
+
+@dataclass
+class RoundClock:
+    """The simulated schedule of one synchronous round (see :func:`simulate_round`).
+
+    ``finish`` and ``wait`` are per client: when its last segment ends, and how long it
+    waited in the server's queue. ``schedule`` holds ``(phase, side, start, end)`` per
+    client, with the waits as side ``wait``. ``seconds`` is the round's length: the last
+    client's finish (or the sum of the clients' times for a sequential round).
+    """
+
+    seconds: float
+    finish: dict[int, float]
+    wait: dict[int, float]
+    schedule: dict[int, list[tuple[str, str, float, float]]]
+
+
+def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bool = False) -> RoundClock:
+    """Play the clients' timelines against one server; return the round's schedule.
+
+    Each client runs its segments in order, starting at time 0. ``client`` and ``link``
+    segments use the client's own device and link, so they never wait for anyone. The
+    server is a single first-come-first-served queue: a ``server`` segment starts when the
+    client's request arrives or when the server finishes its previous request, whichever is
+    later. Requests arriving at the same time are served in ascending client id.
+    ``sequential`` (vanilla split learning) runs the clients one after another in
+    ascending id instead, so nobody waits and the round lasts the sum of their timelines.
+
+    Example (two clients whose server work overlaps):
+        >>> tl = [Segment("t", "client", 1.0), Segment("t", "server", 2.0), Segment("t", "client", 1.0)]
+        >>> clock = simulate_round({0: tl, 1: tl})
+        >>> clock.seconds, clock.finish, clock.wait
+        (6.0, {0: 4.0, 1: 6.0}, {0: 0.0, 1: 2.0})
+    """
+    ids = sorted(timelines)
+    finish = {c: 0.0 for c in ids}
+    wait = {c: 0.0 for c in ids}
+    schedule: dict[int, list[tuple[str, str, float, float]]] = {c: [] for c in ids}
+    if sequential:
+        t = 0.0
+        for c in ids:
+            for s in timelines[c]:
+                schedule[c].append((s.phase, s.side, t, t + s.seconds))
+                t += s.seconds
+            finish[c] = t
+        return RoundClock(t, finish, wait, schedule)
+    server_free = 0.0
+    heap: list[tuple[float, int, int]] = [(0.0, c, 0) for c in ids if timelines[c]]
+    heapq.heapify(heap)
+    while heap:
+        ready, c, i = heapq.heappop(heap)
+        seg = timelines[c][i]
+        start = ready
+        if seg.side == "server":
+            start = max(ready, server_free)
+            if start > ready:
+                wait[c] += start - ready
+                schedule[c].append((seg.phase, "wait", ready, start))
+            server_free = start + seg.seconds
+        end = start + seg.seconds
+        schedule[c].append((seg.phase, seg.side, start, end))
+        finish[c] = end
+        if i + 1 < len(timelines[c]):
+            heapq.heappush(heap, (end, c, i + 1))
+    return RoundClock(max(finish.values(), default=0.0), finish, wait, schedule)

@@ -19,6 +19,7 @@ from clients with different cuts can be averaged by name.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -118,7 +119,16 @@ def create_model(
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a local checkpoint file (``.pt``/``.pth``/``.safetensors``).
+
+    Accepted: a raw state dict, or a dict holding it under ``model``/``state_dict``/
+    ``model_state_dict``; a ``module.`` prefix (DataParallel) is stripped.
+
+    Raises:
+        ModelError: the file is missing, unreadable, or not a state dict of tensors.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ModelError(f"model.checkpoint: file not found: {path}")
     try:
@@ -135,37 +145,23 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"model.checkpoint: {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """Load a local checkpoint into ``model``; return the keys left at their initial values.
+def check_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> list[str]:
+    """Check that ``state`` fits ``model`` (which may live on ``meta``); return the keys it leaves alone.
 
-    Accepted: a raw state dict, or a dict holding it under ``model``/``state_dict``; ``.pt``,
-    ``.pth`` or ``.safetensors``. The classifier (``head.weight``/``head.bias``) may be absent
-    or of another width (a checkpoint of another task): it is then left as initialised and
-    a warning is logged. Any other missing, unexpected or mis-shaped tensor is an error.
-
-    Raises:
-        ModelError: naming the file and the first offending tensors.
+    The classifier (``head.weight``/``head.bias``) may be absent or of another width (a
+    checkpoint of another task): it is then left as initialised. Any other missing,
+    unexpected or mis-shaped tensor is an error naming the file and the first offenders.
     """
-    path = Path(path)
-    state = _read_state_dict(path)
     own = model.state_dict()
-    skipped = []
-    for key in CLASSIFIER_KEYS:
-        if key in state and key in own and state[key].shape != own[key].shape:
-            skipped.append(key)
-            del state[key]
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and k not in CLASSIFIER_KEYS and v.shape != own[k].shape]
     missing = [k for k in own if k not in state and k not in CLASSIFIER_KEYS]
     unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
-    ]
     if missing or unexpected or shapes:
         parts = []
         if shapes:
@@ -175,10 +171,23 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> list[str]:
         if unexpected:
             parts.append(f"unexpected: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise ModelError(f"model.checkpoint: {path} does not fit the model ({'; '.join(parts)})")
-    left = [k for k in CLASSIFIER_KEYS if k in own and k not in state]
+    return [k for k in CLASSIFIER_KEYS if k in own and (k not in state or state[k].shape != own[k].shape)]
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load a local checkpoint into ``model``; return the keys left at their initial values.
+
+    See :func:`read_checkpoint` for the accepted files and :func:`check_checkpoint` for
+    what must fit (a classifier of another width is skipped and logged).
+
+    Raises:
+        ModelError: naming the file and the first offending tensors.
+    """
+    state = read_checkpoint(path)
+    left = check_checkpoint(model, state, path)
     if left:
         log.info("checkpoint %s: classifier %s left freshly initialised", path, ", ".join(left))
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k not in left}, strict=False)
     return left
 
 
@@ -266,27 +275,21 @@ class ViTHead(nn.Module):
     Output: ``(B, num_prefix + num_prompts + num_patches, D)``.
     """
 
-    def __init__(self, vit: VisionTransformer, head_blocks: int, num_prompts: int, deep: bool,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(self, vit: VisionTransformer, head_blocks: int, num_prompts: int, deep: bool) -> None:
         super().__init__()
         self.embed = Embeddings(vit)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.num_prompts = num_prompts
         self.block_ids = list(range(head_blocks))
         self.blocks = nn.ModuleDict({str(i): vit.blocks[i] for i in self.block_ids})
-        dim = vit.embed_dim
-        patch = vit.patch_embed.patch_size[0]
-        in_chans = vit.patch_embed.proj.in_channels if hasattr(vit.patch_embed, "proj") else 3
-        bound = prompt_init_bound(in_chans, patch, dim)
+        self.prompt_bound = _prompt_bound_of(vit)
         if num_prompts > 0:
-            self.prompt = nn.Parameter(_init_prompt(vit, num_prompts, bound, generator))
+            self.prompt = nn.Parameter(_empty_prompt(vit, num_prompts))
             deep_ids = self.block_ids[1:] if deep else []
         else:
             self.register_parameter("prompt", None)
             deep_ids = []
-        self.prompt_deep = nn.ParameterDict(
-            {str(i): nn.Parameter(_init_prompt(vit, num_prompts, bound, generator)) for i in deep_ids}
-        )
+        self.prompt_deep = nn.ParameterDict({str(i): nn.Parameter(_empty_prompt(vit, num_prompts)) for i in deep_ids})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
@@ -301,15 +304,58 @@ class ViTHead(nn.Module):
         return x
 
 
-def _init_prompt(vit: VisionTransformer, num_prompts: int, bound: float,
-                 generator: torch.Generator | None) -> torch.Tensor:
-    """``(1, num_prompts, D)`` uniform in ``[-bound, bound]`` on the model's device and dtype.
+def _prompt_bound_of(vit: VisionTransformer) -> float:
+    patch = vit.patch_embed.patch_size[0]
+    in_chans = vit.patch_embed.proj.in_channels if hasattr(vit.patch_embed, "proj") else 3
+    return prompt_init_bound(in_chans, patch, vit.embed_dim)
 
-    Drawn on the CPU, so the values depend only on the seed; then moved (``meta`` included).
-    """
+
+def _empty_prompt(vit: VisionTransformer, num_prompts: int) -> torch.Tensor:
+    """An uninitialised ``(1, num_prompts, D)`` tensor on the model's device and dtype (see :func:`init_prompts`)."""
     ref = vit.patch_embed.proj.weight if hasattr(vit.patch_embed, "proj") else next(vit.parameters())
-    p = torch.empty(1, num_prompts, vit.embed_dim).uniform_(-bound, bound, generator=generator)
-    return p.to(device=ref.device, dtype=ref.dtype)
+    return torch.empty(1, num_prompts, vit.embed_dim, device=ref.device, dtype=ref.dtype)
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for the parameter or module ``name`` under the run seed ``seed``.
+
+    Every process derives the same initial values for a parameter from its name alone,
+    whatever other parts of the model it builds.
+
+    Example:
+        >>> name_seed(0, "head.prompt") == name_seed(0, "head.prompt") != name_seed(1, "head.prompt")
+        True
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def init_prompts(split: nn.Module, seed: int) -> None:
+    """(Re-)initialise every soft prompt of a split model, uniformly in ``[-b, b]``.
+
+    ``b`` is VPT's Xavier bound (:func:`prompt_init_bound`); each prompt tensor is drawn on
+    the CPU from a generator seeded with :func:`name_seed` of its parameter name, so the
+    values depend only on ``seed`` and the name. Prompts on the ``meta`` device are skipped.
+    """
+    for part in (split.head, split.tail):
+        bound = part.prompt_bound
+        for name, p in part.named_parameters(recurse=False):
+            _fill_prompt(p, bound, seed, f"{_part_name(split, part)}.{name}")
+        for name, p in part.prompt_deep.named_parameters():
+            _fill_prompt(p, bound, seed, f"{_part_name(split, part)}.prompt_deep.{name}")
+
+
+def _part_name(split: nn.Module, part: nn.Module) -> str:
+    return "head" if part is split.head else "tail"
+
+
+def _fill_prompt(p: torch.Tensor, bound: float, seed: int, name: str) -> None:
+    if p.is_meta:
+        return
+    gen = torch.Generator().manual_seed(name_seed(seed, name))
+    values = torch.empty(p.shape).uniform_(-bound, bound, generator=gen)
+    with torch.no_grad():
+        p.copy_(values.to(device=p.device, dtype=p.dtype))
 
 
 def _replace_prompts(x: torch.Tensor, prompt: torch.Tensor, n_prefix: int) -> torch.Tensor:
@@ -370,7 +416,7 @@ class ViTTail(nn.Module):
     """
 
     def __init__(self, vit: VisionTransformer, tail_blocks: int, num_prompts: int, deep: bool,
-                 selector: TokenSelector, generator: torch.Generator | None = None) -> None:
+                 selector: TokenSelector) -> None:
         super().__init__()
         depth = len(vit.blocks)
         self.block_ids = list(range(depth - tail_blocks, depth))
@@ -385,14 +431,9 @@ class ViTTail(nn.Module):
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.num_prompts = num_prompts
         self.selector = selector
-        dim = vit.embed_dim
-        patch = vit.patch_embed.patch_size[0]
-        in_chans = vit.patch_embed.proj.in_channels if hasattr(vit.patch_embed, "proj") else 3
-        bound = prompt_init_bound(in_chans, patch, dim)
+        self.prompt_bound = _prompt_bound_of(vit)
         deep_ids = self.block_ids if (deep and num_prompts > 0) else []
-        self.prompt_deep = nn.ParameterDict(
-            {str(i): nn.Parameter(_init_prompt(vit, num_prompts, bound, generator)) for i in deep_ids}
-        )
+        self.prompt_deep = nn.ParameterDict({str(i): nn.Parameter(_empty_prompt(vit, num_prompts)) for i in deep_ids})
 
     def _pool(self, x: torch.Tensor, pool: str, n_prefix: int) -> torch.Tensor:
         if self.attn_pool is not None and pool == self.global_pool:
@@ -522,7 +563,8 @@ def split_vit(
     """Cut a timm ViT into head / body / tail, with ``num_prompts`` soft prompts in the head.
 
     Prompts are initialised uniformly in ``[-b, b]`` with VPT's Xavier bound
-    (:func:`prompt_init_bound`) from a generator seeded with ``seed``. With ``deep=True``
+    (:func:`prompt_init_bound`), each from a generator seeded by ``seed`` and its name
+    (:func:`init_prompts`). With ``deep=True``
     every client-side block after the first gets its own prompts (VPT-deep restricted to
     the client's blocks; the body passes prompt tokens through unchanged).
 
@@ -602,11 +644,12 @@ def split_vit(
                 "never meets the image without blocks"
             )
 
-    gen = torch.Generator().manual_seed(int(seed))
-    head = ViTHead(model, head_blocks, num_prompts, deep, generator=gen)
+    head = ViTHead(model, head_blocks, num_prompts, deep)
     body = ViTBody(model, head_blocks, depth - tail_blocks, selector)
-    tail = ViTTail(model, tail_blocks, num_prompts, deep, selector, generator=gen)
-    return SplitViT(model, head, body, tail, resolved_bypass)
+    tail = ViTTail(model, tail_blocks, num_prompts, deep, selector)
+    split = SplitViT(model, head, body, tail, resolved_bypass)
+    init_prompts(split, seed)
+    return split
 
 
 def set_fused_attn(model: nn.Module, enabled: bool) -> int:
@@ -619,21 +662,115 @@ def set_fused_attn(model: nn.Module, enabled: bool) -> int:
     return n
 
 
-def build_from_config(cfg: Any, num_classes: int, *, checkpoint: str | os.PathLike | None = None) -> VisionTransformer:
-    """Create the model described by ``cfg.model`` (checkpoint path already resolved)."""
-    m = cfg.model
-    model = create_model(
-        m.name,
-        num_classes=num_classes,
-        img_size=m.img_size,
-        patch_size=m.patch_size,
-        in_chans=m.in_chans,
-        depth=m.depth,
-        embed_dim=m.embed_dim,
-        num_heads=m.num_heads,
-        global_pool=m.global_pool,
-        pretrained=m.pretrained,
-        checkpoint=checkpoint,
-    )
+def build_from_config(model_cfg: Any, num_classes: int, *, checkpoint: str | os.PathLike | None = None,
+                      device: str | torch.device | None = None) -> VisionTransformer:
+    """Create the model described by a ``ModelConfig`` (checkpoint path already resolved).
+
+    ``device="meta"`` builds the architecture without storage (no weights are loaded, and
+    ``pretrained``/``checkpoint`` are ignored): for cost projection and for processes that
+    materialise only the parts they hold (:func:`materialize`).
+    """
+    m = model_cfg
+    meta = device is not None and torch.device(device).type == "meta"
+    kwargs = dict(num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size, in_chans=m.in_chans,
+                  depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads, global_pool=m.global_pool)
+    if meta:
+        with torch.device("meta"):
+            model = create_model(m.name, **kwargs)
+    else:
+        model = create_model(m.name, pretrained=m.pretrained, checkpoint=checkpoint, **kwargs)
+        if device is not None:
+            model = model.to(device)
     set_fused_attn(model, m.fused_attn)
     return model
+
+
+def input_shape(model_cfg: Any) -> tuple[int, int]:
+    """``(img_size, in_chans)`` the configured model takes (its own values where the config has none).
+
+    Example:
+        >>> from sfp_ray.config import ModelConfig
+        >>> input_shape(ModelConfig(name="vit_base_patch16_224", img_size=None, patch_size=None, in_chans=None,
+        ...                         depth=None))
+        (224, 3)
+    """
+    m = model_cfg
+    if m.img_size is not None and m.in_chans is not None:
+        return int(m.img_size), int(m.in_chans)
+    vit = build_from_config(m, 2, device="meta")
+    return int(vit.patch_embed.img_size[0]), int(vit.patch_embed.proj.in_channels)
+
+
+# --------------------------------------------------------------------------- materialising parts
+
+
+def materialize(parts: Iterable[nn.Module], owners: Iterable[nn.Module],
+                device: str | torch.device = "cpu") -> list[nn.Parameter]:
+    """Give the parameters of ``parts`` fresh, uninitialised storage on ``device``.
+
+    Parameters already on ``device`` are kept. Building on ``meta`` and materialising
+    on ``cpu`` gives a process only the parts it holds; materialising on ``meta`` frees
+    parts again. A parameter object may be registered in several modules (the split parts
+    share the ViT's modules and some of its parameters, e.g. ``cls_token``); every module
+    of ``owners`` that registers a replaced parameter is updated, so all views stay one
+    tensor. Returns the new parameters (fill them with :func:`init_parameters` and a
+    checkpoint).
+
+    Raises:
+        ModelError: a part holds ``meta`` buffers, whose values only the model's own
+            constructor knows.
+    """
+    target = torch.device(device)
+    new: dict[int, nn.Parameter] = {}
+    for part in parts:
+        for mod in part.modules():
+            for p in mod.parameters(recurse=False):
+                if p.device != target and id(p) not in new:
+                    new[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=target),
+                                              requires_grad=p.requires_grad)
+            for name, b in mod.named_buffers(recurse=False):
+                if b is not None and b.is_meta and target.type != "meta":
+                    raise ModelError(f"model: buffer {name!r} of {type(mod).__name__} cannot be materialised from meta")
+    if new:
+        seen: set[int] = set()
+        for owner in owners:
+            for mod in owner.modules():
+                if id(mod) in seen:
+                    continue
+                seen.add(id(mod))
+                for name, p in list(mod._parameters.items()):
+                    if p is not None and id(p) in new:
+                        mod._parameters[name] = new[id(p)]
+    return list(new.values())
+
+
+def init_parameters(vit: VisionTransformer, params: Iterable[nn.Parameter], seed: int) -> None:
+    """Initialise ``params`` of ``vit`` with timm's ViT scheme, each module from its own seed.
+
+    timm's ``init_weights_vit_timm`` (truncated normal 0.02 for linear layers, the layers'
+    own reset otherwise) runs per module under :func:`name_seed` of the module's name, and
+    the position embedding / class and register tokens get timm's truncated normal 0.02 /
+    normal 1e-6. Values therefore depend only on ``seed`` and the parameter's name, not on
+    which other parts a process builds. Parameters of ``vit`` not in ``params`` are untouched.
+    """
+    from timm.models.vision_transformer import init_weights_vit_timm
+
+    wanted = {id(p) for p in params}
+    with torch.no_grad():
+        for name, mod in vit.named_modules():
+            if mod is vit or not any(id(p) in wanted for p in mod.parameters(recurse=False)):
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(name_seed(seed, name))
+                init_weights_vit_timm(mod, name)
+        for name, std, trunc in (("pos_embed", 0.02, True), ("cls_token", 1e-6, False), ("reg_token", 1e-6, False)):
+            p = getattr(vit, name, None)
+            if p is None or id(p) not in wanted:
+                continue
+            gen = torch.Generator().manual_seed(name_seed(seed, name))
+            values = torch.empty(p.shape)
+            if trunc:
+                nn.init.trunc_normal_(values, std=std, generator=gen)  # timm: bounds +-2 (absolute)
+            else:
+                nn.init.normal_(values, std=std, generator=gen)
+            p.copy_(values.to(p.dtype))

@@ -1,22 +1,19 @@
-"""The round loop: cohort sampling, client phases, aggregation, evaluation, records.
+"""The round loop: cohort sampling, the method's round plan, evaluation, records.
 
-The orchestrator knows only the :class:`~sfp_ray.executors.base.Executor` interface and
-emits typed records to sinks (:mod:`sfp_ray.reports`). Randomness is derived from the
+The orchestrator knows only the :class:`~sfp_ray.executors.base.Executor` verbs and the
+:class:`~sfp_ray.methods.base.Method` interface, and emits typed records
+(:mod:`sfp_ray.records`) to sinks (:mod:`sfp_ray.reports`). Randomness is derived from the
 configuration seed: the cohort of round ``r`` from ``(seed, r)``, each client's training
 seed from ``(seed, r, client_id)``, so a run is reproducible whatever executes it.
 
-A round is ``begin_round`` -> ``run_clients`` -> ``aggregate`` -> ``finish_round`` (the
-last two: FedAvg of the client states, and of the server's body copies when the method
-trains the body). A sequential method (``Method.sequential``, vanilla split learning) runs
-the cohort one client at a time in ascending id order instead, each as its own
-``begin_round`` -> ``run_clients`` -> ``finish_round`` with the previous client's output
-state as its global state; the last client's state becomes the new global state
-(``Executor.adopt``; its ``aggregate`` row has 0 FLOPs).
+A round: sample the cohort, hand the method its tasks and the global state (its round
+plan runs the clients and aggregates), evaluate every ``federation.eval_every`` rounds,
+and time the round on the simulated clock (the method's plan plays the clients'
+timelines against the server; aggregation follows on the server).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -29,15 +26,28 @@ import numpy as np
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.costs import CostRecord, MessageRecord
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import assign_devices, get_device, load_catalog
 from sfp_ray.errors import ConfigError
-from sfp_ray.executors.base import AggregateResult, ClientSpec, Executor, RunSpec
+from sfp_ray.executors.base import Executor, RunSpec, State
 from sfp_ray.methods import Method, get_method
-from sfp_ray.roles.server import BodyAggregate
+from sfp_ray.models import check_checkpoint, input_shape, read_checkpoint
+from sfp_ray.records import (
+    EVAL_PHASE,
+    NO_CLIENT,
+    ClientRecord,
+    CostRecord,
+    MessageRecord,
+    RoundRecord,
+    RunMeta,
+    tally,
+)
+from sfp_ray.roles.client import ClientOutput, ClientTask
 
 log = logging.getLogger(__name__)
+
+#: Seed of the test set's sub-sampling (``data.test_samples``), the same for every run seed.
+TEST_SEED = 0
 
 
 def derive_seed(*parts: int) -> int:
@@ -56,44 +66,6 @@ def sample_cohort(seed: int, round: int, num_clients: int, clients_per_round: in
     return sorted(int(c) for c in rng.choice(num_clients, size=clients_per_round, replace=False))
 
 
-@dataclass
-class RoundRecord:
-    """One row of ``rounds.csv``."""
-
-    run_id: str
-    method: str
-    round: int
-    participants: int
-    test_accuracy: float
-    test_loss: float
-    train_loss: float
-    wall_s: float
-    sim_s: float
-    bytes_round: int
-    bytes_total: int
-    client_flops_round: float
-    client_flops_total: float
-    server_flops_round: float
-    server_flops_total: float
-    cum_wall_s: float
-    cum_sim_s: float
-    server_queue_s: float = 0.0
-
-
-@dataclass
-class RunMeta:
-    """Static facts of a run, attached to every row it emits."""
-
-    run_id: str
-    method: str
-    executor: str
-    config: Config
-    devices: list[str]
-    num_classes: int
-    train_sizes: list[int]
-    checkpoint: str | None
-
-
 class Sink(Protocol):
     """Receives records as they are produced."""
 
@@ -102,6 +74,8 @@ class Sink(Protocol):
     def add_costs(self, meta: RunMeta, records: Sequence[CostRecord]) -> None: ...
 
     def add_messages(self, meta: RunMeta, records: Sequence[MessageRecord]) -> None: ...
+
+    def add_clients(self, meta: RunMeta, records: Sequence[ClientRecord]) -> None: ...
 
     def add_round(self, meta: RunMeta, record: RoundRecord) -> None: ...
 
@@ -115,18 +89,33 @@ class Sink(Protocol):
 
 def prepare_run(cfg: Config, method: Method | str | None = None, *,
                 resolve_checkpoint: Callable[[Config], str | None] | None = None) -> RunSpec:
-    """Load data, partition it, assign devices and resolve the checkpoint for ``cfg``."""
+    """Validate ``cfg`` for ``method`` and load what the run needs: data, partition, devices, checkpoint.
+
+    This is the boundary: the configuration and the model are checked here once (the model
+    and cut on the ``meta`` device, the checkpoint against it), before any training.
+    Settings that cap user input say so in the spec's ``notices`` (one line each) instead
+    of applying silently.
+    """
     method = get_method(method or cfg.method) if not isinstance(method, Method) else method
     cfg = method.resolve(cfg)
+    notes: list[str] = []
     d, f = cfg.data, cfg.federation
-    train = load_dataset(d.name, train=True, root=d.root, classes=d.classes, img_size=cfg.model.img_size,
-                         in_chans=cfg.model.in_chans, seed=cfg.seed)
-    test = load_dataset(d.name, train=False, root=d.root, classes=d.classes, img_size=cfg.model.img_size,
-                        in_chans=cfg.model.in_chans, seed=cfg.seed, max_samples=d.test_samples)
+    img_size, in_chans = input_shape(cfg.model)
+    train = load_dataset(d.name, train=True, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
+                         seed=cfg.seed)
+    # the test set does not depend on the run's seed: runs over seeds are measured on the same samples
+    test = load_dataset(d.name, train=False, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
+                        seed=TEST_SEED, max_samples=d.test_samples)
+    if d.test_samples is not None and len(test) < d.test_samples:
+        notes.append(f"data.test_samples={d.test_samples}: the test set has only {len(test)} samples; using all")
     parts = partition(train.labels.numpy(), f.num_clients, d.partition, alpha=d.alpha,
                       shards_per_client=d.shards_per_client, seed=cfg.seed, min_samples=d.min_samples)
     if d.samples_per_client is not None:
         rng = np.random.default_rng(derive_seed(cfg.seed, 7919))
+        largest = max(len(p) for p in parts)
+        if d.samples_per_client > largest:
+            notes.append(f"data.samples_per_client={d.samples_per_client}: no client has that many samples "
+                         f"(largest: {largest}); every client keeps all it was given")
         parts = [np.sort(rng.choice(p, size=d.samples_per_client, replace=False)) if len(p) > d.samples_per_client
                  else p for p in parts]
     catalog = load_catalog(cfg.devices.catalog)
@@ -137,24 +126,24 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     except ConfigError:
         raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
                           f"{', '.join(catalog)}") from None
-    validate_model(cfg)
-    checkpoint = resolve_checkpoint(cfg) if resolve_checkpoint is not None else _default_checkpoint(cfg)
-    return RunSpec(cfg, method, train.num_classes, checkpoint, train, test, parts, devices, server_device)
+    checkpoint_of = resolve_checkpoint if resolve_checkpoint is not None else _default_checkpoint
+    spec = RunSpec(cfg, method, train.num_classes, None, train, test, parts, devices, server_device, notes)
+    validate_model(spec)  # before any weights are touched (a pre-training run may follow)
+    spec.checkpoint = checkpoint_of(cfg)
+    if spec.checkpoint is not None:
+        ws = spec.workspace(("head", "body", "tail"), meta=True)
+        check_checkpoint(ws.vit, read_checkpoint(spec.checkpoint), spec.checkpoint)
+    return spec
 
 
-def validate_model(cfg: Config) -> None:
-    """Build the configured model on the meta device and cut it: catches an unknown model
-    or a cut deeper than the model before any data or weights are touched.
+def validate_model(spec: RunSpec) -> None:
+    """Build the configured model on the meta device, cut it, and build the method's client on it.
+
+    Catches an unknown model, a cut deeper than the model, or a method that cannot run on
+    this configuration, before any data or weights are touched.
     """
-    import torch
-
-    from sfp_ray.models import build_from_config, split_vit
-
-    m = cfg.model
-    with torch.device("meta"):
-        vit = build_from_config(dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=False)), 2)
-    split_vit(vit, cfg.split.head_blocks, cfg.split.tail_blocks, cfg.prompt.num_tokens, deep=cfg.prompt.deep,
-              bypass_pool=cfg.split.bypass_pool)
+    ws = spec.workspace(("head", "body", "tail"), meta=True)
+    spec.method.client_role(ws, spec.cfg)
 
 
 def _default_checkpoint(cfg: Config) -> str | None:
@@ -170,14 +159,26 @@ def _default_checkpoint(cfg: Config) -> str | None:
 class RunResult:
     """What a run produced.
 
-    ``final_state`` is the global trainable state after the last round; for a method whose
-    server trains the body it includes the server's final global body (names ``body.*``).
+    ``final_state`` is the global state after the last round (for a method whose server
+    trains the body it includes the body, names ``body.*``).
     """
 
     meta: RunMeta
     rounds: list[RoundRecord]
     final_state: Mapping[str, torch.Tensor]
     client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], devices: Sequence[Any],
+                 cfg: Config) -> list[ClientRecord]:
+    rows = []
+    for o in outcome_outputs:
+        kept = o.client_state.get("kept")
+        rows.append(ClientRecord(
+            round=r, client_id=o.client_id, device=devices[o.client_id].name, status=o.status, attempts=o.attempts,
+            error=o.error, samples=o.num_samples, kept=len(kept) if kept is not None else o.num_samples,
+            wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=cfg.split.head_blocks, tail_blocks=cfg.split.tail_blocks))
+    return rows
 
 
 class Orchestrator:
@@ -206,130 +207,84 @@ class Orchestrator:
             num_classes=spec.num_classes,
             train_sizes=[len(p) for p in spec.client_indices],
             checkpoint=spec.checkpoint,
+            seed=spec.cfg.seed,
         )
 
-    def run(self) -> RunResult:
-        cfg, f = self.spec.cfg, self.spec.cfg.federation
-        ex, meta = self.executor, self.meta
-        ex.start(self.spec)
+    def _emit(self, what: str, *args: Any) -> None:
         for s in self.sinks:
-            s.start_run(meta)
-        state = ex.initial_state()
+            getattr(s, what)(self.meta, *args)
+
+    def run(self) -> RunResult:
+        spec, ex, meta = self.spec, self.executor, self.meta
+        cfg, f = spec.cfg, spec.cfg.federation
+        started = ex.start(spec)
+        meta.notices.extend(spec.notices + started.notices)
+        self._emit("start_run")
+        if started.resources:
+            self._emit("add_resources", started.resources)
+        state: State = started.state
         client_states: dict[int, dict[str, Any]] = {}
         rounds: list[RoundRecord] = []
-        bytes_total = 0
-        cflops_total = 0.0
-        sflops_total = 0.0
-        cum_wall = 0.0
-        cum_sim = 0.0
+        totals = {"bytes": 0, "client": 0.0, "server": 0.0, "wall": 0.0, "sim": 0.0}
+        server_dev = spec.server_device
         for r in range(1, f.rounds + 1):
             t0 = time.perf_counter()
             cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
-            specs = [ClientSpec(r, c, derive_seed(cfg.seed, r, c), client_states.get(c, {})) for c in cohort]
-            if self.spec.method.sequential:
-                outputs, agg, bodies = self._sequential_round(r, specs, state)
-            else:
-                ex.begin_round(r, cohort)
-                outputs = sorted(ex.run_clients(specs, state), key=lambda o: o.client_id)
-                agg = ex.aggregate(outputs)
-                bodies = [b for b in [ex.finish_round(outputs)] if b is not None]
-            for o in outputs:
+            tasks = [ClientTask(round=r, client_id=c, seed=derive_seed(cfg.seed, r, c), device=spec.devices[c],
+                                server_device=server_dev, indices=np.asarray(spec.client_indices[c]),
+                                client_state=client_states.get(c, {})) for c in cohort]
+            outcome = spec.method.run_round(ex, tasks, state)
+            state = outcome.state
+            finished = [o for o in outcome.outputs if o.status in ("ok", "retried")]
+            for o in finished:
                 client_states[o.client_id] = o.client_state
-            state = agg.state
-            costs: list[CostRecord] = [c for o in outputs for c in o.costs]
-            server_dev = self.spec.server_device
-            costs.append(CostRecord(r, -1, server_dev.name, "aggregate", "all", flops=agg.flops, wall_s=agg.wall_s,
-                                    sim_s=server_dev.compute_seconds(agg.flops) if agg.flops else 0.0))
-            if bodies:  # the server's FedAvg of its body copies (0 FLOPs when single copies are adopted)
-                bflops = sum(b.flops for b in bodies)
-                costs.append(CostRecord(r, -1, server_dev.name, "aggregate", "body", flops=bflops,
-                                        wall_s=sum(b.wall_s for b in bodies),
-                                        sim_s=server_dev.compute_seconds(bflops) if bflops else 0.0))
+            costs: list[CostRecord] = [c for o in outcome.outputs for c in o.costs]
+            agg_sim = 0.0
+            for part, flops in outcome.aggregate_flops.items():
+                sim = server_dev.compute_seconds(flops) if flops else 0.0
+                agg_sim += sim
+                costs.append(CostRecord(r, NO_CLIENT, server_dev.name, "aggregate", part, "server", flops=flops,
+                                        wall_s=outcome.aggregate_wall_s if part == "all" else 0.0, sim_s=sim))
             if r % f.eval_every == 0 or r == f.rounds:
                 ev = ex.evaluate(state)
-                costs.append(CostRecord(r, -1, server_dev.name, "eval", "all", flops=ev.flops, wall_s=ev.wall_s,
-                                        samples=len(self.spec.test)))
+                costs.append(CostRecord(r, NO_CLIENT, server_dev.name, EVAL_PHASE, "all", "server", flops=ev.flops,
+                                        wall_s=ev.wall_s, samples=len(spec.test)))
                 acc, loss = ev.accuracy, ev.loss
             else:
                 acc, loss = float("nan"), float("nan")
-            stats = ex.server_stats()
-            queue = sum(getattr(s, "queue_s", 0.0) for s in stats)
+            clock = spec.method.round_clock({o.client_id: o.timeline for o in finished})
+            sim = clock.seconds + agg_sim
+            t = tally(costs)
             wall = time.perf_counter() - t0
-            sim = round_sim_seconds(outputs, costs, sequential=self.spec.method.sequential)
-            b = sum(c.bytes_up + c.bytes_down for c in costs)
-            cfl = sum(c.flops for c in costs if c.client_id >= 0 and c.part != "body")
-            sfl = sum(c.flops for c in costs if c.part == "body" or (c.client_id < 0 and c.phase != "eval"))
-            bytes_total += b
-            cflops_total += cfl
-            sflops_total += sfl
-            cum_wall += wall
-            cum_sim += sim
+            totals["bytes"] += t.bytes
+            totals["client"] += t.client_flops
+            totals["server"] += t.server_flops
+            totals["wall"] += wall
+            totals["sim"] += sim
+            status = [o.status for o in outcome.outputs]
             rec = RoundRecord(
-                run_id=meta.run_id, method=meta.method, round=r, participants=len(outputs),
+                run_id=meta.run_id, method=meta.method, round=r, participants=len(finished),
                 test_accuracy=acc, test_loss=loss,
-                train_loss=float(np.nanmean([o.train_loss for o in outputs])) if outputs else float("nan"),
-                wall_s=wall, sim_s=sim, bytes_round=b, bytes_total=bytes_total,
-                client_flops_round=cfl, client_flops_total=cflops_total,
-                server_flops_round=sfl, server_flops_total=sflops_total,
-                cum_wall_s=cum_wall, cum_sim_s=cum_sim, server_queue_s=queue,
+                train_loss=float(np.nanmean([o.train_loss for o in finished])) if finished else float("nan"),
+                wall_s=wall, sim_s=sim, bytes_round=t.bytes, bytes_total=int(totals["bytes"]),
+                client_flops_round=t.client_flops, client_flops_total=totals["client"],
+                server_flops_round=t.server_flops, server_flops_total=totals["server"],
+                cum_wall_s=totals["wall"], cum_sim_s=totals["sim"],
+                server_queue_s=sum(o.server_queue_s for o in outcome.outputs), seed=cfg.seed,
+                selected=len(tasks), finished=len(finished), failed=status.count("failed"),
             )
             rounds.append(rec)
-            for s in self.sinks:
-                s.add_costs(meta, costs)
-                s.add_messages(meta, [m for o in outputs for m in o.messages])
-                s.add_resources(meta, [dict(o.resources, round=r, client_id=o.client_id) for o in outputs
-                                       if o.resources])
-                s.add_round(meta, rec)
+            self._emit("add_costs", costs)
+            self._emit("add_messages", [m for o in outcome.outputs for m in o.messages])
+            self._emit("add_clients", _client_rows(r, outcome.outputs, spec.devices, cfg))
+            self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id)
+                                         for o in outcome.outputs if o.resources])
+            self._emit("add_round", rec)
             if self.progress is not None:
                 self.progress(rec)
-        final = dict(state)
-        if self.spec.method.trains_body:
-            final.update(ex.body_state() or {})
-        for s in self.sinks:
-            s.end_run(meta, final)
+        final = state.tensors()
+        self._emit("end_run", final)
         return RunResult(meta, rounds, final, client_states)
-
-    def _sequential_round(self, r: int, specs: Sequence[ClientSpec], state: Mapping[str, torch.Tensor]
-                          ) -> tuple[list[Any], AggregateResult, list[BodyAggregate]]:
-        """One round of a sequential method: clients one after another, state relayed, no averaging."""
-        ex = self.executor
-        outputs, bodies = [], []
-        current: Any = state
-        for spec in sorted(specs, key=lambda s: s.client_id):
-            ex.begin_round(r, [spec.client_id])
-            (out,) = ex.run_clients([spec], current)
-            body = ex.finish_round([out])
-            if body is not None:
-                bodies.append(body)
-            outputs.append(out)
-            current = out.state  # may be an executor handle (a Ray ObjectRef): passed on as it is
-        return outputs, ex.adopt(outputs[-1]), bodies
-
-
-def round_sim_seconds(outputs: Sequence[Any], costs: Sequence[CostRecord], *, sequential: bool = False) -> float:
-    """Simulated duration of a synchronous round.
-
-    Clients run in parallel on their own devices; each one's time is the sum of its cells
-    (its compute, its messages, and the server compute it waits for). The round lasts as
-    long as the slowest client, or as long as the server needs for all body requests if
-    that is longer (one server device processing requests one at a time: the difference
-    is server queueing), followed by aggregation. With ``sequential`` clients (split
-    learning) take turns, so the round lasts the sum of their times.
-    """
-    per_client: dict[int, float] = {}
-    server_busy = 0.0
-    agg = 0.0
-    for c in costs:
-        if c.client_id >= 0:
-            per_client[c.client_id] = per_client.get(c.client_id, 0.0) + c.sim_s
-            if c.part == "body":
-                server_busy += c.sim_s
-        elif c.phase == "aggregate":
-            agg += c.sim_s
-    if sequential:
-        return sum(per_client.values()) + agg
-    slowest = max(per_client.values(), default=0.0)
-    return max(slowest, server_busy) + agg
 
 
 def default_out_dir(base: str | Path = "runs") -> Path:

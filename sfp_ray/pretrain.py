@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset
 from sfp_ray.errors import ConfigError
-from sfp_ray.models import build_from_config, save_checkpoint
+from sfp_ray.models import build_from_config, input_shape, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def pretrain_key(cfg: Config) -> str:
     m = to_dict(cfg.model)
     m.pop("checkpoint", None)
     m.pop("pretrained", None)
-    payload = {"model": m, "pretrain": to_dict(cfg.pretrain), "seed": cfg.seed, "root": cfg.data.root, "v": 1}
+    payload = {"model": m, "pretrain": to_dict(cfg.pretrain), "root": cfg.data.root, "v": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -79,14 +79,15 @@ def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: boo
     pc = cfg.pretrain
     out = Path(out) if out is not None else pretrain_path(cfg)
     t0 = time.perf_counter()
-    train = load_dataset(pc.dataset, train=True, root=cfg.data.root, classes=pc.classes, img_size=cfg.model.img_size,
-                         in_chans=cfg.model.in_chans, seed=cfg.seed, max_samples=pc.max_samples)
-    test = load_dataset(pc.dataset, train=False, root=cfg.data.root, classes=pc.classes, img_size=cfg.model.img_size,
-                        in_chans=cfg.model.in_chans, seed=cfg.seed, max_samples=2000)
+    img_size, in_chans = input_shape(cfg.model)
+    train = load_dataset(pc.dataset, train=True, root=cfg.data.root, classes=pc.classes, img_size=img_size,
+                         in_chans=in_chans, seed=pc.seed, max_samples=pc.max_samples)
+    test = load_dataset(pc.dataset, train=False, root=cfg.data.root, classes=pc.classes, img_size=img_size,
+                        in_chans=in_chans, seed=pc.seed, max_samples=2000)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_from_config(cfg, train.num_classes, checkpoint=None)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(pc.seed)
+        model = build_from_config(cfg.model, train.num_classes)
+        gen = torch.Generator().manual_seed(pc.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=0.05)
         steps_per_epoch = (len(train) + pc.batch_size - 1) // pc.batch_size
         total = steps_per_epoch * pc.epochs

@@ -1,12 +1,14 @@
 """Reports: a sink that turns typed records into pandas DataFrames, files and plots.
 
-Files in a run's output folder (DESIGN.md §4 contract; columns may be added, never renamed):
+Files in a run's output folder (a contract: columns may be added, never renamed; every
+column is listed with its unit in ``docs/reports.md``):
 
-- ``costs.parquet`` / ``costs.csv``: one row per (round, client, phase, part);
+- ``costs.parquet`` / ``costs.csv``: one row per (round, client, phase, part, side);
 - ``rounds.csv``: one row per round, with cumulative ``bytes_total`` and ``client_flops_total``;
 - ``summary.csv``: one row per method, with ratios to ``fl_full`` when it was run;
-- ``messages.csv``: one row per message (direction, kind, sender, receiver, bytes);
-- ``resources.csv``: requested / enforced / observed resources per client (Ray executor);
+- ``messages.csv``: one row per message (direction, kind, sender, receiver, bytes, tensor shapes);
+- ``clients.csv``: one row per (round, selected client): status, attempts, samples, times;
+- ``resources.csv``: requested / enforced / observed resources per actor (Ray executor);
 - ``config.yaml``: the resolved configuration, seeds and library versions;
 - ``accuracy_vs_bytes.png``, ``accuracy_vs_sim_time.png``, ``client_flops_by_method.png``.
 
@@ -20,40 +22,36 @@ import dataclasses
 import os
 import platform
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from sfp_ray.config import dump_config
-from sfp_ray.costs import CostRecord, MessageRecord
-from sfp_ray.orchestrator import RoundRecord, RunMeta
+from sfp_ray.methods import REFERENCE_METHOD
+from sfp_ray.records import ClientRecord, CostRecord, MessageRecord, RoundRecord, RunMeta, tally
+from sfp_ray.stats import spread
 
-COST_COLUMNS = ["run_id", "method", "round", "client_id", "device", "phase", "part", "flops", "bytes_up",
+COST_COLUMNS = ["run_id", "method", "round", "client_id", "device", "phase", "part", "side", "flops", "bytes_up",
                 "bytes_down", "wall_s", "sim_s"]
 ROUND_COLUMNS = ["run_id", "method", "round", "participants", "test_accuracy", "test_loss", "wall_s", "sim_s",
                  "bytes_total", "client_flops_total"]
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
-    import ray
-    import timm
-
+    """Versions of the libraries a result depends on (read from the installed packages)."""
     import sfp_ray
 
-    return {
-        "sfp_ray": sfp_ray.__version__,
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "timm": timm.__version__,
-        "ray": ray.__version__,
-        "pandas": pd.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
+    out = {"sfp_ray": sfp_ray.__version__, "python": platform.python_version()}
+    for dist in ("torch", "timm", "ray", "pandas", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["platform"] = platform.platform()
+    return out
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -77,6 +75,7 @@ class ReportSink:
         self.costs: list[dict[str, Any]] = []
         self.rounds: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
         self.configs: dict[str, str] = {}
         self.metas: list[RunMeta] = []
@@ -99,6 +98,12 @@ class ReportSink:
             row.update(dataclasses.asdict(m))
             self.messages.append(row)
 
+    def add_clients(self, meta: RunMeta, records: Sequence[ClientRecord]) -> None:
+        for c in records:
+            row = {"run_id": meta.run_id, "method": meta.method, "seed": meta.seed}
+            row.update(dataclasses.asdict(c))
+            self.clients.append(row)
+
     def add_resources(self, meta: RunMeta, rows: Sequence[Mapping[str, Any]]) -> None:
         for r in rows:
             self.resources.append({"run_id": meta.run_id, "method": meta.method, **_flatten(r)})
@@ -108,7 +113,8 @@ class ReportSink:
         self.flush()
 
     def end_run(self, meta: RunMeta, final_state: Mapping[str, torch.Tensor]) -> None:
-        torch.save({k: v.detach().cpu() for k, v in final_state.items()}, self.out / f"final_state_{meta.method}.pt")
+        torch.save({k: v.detach().cpu() for k, v in final_state.items()},
+                   self.out / f"final_state_{meta.method}_seed{meta.seed}.pt")
         self.finalize()
 
     # ------------------------------------------------------------------ files
@@ -136,6 +142,8 @@ class ReportSink:
         _atomic_csv(self.round_frame(), self.out / "rounds.csv")
         if self.messages:
             _atomic_csv(pd.DataFrame(self.messages), self.out / "messages.csv")
+        if self.clients:
+            _atomic_csv(pd.DataFrame(self.clients), self.out / "clients.csv")
         if self.resources:
             _atomic_csv(pd.DataFrame(self.resources), self.out / "resources.csv")
 
@@ -175,61 +183,101 @@ def _order(df: pd.DataFrame, first: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summary
 
 
-def summarize(costs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: accuracy, per-client-per-round costs, totals and ratios to fl_full.
+#: Per-run cost columns of ``summary_by_seed.csv``; ``summary.csv`` holds their mean over seeds.
+COST_SUMMARY_COLUMNS = [
+    "client_flops_per_client_round", "server_flops_per_round", "bytes_per_client_round", "bytes_up_per_client_round",
+    "bytes_down_per_client_round", "prune_flops_share", "prune_events", "prune_flops_per_event",
+    "prune_flops_amortised_per_client_round", "wall_s", "sim_s", "bytes_total", "client_flops_total",
+]
 
-    Client FLOPs are those executed on client devices (every part but ``body``) in the
-    training phases; server FLOPs are the body's and aggregation's; evaluation is a
-    measurement and is excluded from both.
-    """
+
+def _run_summary(c: pd.DataFrame, r: pd.DataFrame) -> dict[str, Any]:
+    """The figures of one run (one method, one seed) from its cost rows and round rows."""
+    r = r.sort_values("round")
+    participations = max(float(r["participants"].sum()), 1.0)
+    n_rounds = int(r["round"].max()) if len(r) else 0
+    t = tally(c.itertuples(index=False))
+    prune_rows = c[(c["side"] == "client") & (c["phase"] == "prune")]
+    prune = float(prune_rows["flops"].sum())
+    prune_events = prune_rows.groupby(["round", "client_id"]).ngroups if len(prune_rows) else 0
+    acc = r["test_accuracy"].dropna()
+    return {
+        "rounds": n_rounds,
+        "final_accuracy": float(acc.iloc[-1]) if len(acc) else float("nan"),
+        "best_accuracy": float(acc.max()) if len(acc) else float("nan"),
+        "client_flops_per_client_round": t.client_flops / participations,
+        "server_flops_per_round": t.server_flops / max(n_rounds, 1),
+        "bytes_per_client_round": t.bytes / participations,
+        "bytes_up_per_client_round": t.bytes_up / participations,
+        "bytes_down_per_client_round": t.bytes_down / participations,
+        "prune_flops_share": prune / t.client_flops if t.client_flops else 0.0,
+        # EL2N scoring is charged to the client when it happens; without pruning.every_round
+        # a client prunes once, so its cost spreads over all of that client's participations
+        "prune_events": prune_events,
+        "prune_flops_per_event": prune / prune_events if prune_events else 0.0,
+        "prune_flops_amortised_per_client_round": prune / participations,
+        "wall_s": float(r["wall_s"].sum()),
+        "sim_s": float(r["sim_s"].sum()),
+        "bytes_total": int(r["bytes_total"].iloc[-1]) if len(r) else 0,
+        "client_flops_total": float(r["client_flops_total"].iloc[-1]) if len(r) else 0.0,
+    }
+
+
+def _seeds(rounds: pd.DataFrame) -> pd.Series:
+    return rounds["seed"] if "seed" in rounds else pd.Series(0, index=rounds.index)
+
+
+def summarize_by_seed(costs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, seed): the run's final accuracy and per-run cost columns."""
+    rounds = rounds.assign(seed=_seeds(rounds))
     rows = []
-    for method, r in rounds.groupby("method", sort=False):
-        c = costs[costs["method"] == method]
-        r = r.sort_values("round")
-        participations = float(r["participants"].sum())
-        on_client = c[(c["client_id"] >= 0) & (c["part"] != "body")]
-        server = c[(c["part"] == "body") | ((c["client_id"] < 0) & (c["phase"] == "aggregate"))]
-        client_rows = c[c["client_id"] >= 0]
-        acc = r["test_accuracy"].dropna()
-        prune_rows = on_client[on_client["phase"] == "prune"]
-        prune = prune_rows["flops"].sum()
-        prune_events = prune_rows.groupby(["round", "client_id"]).ngroups if len(prune_rows) else 0
-        n_rounds = int(r["round"].max()) if len(r) else 0
-        rows.append({
-            "method": method,
-            "rounds": n_rounds,
-            "final_accuracy": float(acc.iloc[-1]) if len(acc) else float("nan"),
-            "best_accuracy": float(acc.max()) if len(acc) else float("nan"),
-            "client_flops_per_client_round": on_client["flops"].sum() / max(participations, 1.0),
-            "server_flops_per_round": server["flops"].sum() / max(n_rounds, 1),
-            "bytes_per_client_round": (client_rows["bytes_up"].sum() + client_rows["bytes_down"].sum())
-            / max(participations, 1.0),
-            "bytes_up_per_client_round": client_rows["bytes_up"].sum() / max(participations, 1.0),
-            "bytes_down_per_client_round": client_rows["bytes_down"].sum() / max(participations, 1.0),
-            "prune_flops_share": prune / on_client["flops"].sum() if on_client["flops"].sum() else 0.0,
-            # EL2N scoring is charged to the client when it happens; without pruning.every_round
-            # a client prunes once, so its cost spreads over all of that client's participations
-            "prune_events": prune_events,
-            "prune_flops_per_event": prune / prune_events if prune_events else 0.0,
-            "prune_flops_amortised_per_client_round": prune / max(participations, 1.0),
-            "wall_s": float(r["wall_s"].sum()),
-            "sim_s": float(r["sim_s"].sum()),
-            "bytes_total": int(r["bytes_total"].iloc[-1]) if len(r) else 0,
-            "client_flops_total": float(r["client_flops_total"].iloc[-1]) if len(r) else 0.0,
-        })
+    for (method, seed), r in rounds.groupby(["method", "seed"], sort=False):
+        c = costs[costs["run_id"].isin(set(r["run_id"]))] if "run_id" in costs else costs[costs["method"] == method]
+        rows.append({"method": method, "seed": int(seed), **_run_summary(c, r)})
+    return pd.DataFrame(rows)
+
+
+def summarize(costs: pd.DataFrame, rounds: pd.DataFrame, by_seed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method: accuracy over seeds (mean, std, 95 % t-interval), mean costs, ratios to fl_full.
+
+    Client FLOPs are those the clients' devices executed, server FLOPs the body's and
+    aggregation's (the ``side`` of each cost row; :func:`~sfp_ray.records.tally`);
+    evaluation is a measurement and is excluded from both. With one seed, ``std`` and
+    ``ci95`` are empty. When ``fl_full`` ran, ratios to it are of the means, and
+    ``accuracy_delta`` is the mean over the seeds both methods ran of the paired
+    difference, with its own interval (``accuracy_delta_ci95``).
+    """
+    by_seed = summarize_by_seed(costs, rounds) if by_seed is None else by_seed
+    rows = []
+    for method, g in by_seed.groupby("method", sort=False):
+        acc = spread(g["final_accuracy"])
+        row = {"method": method, "seeds": int(len(g)), "rounds": int(g["rounds"].max()),
+               "final_accuracy": acc.mean, "final_accuracy_mean": acc.mean, "final_accuracy_std": acc.std,
+               "final_accuracy_ci95": acc.ci95, "best_accuracy": float(g["best_accuracy"].mean())}
+        row.update({k: float(g[k].mean()) for k in COST_SUMMARY_COLUMNS})
+        rows.append(row)
     df = pd.DataFrame(rows)
-    if not df.empty and "fl_full" in set(df["method"]):
-        ref = df[df["method"] == "fl_full"].iloc[0]
+    if not df.empty and REFERENCE_METHOD in set(df["method"]):
+        ref = df[df["method"] == REFERENCE_METHOD].iloc[0]
         df["client_flops_ratio"] = df["client_flops_per_client_round"] / ref["client_flops_per_client_round"]
         df["bytes_ratio"] = df["bytes_per_client_round"] / ref["bytes_per_client_round"]
         df["sim_time_ratio"] = df["sim_s"] / ref["sim_s"]
-        df["accuracy_delta"] = df["final_accuracy"] - ref["final_accuracy"]
+        base = by_seed[by_seed["method"] == REFERENCE_METHOD].set_index("seed")["final_accuracy"]
+        deltas = []
+        for method in df["method"]:
+            own = by_seed[by_seed["method"] == method].set_index("seed")["final_accuracy"]
+            deltas.append(spread((own - base).dropna()))
+        df["accuracy_delta"] = [d.mean for d in deltas]
+        df["accuracy_delta_ci95"] = [d.ci95 for d in deltas]
     return df
 
 
 def write_summary(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, *, plots: bool = True) -> pd.DataFrame:
-    summary = summarize(costs, rounds)
+    by_seed = summarize_by_seed(costs, rounds)
+    summary = summarize(costs, rounds, by_seed)
     _atomic_csv(summary, out / "summary.csv")
+    if by_seed["seed"].nunique() > 1:
+        _atomic_csv(by_seed, out / "summary_by_seed.csv")
     if plots and not rounds.empty:
         write_plots(out, costs, rounds, summary)
     return summary
@@ -243,17 +291,25 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
     import matplotlib.pyplot as plt
 
     paths = []
-    evald = rounds.dropna(subset=["test_accuracy"])
+    evald = rounds.assign(seed=_seeds(rounds)).dropna(subset=["test_accuracy"])
     for x, label, fname, scale in (
         ("bytes_total", "cumulative bytes transferred (MB)", "accuracy_vs_bytes.png", 1e-6),
         ("cum_sim_s", "cumulative simulated time (s)", "accuracy_vs_sim_time.png", 1.0),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
         for method, g in evald.groupby("method", sort=False):
-            if x in g:
-                ax.plot(g[x] * scale, g["test_accuracy"], marker="o", label=method)
+            if x not in g:
+                continue
+            seeds = g["seed"].nunique()
+            curve = [(float(rg[x].mean()) * scale, spread(rg["test_accuracy"])) for _, rg in g.groupby("round")]
+            xs = [c[0] for c in curve]
+            line = ax.plot(xs, [c[1].mean for c in curve], marker="o",
+                           label=f"{method} (mean of {seeds} seeds)" if seeds > 1 else method)[0]
+            if seeds > 1:
+                ax.fill_between(xs, [c[1].mean - c[1].ci95 for c in curve], [c[1].mean + c[1].ci95 for c in curve],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy" + (" (band: 95% t-interval over seeds)" if evald["seed"].nunique() > 1 else ""))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -261,7 +317,7 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
-    on_client = costs[(costs["client_id"] >= 0) & (costs["part"] != "body")]
+    on_client = costs[(costs["side"] == "client") & (costs["phase"] != "eval")]
     if not on_client.empty:
         part = on_client.groupby(["method", "phase"], sort=False)["flops"].sum().unstack(fill_value=0.0)
         participations = rounds.groupby("method")["participants"].sum().reindex(part.index)
@@ -303,27 +359,31 @@ def rebuild(run_dir: str | os.PathLike, *, plots: bool = True) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """A plain-text comparison table for the terminal."""
+    """A plain-text comparison table for the terminal (accuracy as mean ± 95 % CI over seeds)."""
     if summary.empty:
         return "(no rounds)"
-    cols = [("method", "method", "{}"), ("final_accuracy", "accuracy", "{:.3f}"),
-            ("client_flops_per_client_round", "client GFLOP/cl/rd", "{:.3g}"),
-            ("bytes_per_client_round", "MB/cl/rd", "{:.3g}"),
-            ("sim_s", "sim s", "{:.1f}"), ("wall_s", "wall s", "{:.1f}")]
+    multi = "seeds" in summary and int(summary["seeds"].max()) > 1
+
+    def acc(row: pd.Series) -> str:
+        return (f"{row['final_accuracy']:.3f} ± {row['final_accuracy_ci95']:.3f}" if multi and row["seeds"] > 1
+                else f"{row['final_accuracy']:.3f}")
+
+    def delta(row: pd.Series) -> str:
+        ci = row.get("accuracy_delta_ci95", float("nan"))
+        return f"{row['accuracy_delta']:+.3f}" + (f" ± {ci:.3f}" if multi and ci == ci else "")
+
+    cols: list[tuple[str, Any]] = [("method", lambda r: str(r["method"]))]
+    if multi:
+        cols.append(("seeds", lambda r: str(int(r["seeds"]))))
+    cols += [("accuracy" + (" (95% CI)" if multi else ""), acc),
+             ("client GFLOP/cl/rd", lambda r: f"{r['client_flops_per_client_round'] * 1e-9:.3g}"),
+             ("MB/cl/rd", lambda r: f"{r['bytes_per_client_round'] * 1e-6:.3g}"),
+             ("sim s", lambda r: f"{r['sim_s']:.1f}"), ("wall s", lambda r: f"{r['wall_s']:.1f}")]
     if "client_flops_ratio" in summary:
-        cols += [("client_flops_ratio", "FLOPs vs fl_full", "{:.4f}"), ("bytes_ratio", "bytes vs fl_full", "{:.3f}"),
-                 ("accuracy_delta", "acc - fl_full", "{:+.3f}")]
-    scale = {"client_flops_per_client_round": 1e-9, "bytes_per_client_round": 1e-6}
-    header = [c[1] for c in cols]
-    body = []
-    for _, row in summary.iterrows():
-        cells = []
-        for key, _, fmt in cols:
-            v = row[key]
-            if key in scale:
-                v = v * scale[key]
-            cells.append(fmt.format(v))
-        body.append(cells)
+        cols += [("FLOPs vs fl_full", lambda r: f"{r['client_flops_ratio']:.4f}"),
+                 ("bytes vs fl_full", lambda r: f"{r['bytes_ratio']:.3f}"), ("acc - fl_full", delta)]
+    header = [c[0] for c in cols]
+    body = [[fmt(row) for _, fmt in cols] for _, row in summary.iterrows()]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))

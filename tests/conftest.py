@@ -3,7 +3,7 @@
 Module-level settings, applied before any test module imports torch or timm:
 
 * ``HF_HUB_OFFLINE=1``: timm's hub look-ups fail fast instead of stalling ~47 s without
-  internet (DESIGN.md §5);
+  internet;
 * ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. On a machine
   busy with other processes, spinning threads fight for the cores and the tiny models of
   these tests run 20-50x slower with 2 threads than with 1; passive waiting removes that;
@@ -33,7 +33,7 @@ torch.set_num_threads(int(os.environ.get("SFP_TEST_THREADS", "2")))
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One private Ray instance for the whole session (DESIGN.md §6): 4 logical CPUs, 1 logical GPU.
+    """One private Ray instance for the whole session: 4 logical CPUs, 1 logical GPU.
 
     Logical CPUs may exceed the physical cores (they are scheduling tickets); the logical GPU
     lets fractional-GPU actors (``jetson`` clients, the ``edge_server`` server) schedule on a

@@ -1,4 +1,4 @@
-"""The command line and the report contract (DESIGN.md §4, §7), end to end on synthetic data."""
+"""The command line and the report contract, end to end on synthetic data."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _sets(items):
 
 
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory):
+def compare_dir(tmp_path_factory, ray_session):
+    """The default path: ``sfp-ray compare`` with no executor flag runs on Ray actors."""
     out = tmp_path_factory.mktemp("cmp")
     rc = main(["--quiet", "compare", "--methods", "sfprompt,fl_full", *_sets(TINY), "--out", str(out)])
     assert rc == 0
@@ -39,7 +40,8 @@ def compare_dir(tmp_path_factory):
 
 def test_compare_writes_the_report_contract(compare_dir):
     for name in ("costs.csv", "costs.parquet", "rounds.csv", "summary.csv", "config.yaml", "messages.csv",
-                 "accuracy_vs_bytes.png", "accuracy_vs_sim_time.png", "client_flops_by_method.png"):
+                 "clients.csv", "resources.csv", "accuracy_vs_bytes.png", "accuracy_vs_sim_time.png",
+                 "client_flops_by_method.png"):
         assert (compare_dir / name).is_file(), name
     costs = pd.read_parquet(compare_dir / "costs.parquet")
     assert list(costs.columns[: len(COST_COLUMNS)]) == COST_COLUMNS
@@ -50,6 +52,8 @@ def test_compare_writes_the_report_contract(compare_dir):
         "download", "prune", "local_update", "split_train", "upload", "aggregate", "eval"}
     assert set(costs[costs.method == "fl_full"]["phase"]) == {"download", "local_train", "upload", "aggregate", "eval"}
     assert set(costs["part"]) <= {"head", "body", "tail", "prompt", "all"}
+    assert set(costs["side"]) == {"client", "server", "link"}
+    assert set(pd.read_csv(compare_dir / "resources.csv")["executor"]) == {"ray"}  # the default executor
     # cumulative columns really accumulate
     for _, g in rounds.groupby("method"):
         assert g["bytes_total"].is_monotonic_increasing and g["client_flops_total"].is_monotonic_increasing
@@ -108,7 +112,7 @@ def test_rows_are_flushed_every_round_so_a_crash_keeps_finished_rounds(tmp_path)
             return super().run_clients(specs, state)
 
     cfg = load_config(overrides=TINY + ["federation.rounds=3"])
-    sink = ReportSink(tmp_path)
+    sink = ReportSink(tmp_path, plots=False)
     with pytest.raises(RuntimeError):
         Orchestrator(prepare_run(cfg, "sfprompt"), Crashing(), [sink]).run()
     rounds = pd.read_csv(tmp_path / "rounds.csv")
@@ -126,7 +130,7 @@ def test_pretrain_then_run_uses_the_cached_backbone(tmp_path, monkeypatch, capsy
     assert len(cached) == 1
     assert main(["--quiet", "pretrain", *_sets(small)]) == 0  # second time: cached, nothing redone
     assert "already cached" in capsys.readouterr().out
-    assert main(["--quiet", "run", *_sets(small), "--out", str(tmp_path / "run")]) == 0
+    assert main(["--quiet", "run", "--executor", "serial", *_sets(small), "--out", str(tmp_path / "run")]) == 0
     assert str(cached[0]) in (tmp_path / "run" / "config.yaml").read_text()
 
 

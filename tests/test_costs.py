@@ -1,4 +1,4 @@
-"""FLOP counts against reference values, executed-cost rules, and simulated round time."""
+"""FLOP counts against reference values, executed-cost rules, the ledger's sides and the round clock."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from sfp_ray.costs import CostRecord, count_flops
+from sfp_ray.costs import Ledger, count_flops, simulate_round
+from sfp_ray.devices import get_device
 from sfp_ray.models import split_vit
-from sfp_ray.orchestrator import round_sim_seconds
+from sfp_ray.records import Segment, tally
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +63,75 @@ def test_frozen_backbone_prompt_step_costs_what_it_executes():
     assert prompt_only < full
 
 
-def _cell(cid, part, sim, phase="split_train"):
-    return CostRecord(1, cid, "dev", phase, part, sim_s=sim)
+def _tl(*segs: tuple[str, float]) -> list[Segment]:
+    return [Segment("split_train", side, sec) for side, sec in segs]
 
 
-def test_round_sim_is_slowest_client_plus_aggregation():
-    costs = [_cell(0, "head", 1.0), _cell(0, "body", 0.5), _cell(1, "tail", 4.0), _cell(1, "body", 0.5),
-             _cell(-1, "all", 0.25, "aggregate")]
-    # client 0: 1.5 s, client 1: 4.5 s; server busy 1.0 s -> slowest client wins
-    assert round_sim_seconds([], costs) == pytest.approx(4.5 + 0.25)
+def test_round_clock_is_the_slowest_client_when_the_server_is_not_busy():
+    # client 0: 1 + 0.5 + 0 = 1.5 s; client 1: 4 s on its device, then 0.5 s on the server
+    # (starting at 4.0, after client 0's request at 1.0-1.5 is long done)
+    clock = simulate_round({0: _tl(("client", 1.0), ("server", 0.5)), 1: _tl(("client", 4.0), ("server", 0.5))})
+    assert clock.seconds == pytest.approx(4.5)
+    assert clock.finish == {0: pytest.approx(1.5), 1: pytest.approx(4.5)}
+    assert clock.wait == {0: 0.0, 1: 0.0}
 
 
-def test_round_sim_includes_server_queueing_when_server_is_the_bottleneck():
-    costs = [_cell(c, "body", 2.0) for c in range(4)] + [_cell(c, "head", 0.1) for c in range(4)]
-    # each client alone needs 2.1 s, but one server processes 4 x 2.0 s of body work
-    assert round_sim_seconds([], costs) == pytest.approx(8.0)
+def test_round_clock_queues_many_fast_clients_at_one_server():
+    """Ten clients that each need 0.1 s on their device, 1 s of server work, then 0.1 s again.
+
+    Alone, a client takes 1.2 s. Their links and devices run in parallel, but the one
+    server serves their requests one after another (first come, first served; ties by
+    client id), so client k starts on the server at 0.1 + k and the last one finishes at
+    0.1 + 10 + 0.1 = 10.2 s. Charging every client's own timeline to the server, or adding
+    link time to the server's busy time, would give other numbers.
+    """
+    tl = _tl(("client", 0.1), ("server", 1.0), ("client", 0.1))
+    clock = simulate_round({c: tl for c in range(10)})
+    assert clock.seconds == pytest.approx(10.2)
+    for k in range(10):
+        assert clock.finish[k] == pytest.approx(0.1 + (k + 1) * 1.0 + 0.1)
+        assert clock.wait[k] == pytest.approx(k * 1.0)
+        waits = [(s, e) for ph, side, s, e in clock.schedule[k] if side == "wait"]
+        assert (waits == [(pytest.approx(0.1), pytest.approx(0.1 + k))]) if k else (waits == [])
+
+
+def test_round_clock_links_run_in_parallel_and_are_never_server_time():
+    """Two clients with long uploads: their links overlap; the server is busy only for its own work."""
+    tl = _tl(("link", 3.0), ("server", 0.5), ("link", 3.0))
+    clock = simulate_round({0: tl, 1: tl})
+    # both uploads end at 3.0; client 0 is served 3.0-3.5, client 1 waits 0.5 s and is served 3.5-4.0
+    assert clock.finish == {0: pytest.approx(6.5), 1: pytest.approx(7.0)}
+    assert clock.seconds == pytest.approx(7.0)  # not 2 x 6.5 (serial links) and not 3 + 2 x 3.5 (links on the server)
+
+
+def test_round_clock_sequential_clients_take_turns():
+    tl = _tl(("client", 1.0), ("server", 2.0))
+    clock = simulate_round({3: tl, 1: tl}, sequential=True)
+    assert clock.seconds == pytest.approx(6.0)
+    assert clock.finish == {1: pytest.approx(3.0), 3: pytest.approx(6.0)}  # ascending id
+
+
+def test_ledger_charges_each_cost_to_the_side_that_paid():
+    """Client compute on the client's device, server compute on the server's, transfers on the client's link."""
+    rpi, edge = get_device("rpi4"), get_device("edge_server")
+    led = Ledger(1, 7, rpi, edge)
+    lin = torch.nn.Linear(8, 8, bias=False)
+    with led.phase("split_train"):
+        led.compute("head", ("fwd",), lambda: lin(torch.ones(4, 8)))  # 2 * 4 * 8 * 8 = 512 FLOPs
+        led.send_tensor(torch.zeros(4, 8), part="head", direction="up", kind="activation")
+        led.server_compute("body", 10_000_000_000, wall_s=0.01, queue_s=0.002)
+        led.message(part="body", direction="down", kind="activation", payload=128, serialized=200, shapes="4x8")
+    rows = {(r.part, r.side): r for r in led.records()}
+    assert set(rows) == {("head", "client"), ("head", "link"), ("body", "server"), ("body", "link")}
+    assert rows["head", "client"].flops == 512 and rows["head", "client"].device == "rpi4"
+    assert rows["head", "client"].sim_s == pytest.approx(512 / rpi.effective_flops)
+    assert rows["body", "server"].device == "edge_server"
+    assert rows["body", "server"].sim_s == pytest.approx(1e10 / edge.effective_flops)  # compute only
+    assert rows["head", "link"].bytes_up == 128 and rows["head", "link"].flops == 0
+    assert rows["head", "link"].sim_s == pytest.approx(rpi.transfer_seconds(128, "up"))
+    assert rows["body", "link"].sim_s == pytest.approx(rpi.transfer_seconds(128, "down"))  # the client's downlink
+    assert [s.side for s in led.timeline] == ["client", "link", "server", "link"]
+    assert led.server_queue_s == pytest.approx(0.002)
+    assert [m.shapes for m in led.messages] == ["4x8", "4x8"]
+    t = tally(led.records())
+    assert (t.client_flops, t.server_flops, t.bytes_up, t.bytes_down) == (512, 1e10, 128, 128)

@@ -11,22 +11,24 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sfp_ray.config import Config, build_config
-from sfp_ray.costs import CostRecord, FlopMeter, Ledger, MessageRecord
+from sfp_ray.costs import FlopMeter, Ledger
 from sfp_ray.data import load_dataset
 from sfp_ray.devices import get_device
 from sfp_ray.errors import ConfigError
-from sfp_ray.executors.base import ClientSpec
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import FEDERATED_PHASES, SFPROMPT_PHASES, get_method, list_methods
+from sfp_ray.methods.sfprompt import SFPromptClient, sfprompt_names
 from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
 from sfp_ray.pruning import keep_count, select_hardest
-from sfp_ray.roles import ClientTask, LocalBodyLink, ServerRole, SFPromptClient, Workspace
-from sfp_ray.roles.client import make_optimizer, sfprompt_state_names
+from sfp_ray.records import CostRecord, MessageRecord
+from sfp_ray.roles import ClientTask, LocalBodyLink, ServerRole, Workspace
+from sfp_ray.roles.optim import make_optimizer
 
 IMG, PATCH, DIM, DEPTH = 16, 4, 64, 4
 NUM_PATCHES = (IMG // PATCH) ** 2
@@ -70,11 +72,25 @@ class CollectSink:
     def add_round(self, meta: Any, record: Any) -> None:
         self.rounds.append(record)
 
+    def add_clients(self, meta: Any, records: Sequence[Any]) -> None:
+        pass
+
     def add_resources(self, meta: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         pass
 
     def end_run(self, meta: Any, final_state: Mapping[str, torch.Tensor]) -> None:
         self.final = final_state
+
+
+def workspace(cfg: Config) -> Workspace:
+    """The whole split model of ``cfg`` in this process."""
+    return Workspace(cfg.model, cfg.split, cfg.prompt, num_classes=NUM_CLASSES, checkpoint=None, seed=cfg.seed)
+
+
+def task(cid: int, rnd: int, seed: int, indices: Any, client_state: Any = None) -> ClientTask:
+    return ClientTask(round=rnd, client_id=cid, seed=seed, device=get_device("rpi4"),
+                      server_device=get_device("edge_server"), indices=np.asarray(indices),
+                      client_state=client_state or {})
 
 
 def run(cfg: Config, method: str) -> tuple[RunResult, CollectSink]:
@@ -102,7 +118,7 @@ def test_split_step_equals_unsplit_step(cut: tuple[int, int], prompts: int, opti
     """Split training over the link updates (p, W_t) exactly like training the whole model."""
     cfg = tiny_config(**{"split.head_blocks": cut[0], "split.tail_blocks": cut[1],
                          "prompt.num_tokens": prompts, "train.optimizer": optimizer, "train.lr": 0.01})
-    ws = Workspace(cfg, NUM_CLASSES, None)
+    ws = workspace(cfg)
     # One attention kernel on both sides. Otherwise the first (FLOP-counted) split step runs
     # PyTorch's MATH kernel and the reference the fused one; their rounding differs by ~1e-7,
     # and Adam, which divides by sqrt(v), turns gradients that are zero up to rounding (the
@@ -110,13 +126,13 @@ def test_split_step_equals_unsplit_step(cut: tuple[int, int], prompts: int, opti
     for blk in ws.vit.blocks:
         blk.attn.fused_attn = False
     ref = copy.deepcopy(ws)
-    client = SFPromptClient(ws)
+    client = SFPromptClient(ws, cfg)
     server = ServerRole(ws.split.body)
     link = LocalBodyLink(server, client_id=0, round=1)
     ledger = Ledger(1, 0, get_device("rpi4"), get_device("edge_server"))
     opt = make_optimizer(client.params, cfg.train)
 
-    names = sfprompt_state_names(ref)
+    names = sfprompt_names(ref)
     assert names == client.names
     assert any(n.startswith("head.prompt") for n in names) == (prompts > 0)
     ref_params = ref.set_trainable(names)
@@ -153,8 +169,8 @@ def test_split_step_equals_unsplit_step(cut: tuple[int, int], prompts: int, opti
 @pytest.mark.parametrize("cut", [(1, 1), (0, 1), (1, 0), (0, 0)], ids=lambda c: f"h{c[0]}t{c[1]}")
 def test_split_step_sends_exactly_the_needed_tokens(cut: tuple[int, int], prompts: int) -> None:
     cfg = tiny_config(**{"split.head_blocks": cut[0], "split.tail_blocks": cut[1], "prompt.num_tokens": prompts})
-    ws = Workspace(cfg, NUM_CLASSES, None)
-    client = SFPromptClient(ws)
+    ws = workspace(cfg)
+    client = SFPromptClient(ws, cfg)
     link = LocalBodyLink(ServerRole(ws.split.body), 0, 1)
     ledger = Ledger(1, 0, get_device("rpi4"), get_device("edge_server"))
     B = 4
@@ -200,7 +216,7 @@ def test_sfprompt_round_split_bytes_per_sample(cut: tuple[int, int], prompts: in
 def test_fl_full_moves_exactly_the_model_parameters() -> None:
     cfg = tiny_config(**{"federation.rounds": 2})
     spec = prepare_run(cfg, "fl_full")
-    ws = Workspace(spec.cfg, spec.num_classes, None)
+    ws = workspace(spec.cfg)
     model_bytes = sum(p.numel() * p.element_size() for p in ws.vit.parameters())
     assert model_bytes > 0
     sink = CollectSink()
@@ -233,8 +249,8 @@ class RaisingLink:
 
 def test_local_update_and_scoring_never_call_the_body() -> None:
     cfg = tiny_config(**{"split.head_blocks": 1, "split.tail_blocks": 1, "train.lr": 0.05})
-    ws = Workspace(cfg, NUM_CLASSES, None)
-    client = SFPromptClient(ws)
+    ws = workspace(cfg)
+    client = SFPromptClient(ws, cfg)
     ws.split.body.forward = _raise
     for i in ws.split.body.block_ids:
         ws.split.body.blocks[str(i)].forward = _raise
@@ -249,7 +265,8 @@ def test_local_update_and_scoring_never_call_the_body() -> None:
     assert math.isfinite(loss)
     after = ws.get_state(client.names)
     assert all(not torch.equal(after[n], before[n]) for n in client.names)  # prompts and tail trained
-    assert {p for (_, p) in ledger.cells} <= {"head", "tail"}  # no body cost, no messages
+    assert {p for (_, p, _) in ledger.cells} <= {"head", "tail"}  # no body cost, no messages
+    assert {side for (_, _, side) in ledger.cells} == {"client"}
     assert not ledger.messages
     # the patch is effective: split training does reach the body
     with pytest.raises(AssertionError, match="must not run"):
@@ -260,10 +277,9 @@ def test_local_update_and_scoring_never_call_the_body() -> None:
 
 def test_client_round_without_split_never_uses_the_link() -> None:
     cfg = tiny_config(**{"train.split_epochs": 0})
-    ws = Workspace(cfg, NUM_CLASSES, None)
-    client = SFPromptClient(ws)
-    task = ClientTask(round=1, client_id=0, device=get_device("rpi4"), seed=1, data=client_data(20))
-    out = client.run(task, ws.get_state(client.names), RaisingLink(), FlopMeter())
+    ws = workspace(cfg)
+    client = SFPromptClient(ws, cfg)
+    out = client.run(task(0, 1, 1, range(20)), client_data(20), ws.get_state(client.names), RaisingLink(), FlopMeter())
     assert {c.phase for c in out.costs} == {"download", "prune", "local_update", "upload"}
 
 
@@ -272,24 +288,23 @@ def test_el2n_pruning_keeps_documented_count_through_a_round(keep_ratio: float) 
     cfg = tiny_config(**{"pruning.keep_ratio": keep_ratio})
     spec = prepare_run(cfg, "sfprompt")
     ex = SerialExecutor()
-    ex.start(spec)
-    init = ex.initial_state()
+    init = ex.start(spec).state
     cid = 0
     n = len(spec.client_indices[cid])
     assert n == 32
-    out = ex.run_clients([ClientSpec(1, cid, 11, {})], init)[0]
+    out = ex.run_clients([task(cid, 1, 11, spec.client_indices[cid])], init)[0]
     kept = out.client_state["kept"]
     assert len(kept) == keep_count(n, keep_ratio) == math.ceil(keep_ratio * n - 1e-9)
     # the kept samples are the hardest under the downloaded global state
     data = spec.train.subset(spec.client_indices[cid])
-    ex.ws.load_state(init)
-    scores = ex.client.score(data, Ledger(1, cid, None))
+    ex.ws.load_state(init.tensors())
+    scores = ex.role.score(data, Ledger(1, cid, None))
     assert kept.tolist() == select_hardest(scores, keep_ratio).tolist()
     # and training used only them
     trained = sum(c.samples for c in out.costs if c.phase == "split_train")
     assert trained == len(kept) * cfg.train.split_epochs
     # pruning once (default): round 2 reuses the kept set and does not score again
-    out2 = ex.run_clients([ClientSpec(2, cid, 12, out.client_state)], out.state)[0]
+    out2 = ex.run_clients([task(cid, 2, 12, spec.client_indices[cid], out.client_state)], out.state)[0]
     assert "prune" not in {c.phase for c in out2.costs}
     assert out2.client_state["kept"] is kept
 
@@ -298,9 +313,9 @@ def test_pruning_every_round_rescores() -> None:
     cfg = tiny_config(**{"pruning.every_round": True, "pruning.keep_ratio": 0.25})
     spec = prepare_run(cfg, "sfprompt")
     ex = SerialExecutor()
-    ex.start(spec)
-    out = ex.run_clients([ClientSpec(1, 1, 11, {})], ex.initial_state())[0]
-    out2 = ex.run_clients([ClientSpec(2, 1, 12, out.client_state)], out.state)[0]
+    init = ex.start(spec).state
+    out = ex.run_clients([task(1, 1, 11, spec.client_indices[1])], init)[0]
+    out2 = ex.run_clients([task(1, 2, 12, spec.client_indices[1], out.client_state)], out.state)[0]
     assert "prune" in {c.phase for c in out2.costs}
     assert out2.client_state["pruned_at_round"] == 2
     assert len(out2.client_state["kept"]) == keep_count(32, 0.25)
@@ -351,7 +366,7 @@ def test_every_method_runs_one_round(name: str) -> None:
     phases = {c.phase for c in sink.costs}
     if name in EXPECTED_PHASES:
         assert phases == EXPECTED_PHASES[name]
-    else:  # a method registered later: its phases come from the DESIGN.md §4 vocabulary
+    else:  # a method registered later: its phases come from the shared vocabulary
         assert phases <= set(method.phases) | {"split_train"}
         assert {"aggregate", "eval"} <= phases
     assert {c.part for c in sink.costs} <= {"head", "body", "tail", "prompt", "all"}
@@ -368,10 +383,11 @@ def test_every_method_runs_one_round(name: str) -> None:
     # the trainable state went up and came back
     assert sum(c.bytes_up for c in client_rows if c.phase == "upload") > 0
     assert sum(c.bytes_down for c in client_rows if c.phase == "download") > 0
-    if method.uses_server:
-        assert any(c.part == "body" and c.flops > 0 for c in client_rows)
+    if method.server(method.resolve(tiny_config())) is not None:
+        assert any(c.part == "body" and c.side == "server" and c.flops > 0 for c in client_rows)
     else:
         assert {c.part for c in client_rows} == {"all"}
+        assert {c.side for c in client_rows} == {"client", "link"}
 
 
 def test_unknown_method_lists_registered_names() -> None:

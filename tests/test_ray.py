@@ -1,15 +1,15 @@
-"""The Ray runtime: executor agreement with the serial reference, pooled mode, fit checks.
+"""The Ray runtime: executor agreement with the serial reference, pool sizing, pooled mode, fit checks.
 
 All tests share one private Ray instance (``ray_session`` in conftest.py: 4 logical CPUs,
 1 logical GPU) and keep torch actors few: every actor imports torch and timm (~5 s of CPU
 each on a 2-core machine). Runs compare with the serial executor at one torch thread
-(what the actors enforce for sub-core tickets) and without timm's fused attention
-(see ``ray_session``), where the two executors agree bit for bit.
+(what the actors enforce for sub-core tickets), where the two executors agree bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from sfp_ray.config import RayConfig, load_config
+from sfp_ray.devices import get_device
 from sfp_ray.errors import ClusterError, ConfigError
-from sfp_ray.executors.ray_executor import RayExecutor, plan_slots, route
+from sfp_ray.executors.ray import RayExecutor, check_fit, parse_address, plan_pool, plan_slots, route, start_ray
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run, sample_cohort
-from sfp_ray.runtime import check_fit, parse_address, start_ray
 
 TINY = [
     "data.name=synthetic",
@@ -72,6 +72,8 @@ class Capture:
     def add_round(self, meta: Any, record: Any) -> None:
         self.rounds.append(record)
 
+    def add_clients(self, meta: Any, records: Sequence[Any]) -> None: ...
+
     def add_resources(self, meta: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         self.resources.extend(dict(r) for r in rows)
 
@@ -87,9 +89,9 @@ class RecordingRayExecutor(RayExecutor):
         self.returned: list[dict[int, dict]] = []
         self.routing: list[dict[int, int]] = []
 
-    def run_clients(self, specs, global_state):  # type: ignore[override]
-        outs = super().run_clients(specs, global_state)
-        self.sent.append({s.client_id: dict(s.client_state) for s in specs})
+    def run_clients(self, tasks, state):  # type: ignore[override]
+        outs = super().run_clients(tasks, state)
+        self.sent.append({t.client_id: dict(t.client_state) for t in tasks})
         self.returned.append({o.client_id: dict(o.client_state) for o in outs})
         self.routing.append(dict(self.last_routing))
         return outs
@@ -109,8 +111,9 @@ def run_ray(spec, executor: RayExecutor | None = None, sink: Capture | None = No
     try:
         with fused_attn_off():
             res = Orchestrator(spec, ex, sinks=[sink] if sink else []).run()
-        ex.report_rows = ex.resource_report()  # type: ignore[attr-defined]
-        ex.actor_count = ex.num_client_actors  # type: ignore[attr-defined]
+        ex.report_rows = ex.resources()  # type: ignore[attr-defined]
+        ex.actor_count = len(ex.pool.slots)  # type: ignore[attr-defined]
+        ex.plan = ex.pool.plan  # type: ignore[attr-defined]
     finally:
         ex.close()
     return res, ex
@@ -190,6 +193,44 @@ def test_check_fit_packs_fractional_gpus_per_gpu_and_cpus_per_node():
         check_fit([("client:phone", {"num_cpus": 0.25, "resources": {"device:phone": 1}})], nodes=nodes)
 
 
+def _profiles(**counts: int) -> list[Any]:
+    return [get_device(name) for name, n in counts.items() for _ in range(n)]
+
+
+def test_pool_is_one_actor_per_client_when_they_fit():
+    plan = plan_pool(_profiles(rpi4=5, phone=3, laptop=2), get_device("edge_server"), [{"CPU": 8.0, "GPU": 1.0}])
+    assert plan.per_client and sorted(plan.slot_classes) == sorted(["rpi4"] * 5 + ["phone"] * 3 + ["laptop"] * 2)
+    assert plan.options["rpi4"] == {"num_cpus": 0.25} and plan.server_options == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert not plan.gpu_fallback and not plan.notices
+
+
+def test_pool_on_a_gpu_less_two_core_laptop_needs_no_knobs():
+    """The default devices on 2 CPUs and no GPU: the server's GPU share runs on CPU, the clients are pooled.
+
+    The server holds 1 CPU, leaving 1 CPU of tickets: one slot per class (rpi4 0.25 +
+    phone 0.25 + laptop 0.5) fills it, and the next slot D'Hondt would add (a 4th rpi4)
+    does not fit. Without a server, 2 CPUs hold 7 slots (4 rpi4, 2 phone, 1 laptop: 2.0).
+    """
+    plan = plan_pool(_profiles(rpi4=5, phone=3, laptop=2), get_device("edge_server"), [{"CPU": 2.0}])
+    assert plan.gpu_fallback == {"edge_server"} and "num_gpus" not in plan.server_options
+    assert any("no GPU" in n and "edge_server" in n for n in plan.notices)
+    assert not plan.per_client and sorted(plan.slot_classes) == ["laptop", "phone", "rpi4"]
+    assert any("pooled mode" in n for n in plan.notices)
+    plan = plan_pool(_profiles(rpi4=5, phone=3, laptop=2), None, [{"CPU": 2.0}])
+    assert sorted(plan.slot_classes) == ["laptop"] + ["phone"] * 2 + ["rpi4"] * 4
+    # a cap from the configuration still applies
+    assert len(plan_pool(_profiles(rpi4=5, phone=3, laptop=2), None, [{"CPU": 64.0}], max_actors=4).slot_classes) == 4
+
+
+def test_pool_counts_actor_memory_and_fails_naming_a_missing_custom_resource():
+    # 100 rpi4 clients fit 64 CPUs of tickets, but not 100 x 600 MB of actors in 16 GiB
+    plan = plan_pool(_profiles(rpi4=100), None, [{"CPU": 64.0, "memory": 16 * 2**30}])
+    assert len(plan.slot_classes) == 16 * 1024 // 600
+    fpga = dataclasses.replace(get_device("rpi4"), name="fpga", resources={"fpga": 1.0})
+    with pytest.raises(ClusterError, match="device class 'fpga' needs resources\\['fpga'\\]=1 but the cluster has no"):
+        plan_pool([fpga], None, [{"CPU": 4.0}])
+
+
 def test_parse_address():
     assert parse_address("local") is None and parse_address("auto") is None
     assert parse_address("ray://head:10001") == ("head", 10001)
@@ -232,21 +273,22 @@ def test_executor_needs_a_running_ray(monkeypatch):
     spec = prepare_run(load_config(overrides=TINY + ["federation.num_clients=2", "federation.clients_per_round=2",
                                                      "data.samples_per_client=8"]))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    with pytest.raises(ClusterError, match="call sfp_ray.runtime.start_ray first"):
+    with pytest.raises(ClusterError, match="call sfp_ray.executors.ray.start_ray first"):
         RayExecutor().start(spec)
 
 
-def test_executor_refuses_a_run_that_does_not_fit_before_creating_actors(ray_session):
-    # the server (0.5 GPU) and 3 jetson clients (0.25 GPU each) need 1.25 GPUs
+def test_executor_refuses_a_run_that_does_not_fit_before_creating_actors(ray_session, tmp_path):
+    catalog = tmp_path / "devices.yaml"
+    catalog.write_text("devices:\n  fpga:\n    description: needs an FPGA\n    num_cpus: 0.25\n    num_gpus: 0\n"
+                       "    memory_mb: 1024\n    peak_flops: 1.0e+11\n    efficiency: 0.5\n    uplink_mbps: 10\n"
+                       "    downlink_mbps: 10\n    latency_ms: 5\n    resources: {fpga: 1}\n")
     spec = prepare_run(load_config(overrides=TINY + [
-        "federation.num_clients=3", "federation.clients_per_round=3", "data.samples_per_client=8",
-        "devices.mix={jetson: 1.0}"]))
+        "federation.num_clients=2", "federation.clients_per_round=2", "data.samples_per_client=8",
+        "devices.mix={fpga: 1.0}", f"devices.catalog={catalog}"]))
     ex = RayExecutor()
-    with pytest.raises(ClusterError) as e:
+    with pytest.raises(ClusterError, match="device class 'fpga' needs resources\\['fpga'\\]=1 but the cluster has no"):
         ex.start(spec)
-    msg = str(e.value)
-    assert "client actors of class 'jetson'" in msg and "server:edge_server" in msg and "2 fit" in msg
-    assert ex.num_client_actors == 0 and ex.server is None
+    assert ex.pool is None
 
 
 def test_executor_gives_up_when_other_jobs_hold_the_resources(ray_session):
@@ -265,10 +307,10 @@ def test_executor_gives_up_when_other_jobs_hold_the_resources(ray_session):
     ex = RayExecutor(ready_timeout_s=3)
     try:
         t0 = time.monotonic()
-        with pytest.raises(ClusterError, match=r"not placed/built within 3 s \(1 x server:edge_server"):
+        with pytest.raises(ClusterError, match=r"not placed/started within 3 s \(1 x server:edge_server"):
             ex.start(spec)
         assert time.monotonic() - t0 < 30
-        assert ex.server is None and ex.num_client_actors == 0  # killed what it had made
+        assert ex.pool is None  # the executor ended the pool it had started
     finally:
         ray.kill(hog)
 
@@ -289,8 +331,9 @@ def test_sfprompt_ray_matches_serial(ray_session):
     for c, st in serial.client_states.items():
         np.testing.assert_array_equal(res.client_states[c]["kept"], st["kept"])
     # each client ran in its own actor and reported requested / enforced / observed resources
-    rows = sink.resources
+    rows = [r for r in sink.resources if "round" in r]  # per client and round (the rest: per actor at start)
     assert len(rows) == 8 and len({r["actor_id"] for r in rows}) == 4
+    assert [r["label"] for r in sink.resources if "round" not in r] == ["server:edge_server"] + ["client:rpi4"] * 4
     for r in rows:
         assert r["requested_num_cpus"] == 0.25 and r["assigned_num_cpus"] == 0.25
         assert r["enforced_threads"] == 1 == r["observed_threads"]
@@ -332,14 +375,15 @@ def test_pooled_mode_runs_40_clients_on_4_actors(pooled):
     spec, res, ex, sink = pooled
     assert len(res.rounds) == 2 and all(r.participants == 8 for r in res.rounds)
     assert ex.actor_count == 4
-    assert sorted(ex.slot_classes) == ["jetson", "jetson", "rpi4", "rpi4"]
+    assert sorted(ex.plan.slot_classes) == ["jetson", "jetson", "rpi4", "rpi4"]
     for routing in ex.routing:
         assert set(routing.values()) <= set(range(4))
         for cid, slot in routing.items():
-            assert ex.slot_classes[slot] == spec.devices[cid].name
+            assert ex.plan.slot_classes[slot] == spec.devices[cid].name
         assert max(np.bincount(list(routing.values()))) >= 2  # some slot served several clients
-    assert len({r["actor_id"] for r in sink.resources}) <= 4
-    assert {r["slot"] for r in sink.resources} <= set(range(4))
+    clients = [r for r in sink.resources if r["role"] == "client"]
+    assert len({r["actor_id"] for r in clients}) <= 4
+    assert {r["slot"] for r in clients} <= set(range(4))
 
 
 def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
@@ -360,7 +404,7 @@ def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
 
 def test_jetson_slots_schedule_on_a_logical_gpu_and_compute_on_cpu(pooled):
     _, _, ex, sink = pooled
-    rows = [r for r in sink.resources if r["device"] == "jetson"]
+    rows = [r for r in sink.resources if r["device"] == "jetson" and "round" in r]
     assert rows
     for r in rows:
         assert r["requested_num_gpus"] == 0.25 and r["assigned_num_gpus"] == 0.25

@@ -7,8 +7,8 @@ process. The test therefore runs this file as a script in a subprocess, which bu
 * a head node offering ``device:edge_server`` (and a logical GPU for the server's share),
 * a worker node offering ``device:rpi4`` for 4 clients,
 
-joins it with :func:`sfp_ray.runtime.start_ray` (the ``HOST:PORT`` path), runs one round of
-SFPrompt with 2 rpi4 clients on :class:`~sfp_ray.executors.ray_executor.RayExecutor`, and
+joins it with :func:`sfp_ray.executors.ray.start_ray` (the ``HOST:PORT`` path), runs one round
+of SFPrompt with 2 rpi4 clients on :class:`~sfp_ray.executors.ray.RayExecutor`, and
 prints the node ids as JSON. The subprocess uses its own ``RAY_TMPDIR`` so its session
 files and the ``ray_current_cluster`` address file never touch other Ray users on the
 machine, and it stops only the nodes it started (``Cluster.shutdown``).
@@ -31,9 +31,8 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from sfp_ray.config import load_config
-    from sfp_ray.executors.ray_executor import RayExecutor
+    from sfp_ray.executors.ray import RayExecutor, start_ray
     from sfp_ray.orchestrator import Orchestrator, prepare_run
-    from sfp_ray.runtime import start_ray
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 1, "resources": {"device:edge_server": 1}, "include_dashboard": False})
@@ -47,7 +46,7 @@ def main() -> None:
             "data.test_samples=16", "federation.num_clients=2", "federation.clients_per_round=2",
             "federation.rounds=1", "devices.mix={rpi4: 1.0}"])
         spec = prepare_run(cfg)
-        ex = RayExecutor(cluster.address)
+        ex = RayExecutor()
         rows: list[dict] = []
 
         class Sink:
@@ -55,11 +54,11 @@ def main() -> None:
                 return lambda *a, **k: None
 
             def add_resources(self, meta, r):
-                rows.extend(r)
+                rows.extend(x for x in r if "round" in x)  # per client and round
 
         try:
             res = Orchestrator(spec, ex, sinks=[Sink()]).run()
-            report = ex.resource_report()
+            report = ex.resources()
         finally:
             ex.close()
         out = {

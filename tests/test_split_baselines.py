@@ -2,9 +2,9 @@
 
 Tiny synthetic runs (16 px images, 4 px patches, 3 blocks of width 32, no checkpoint):
 the server trains the body only for these methods, one ``sl`` split step equals one step of
-the unsplit model, the server's FedAvg of body copies is sample-weighted, ``sl`` relays the
-client state from client to client, costs follow DESIGN.md §4, and the Ray executor ends
-with the same state as the serial one.
+the unsplit model, the FedAvg of the body copies is sample-weighted, ``sl`` relays the
+client state (head, tail and body) from client to client, the costs are those executed,
+and the Ray executor ends with the same state as the serial one.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ import torch
 import torch.nn.functional as F
 
 from sfp_ray.config import Config, load_config
-from sfp_ray.costs import CostRecord, FlopMeter, Ledger, count_flops
+from sfp_ray.costs import FlopMeter, Ledger, count_flops
 from sfp_ray.devices import get_device
-from sfp_ray.executors.ray_executor import RayExecutor
+from sfp_ray.executors.ray import RayExecutor
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import SPLIT_PHASES, get_method
+from sfp_ray.methods.base import ParallelFedAvg, SequentialRelay
+from sfp_ray.methods.split_learning import SplitLearningClient
 from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
 from sfp_ray.projection import project
-from sfp_ray.roles import LocalBodyLink, ServerRole, SplitLearningClient, Workspace
-from sfp_ray.roles.client import ClientOutput, make_optimizer
+from sfp_ray.records import CostRecord
+from sfp_ray.roles import LocalBodyLink, ServerRole, Workspace
+from sfp_ray.roles.optim import make_optimizer
 
 IMG, PATCH, DIM, DEPTH = 16, 4, 32, 3
 SEQ = 1 + (IMG // PATCH) ** 2  # class token + patches (no prompts)
@@ -46,13 +49,17 @@ def tiny(method: str, *extra: str) -> Config:
     return get_method(method).resolve(load_config(overrides=TINY + list(extra)))
 
 
+def workspace(cfg: Config) -> Workspace:
+    return Workspace(cfg.model, cfg.split, cfg.prompt, num_classes=NUM_CLASSES, checkpoint=None, seed=cfg.seed)
+
+
 def body_names(state: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in state if k.startswith("body."))
 
 
 def max_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     assert set(a) == set(b)
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    return max(float((torch.as_tensor(a[k]).double() - torch.as_tensor(b[k]).double()).abs().max()) for k in a)
 
 
 class Costs:
@@ -67,6 +74,8 @@ class Costs:
         self.costs.extend(records)
 
     def add_messages(self, meta: Any, records: Sequence[Any]) -> None: ...
+
+    def add_clients(self, meta: Any, records: Sequence[Any]) -> None: ...
 
     def add_round(self, meta: Any, record: Any) -> None: ...
 
@@ -88,15 +97,15 @@ def run_serial(spec: Any, executor: SerialExecutor | None = None, sink: Costs | 
 
 def test_registry_entries_and_phase_names():
     assert SPLIT_PHASES == ("download", "split_train", "upload", "aggregate", "eval")
-    sfl, sl = get_method("sfl"), get_method("sl")
-    assert sfl.trains_body and sl.trains_body and sfl.uses_server and sl.uses_server
-    assert not sfl.sequential and sl.sequential
-    assert sfl.phases == sl.phases == SPLIT_PHASES
-    assert not get_method("sfprompt").trains_body and not get_method("sfprompt").sequential
+    sfl, sl, sfp = get_method("sfl"), get_method("sl"), get_method("sfprompt")
     cfg = tiny("sfl")
+    assert sfl.server(cfg).train is not None and sl.server(cfg).train is not None  # the server trains the body
+    assert sfp.server(cfg).train is None  # SFPrompt's body is frozen
+    assert isinstance(sfl.plan, ParallelFedAvg) and isinstance(sl.plan, SequentialRelay)
+    assert sfl.phases == sl.phases == SPLIT_PHASES
     assert (cfg.prompt.num_tokens, cfg.pruning.keep_ratio, cfg.train.local_update) == (0, 1.0, False)
-    with pytest.raises(ValueError, match="trains_body needs family 'split'"):
-        type(sfl)("x", "x", "federated", sfl.make_client, trains_body=True)
+    ws = workspace(cfg)
+    assert sfl.server_names(ws) == ws.names(lambda n: n.startswith("body.")) and not sfp.server_names(ws)
 
 
 # ----------------------------------------------------------------------------- the split step
@@ -109,18 +118,17 @@ def test_sl_split_step_equals_unsplit_step(cut: tuple[int, int], optimizer: str)
     cfg = tiny("sl", f"split.head_blocks={cut[0]}", f"split.tail_blocks={cut[1]}", f"train.optimizer={optimizer}",
                "train.lr=0.01")
     assert not cfg.model.fused_attn  # one attention kernel for counted and uncounted passes
-    ws = Workspace(cfg, NUM_CLASSES, None)
+    ws = workspace(cfg)
     ref = copy.deepcopy(ws)
-    client = SplitLearningClient(ws)
+    client = SplitLearningClient(ws, cfg)
     server = ServerRole(ws.split.body, train=cfg.train)
-    server.begin_round(1, [0])
-    link = LocalBodyLink(server, client_id=0, round=1)
+    before = ws.get_state(ws.names())
+    bodies = body_names(before)
+    link = LocalBodyLink(server, client_id=0, round=1, body_state={n: before[n] for n in bodies})
     ledger = Ledger(1, 0, get_device("rpi4"), get_device("edge_server"))
     opt = make_optimizer(client.params, cfg.train)
     ref_params = ref.set_trainable(ref.names())  # head, body and tail
     ref_opt = make_optimizer(ref_params, cfg.train)
-    before = ws.get_state(ws.names())
-    bodies = body_names(before)
     assert bodies and set(client.names) == set(ws.names()) - set(bodies)
 
     g = torch.Generator().manual_seed(0)
@@ -135,68 +143,77 @@ def test_sl_split_step_equals_unsplit_step(cut: tuple[int, int], optimizer: str)
         assert loss == pytest.approx(ref_loss.item(), abs=1e-5)
         want = ref.get_state(ref.names())
         assert max_diff(ws.get_state(client.names), {n: want[n] for n in client.names}) <= 1e-5
-        assert max_diff(server.client_body_state(0), {n: want[n] for n in bodies}) <= 1e-5
     assert server.pending() == 0
 
-    # the global body moves only when the round closes; one client's copy is adopted as it is
+    # the server trained its copy of the body; the template body never moved
     assert all(torch.equal(ws.get_state(bodies)[n], before[n]) for n in bodies)
-    copy0 = server.client_body_state(0)
-    agg = server.finish_round({0: 8})
-    assert (agg.clients, agg.flops) == (1, 0.0)
-    assert all(torch.equal(server.body_state()[n], copy0[n]) for n in bodies)
-    after = ws.get_state(ws.names())
-    assert all(not torch.equal(after[n], before[n]) for n in ws.names()), "every parameter trains"
+    trained = link.finish()
+    assert max_diff(trained, {n: want[n] for n in bodies}) <= 1e-5
+    after = ws.get_state(client.names)
+    assert all(not torch.equal(after[n], before[n]) for n in client.names), "every client parameter trains"
+    assert all(not torch.equal(trained[n], before[n]) for n in bodies), "every body parameter trains"
     # the full gradient w.r.t. the head output came down (every head parameter trains)
     grads_down = [m for m in ledger.messages if m.direction == "down" and m.kind == "gradient"]
     assert [m.payload_bytes for m in grads_down] == [4 * SEQ * DIM * 4] * 2
+    assert [m.shapes for m in grads_down] == [f"4x{SEQ}x{DIM}"] * 2
 
 
 # ----------------------------------------------------------------------------- the server
 
 
-def test_sfl_server_averages_body_copies_by_sample_count() -> None:
+def test_server_trains_one_body_copy_per_client_and_hands_it_back() -> None:
     cfg = tiny("sfl", "train.lr=0.05")
-    ws = Workspace(cfg, NUM_CLASSES, None)
+    ws = workspace(cfg)
     server = ServerRole(ws.split.body, train=cfg.train)
-    start = server.body_state()
-    server.begin_round(3, [5, 2])
+    start = {n: v for n, v in ws.get_state(ws.names()).items() if n.startswith("body.")}
     g = torch.Generator().manual_seed(1)
+    for cid in (5, 2):
+        server.open(cid, 3, start)
     for cid, steps in ((2, 1), (5, 2)):  # different clients, different amounts of training
         for step in range(steps):
             acts = torch.randn(2, SEQ, DIM, generator=g)
             out = server.forward((cid, 3, step), acts, need_grad=True)
             back = server.backward((cid, 3, step), torch.randn(out.tensor.shape, generator=g))
             assert back.tensor.shape == acts.shape and back.flops > out.flops > 0
-    copies = {c: server.client_body_state(c) for c in (2, 5)}
+    copies = {c: server.close(c, 3) for c in (2, 5)}
     for c in (2, 5):
         assert max_diff(copies[c], start) > 0, f"client {c}'s copy did not train"
     assert max_diff(copies[2], copies[5]) > 0
-    assert server.body_state().keys() == start.keys() and max_diff(server.body_state(), start) == 0
-
-    with pytest.raises(ValueError, match=r"weights for clients \[2\] but round 3 was opened for \[2, 5\]"):
-        server.finish_round({2: 1})
-    agg = server.finish_round({5: 3, 2: 1})
-    numel = sum(v.numel() for v in start.values())
-    assert (agg.round, agg.clients, agg.flops) == (3, 2, 2 * 2 * numel)
-    new = server.body_state()
-    want = {n: (1 * copies[2][n].double() + 3 * copies[5][n].double()) / 4 for n in start}
-    assert max_diff(new, want) <= 1e-6
-    assert max_diff(dict(ws.split.body.named_parameters(prefix="body")), new) == 0  # written into the global body
-
-    # a new round starts every client from the new global body
-    server.begin_round(4, [0])
-    assert max_diff(server.client_body_state(0), new) == 0
+    with pytest.raises(KeyError, match="no body copy for client 2 in round 3"):
+        server.close(2, 3)  # handed back once
     with pytest.raises(KeyError, match="no body copy for client 1 in round 4"):
         server.forward((1, 4, 1), torch.zeros(1, SEQ, DIM), need_grad=True)
-    with pytest.raises(RuntimeError, match="round 4 is still open"):
-        server.begin_round(5, [0])
+    with pytest.raises(KeyError, match="does not fit the body"):
+        server.open(0, 4, {"body.nope": torch.zeros(1)})
+    with pytest.raises(RuntimeError, match="open needs a trained body"):
+        ServerRole(copy.deepcopy(ws.split.body)).open(0, 1, start)
 
 
-def test_frozen_server_refuses_rounds() -> None:
-    ws = Workspace(tiny("sfprompt"), NUM_CLASSES, None)
-    server = ServerRole(ws.split.body)
-    with pytest.raises(RuntimeError, match="begin_round needs a trained body"):
-        server.begin_round(1, [0])
+class RecordingSerialExecutor(SerialExecutor):
+    """Remembers every run_clients call (its tasks, the state it started from, its outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__(num_threads=1)
+        self.calls: list[tuple[list[int], Any, list[Any]]] = []
+
+    def run_clients(self, tasks, state):  # type: ignore[override]
+        outs = super().run_clients(tasks, state)
+        self.calls.append(([t.client_id for t in tasks], state, outs))
+        return outs
+
+
+def test_sfl_averages_client_parts_and_body_copies_by_sample_count() -> None:
+    spec = prepare_run(tiny("sfl", "train.lr=0.05", "data.partition=dirichlet", "data.samples_per_client=null",
+                            "data.name=digits"))
+    ex = RecordingSerialExecutor()
+    res = run_serial(spec, ex)
+    (ids, _, outs), = ex.calls
+    weights = [o.num_samples for o in outs]
+    assert len(set(weights)) > 1, "the Dirichlet partition was chosen so that the clients' sizes differ"
+    for part in ("client", "server"):
+        states = [getattr(o.state, part) for o in outs]
+        want = {k: sum(w * states[i][k].double() for i, w in enumerate(weights)) / sum(weights) for k in states[0]}
+        assert max_diff({k: res.final_state[k] for k in want}, want) <= 1e-6, part
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -205,28 +222,24 @@ def test_frozen_server_refuses_rounds() -> None:
 @pytest.mark.parametrize("method", ["sfprompt", "sfl", "sl"])
 def test_body_trains_only_for_split_learning(method: str) -> None:
     spec = prepare_run(tiny(method))
-    initial = Workspace(spec.cfg, spec.num_classes, None)
+    initial = workspace(spec.cfg)
     bodies = initial.names(lambda n: n.startswith("body."))
     ex = SerialExecutor(num_threads=1)
     sink = Costs()
     res = run_serial(spec, ex, sink)
-    body = ex.body_state()
-    assert sorted(body) == sorted(bodies)
-    moved = max_diff(body, initial.get_state(bodies))
     if method == "sfprompt":
-        assert moved == 0
         assert not body_names(res.final_state)
+        assert max_diff(ex.ws.get_state(bodies), initial.get_state(bodies)) == 0  # the frozen body never moved
         return
-    assert moved > 0
-    assert body_names(res.final_state) == sorted(bodies)  # the final state carries the trained body
-    assert max_diff({n: res.final_state[n] for n in bodies}, body) == 0
+    assert body_names(res.final_state) == sorted(bodies)  # the global state carries the trained body
+    assert max_diff({n: res.final_state[n] for n in bodies}, initial.get_state(bodies)) > 0
 
     phases = {c.phase for c in sink.costs}
     assert phases == set(SPLIT_PHASES)
     clients = sorted({c.client_id for c in sink.costs if c.client_id >= 0})
     assert len(clients) == 2
     token = DIM * 4
-    ws = Workspace(spec.cfg, spec.num_classes, None)
+    ws = workspace(spec.cfg)
     params = [p.requires_grad_(True) for p in ws.split.body.parameters()]
     x = torch.randn(8, SEQ, DIM, requires_grad=True)
     out, f_fwd = count_flops(lambda: ws.split.body(x))
@@ -246,46 +259,22 @@ def test_body_trains_only_for_split_learning(method: str) -> None:
         # activations up and down, the body output's gradient up, the head output's full gradient down
         assert sum(c.bytes_up + c.bytes_down for c in split) == samples * 4 * SEQ * token
         # body forward + backward with weight gradients, 2 batches of 8, charged to the server
-        body_rows = [c for c in split if c.part == "body"]
+        body_rows = [c for c in split if c.part == "body" and c.side == "server"]
         assert sum(c.flops for c in body_rows) == 2 * (f_fwd + f_bwd)
         assert all(c.device == "edge_server" for c in body_rows)
         assert sum(c.bytes_down for c in rows if c.phase == "download") == state_bytes
         assert sum(c.bytes_up for c in rows if c.phase == "upload") == state_bytes
     agg = {c.part: c for c in sink.costs if c.phase == "aggregate"}
-    assert set(agg) == {"all", "body"}
-    numel = sum(v.numel() for v in body.values())
+    numel = sum(res.final_state[n].numel() for n in bodies)
     client_sim = [sum(c.sim_s for c in sink.costs if c.client_id == cid) for cid in clients]
     agg_sim = sum(c.sim_s for c in agg.values())
     if method == "sl":  # no averaging anywhere; clients take turns, so the round lasts the sum of their times
-        assert agg["all"].flops == 0 and agg["body"].flops == 0
+        assert set(agg) == {"all"} and agg["all"].flops == 0
         assert res.rounds[0].sim_s == pytest.approx(sum(client_sim) + agg_sim)
-    else:
-        assert agg["all"].flops > 0 and agg["body"].flops == 2 * 2 * numel
-        assert res.rounds[0].sim_s == pytest.approx(max(client_sim) + agg_sim)
-
-
-class RecordingSerialExecutor(SerialExecutor):
-    """Remembers the calls a sequential round makes and the body after each ``finish_round``."""
-
-    def __init__(self) -> None:
-        super().__init__(num_threads=1)
-        self.calls: list[tuple[list[int], Mapping[str, torch.Tensor], list[Any]]] = []
-        self.bodies: list[dict[str, torch.Tensor]] = []
-        self.begun: list[tuple[int, list[int], dict[str, torch.Tensor]]] = []
-
-    def begin_round(self, round, client_ids):  # type: ignore[override]
-        self.begun.append((round, list(client_ids), self.body_state()))
-        super().begin_round(round, client_ids)
-
-    def run_clients(self, specs, global_state):  # type: ignore[override]
-        outs = super().run_clients(specs, global_state)
-        self.calls.append(([s.client_id for s in specs], global_state, outs))
-        return outs
-
-    def finish_round(self, outputs):  # type: ignore[override]
-        res = super().finish_round(outputs)
-        self.bodies.append(self.body_state())
-        return res
+    else:  # clients in parallel; the one server queues their body requests
+        assert set(agg) == {"all", "body"} and agg["all"].flops > 0 and agg["body"].flops == 2 * 2 * numel
+        assert max(client_sim) + agg_sim <= res.rounds[0].sim_s + 1e-12
+        assert res.rounds[0].sim_s < sum(client_sim) + agg_sim
 
 
 def test_sl_relays_state_from_client_to_client() -> None:
@@ -294,21 +283,19 @@ def test_sl_relays_state_from_client_to_client() -> None:
     res = run_serial(spec, ex)
     assert len(ex.calls) == 4 and all(len(ids) == 1 for ids, _, _ in ex.calls)
     for r in range(2):
-        (a, _, outs_a), (b, global_b, _) = ex.calls[2 * r], ex.calls[2 * r + 1]
+        (a, _, outs_a), (b, state_b, _) = ex.calls[2 * r], ex.calls[2 * r + 1]
         assert a[0] < b[0]  # ascending client id
-        assert global_b is outs_a[0].state  # client k+1 starts from client k's head and tail
-        # ... and from the body client k left
-        assert max_diff(ex.begun[2 * r + 1][2], ex.bodies[2 * r]) == 0
-        assert ex.begun[2 * r + 1][:2] == (r + 1, b)
-    assert max_diff(ex.calls[2][1], ex.calls[1][2][0].state) == 0  # round 2 starts from round 1's last client
-    last = ex.calls[-1][2][0].state
+        assert state_b is outs_a[0].state  # client k+1 starts from client k's head, tail and body
+        assert body_names(state_b.server)
+    assert ex.calls[2][1] is ex.calls[1][2][0].state  # round 2 starts from round 1's last client
+    last = ex.calls[-1][2][0].state.tensors()
     assert max_diff({k: res.final_state[k] for k in last}, last) == 0
-    assert max_diff({k: res.final_state[k] for k in body_names(res.final_state)}, ex.bodies[-1]) == 0
 
 
 def test_projection_covers_split_learning() -> None:
-    cfg = load_config(overrides=["project.img_size=32", "project.samples_per_client=10"])
-    df = project(cfg, "vit_tiny_patch16_224", ["sfprompt_no_prompt", "sfl", "sl"]).set_index("method")
+    cfg = load_config(overrides=["model.img_size=32", "model.patch_size=16", "model.in_chans=3", "model.depth=null",
+                                 "project.samples_per_client=10"])
+    df = project(cfg, ["sfprompt_no_prompt", "sfl", "sl"]).set_index("method")
     sfl, sl, frozen = df.loc["sfl"], df.loc["sl"], df.loc["sfprompt_no_prompt"]
     cols = ["client_flops", "server_flops", "bytes_up", "bytes_down"]
     assert (sfl[cols] == sl[cols]).all()
@@ -320,21 +307,39 @@ def test_projection_covers_split_learning() -> None:
     assert sfl["client_flops"] > frozen["client_flops"]
 
 
+def test_meter_keys_of_trained_and_frozen_backward_differ() -> None:
+    """A meter shared by a frozen and a trained server never reuses one's count for the other."""
+    cfg = tiny("sfl")
+    ws = workspace(cfg)
+    meter = FlopMeter()
+    frozen = ServerRole(copy.deepcopy(ws.split.body), meter=meter)
+    trained = ServerRole(ws.split.body, meter=meter, train=cfg.train)
+    trained.open(0, 1, {n: v for n, v in ws.get_state(ws.names()).items() if n.startswith("body.")})
+    acts, grad = torch.randn(2, SEQ, DIM), torch.ones(2, SEQ, DIM)
+    f = []
+    for role in (frozen, trained):
+        role.forward((0, 1, 1), acts, need_grad=True)
+        f.append(role.backward((0, 1, 1), grad).flops)
+    assert f[1] > f[0] > 0
+
+
 # ----------------------------------------------------------------------------- Ray
 
 
-def test_sfl_ray_matches_serial(ray_session) -> None:
+@pytest.mark.parametrize("method", ["sfl", "sl"])
+def test_split_learning_ray_matches_serial(ray_session, method: str) -> None:
     """Same final head, tail and body, same costs, under the serial and the Ray executor.
 
-    Two client actors whose requests the threaded server serves concurrently, each on its
-    own body copy.
+    ``sfl``: two client actors whose requests the threaded server serves concurrently, each
+    on its own body copy; ``sl``: each client's state (a reference in the object store) is
+    the next client's starting state.
     """
-    spec = prepare_run(tiny("sfl", "federation.num_clients=2", "data.samples_per_client=8"))
+    spec = prepare_run(tiny(method, "federation.num_clients=2", "data.samples_per_client=8"))
     serial = run_serial(spec)
     ex = RayExecutor()
     try:
         ray_res = Orchestrator(spec, ex).run()
-        assert ex.body_state() is not None and ex.num_client_actors == 2
+        assert len(ex.pool.slots) == 2
     finally:
         ex.close()
     assert ray_res.meta.executor == "ray"
@@ -344,33 +349,5 @@ def test_sfl_ray_matches_serial(ray_session) -> None:
     for rs, rr in zip(serial.rounds, ray_res.rounds, strict=True):
         assert (rr.bytes_round, rr.client_flops_round, rr.server_flops_round) == (
             rs.bytes_round, rs.client_flops_round, rs.server_flops_round)
+        assert rr.sim_s == pytest.approx(rs.sim_s, rel=1e-12)
         assert rr.test_accuracy == rs.test_accuracy and rr.test_loss == pytest.approx(rs.test_loss, rel=1e-6)
-
-
-def test_ray_executor_relays_object_refs_for_sequential_methods(ray_session) -> None:
-    """``sl`` on Ray hands a client's state ref to the next client and fetches only the last (no actors here)."""
-    ex = RayExecutor()
-    state = {"tail.head.bias": torch.arange(3.0)}
-    ref = ray_session.put({k: v.numpy() for k, v in state.items()})
-    assert ex._state_ref(ref) is ref  # passed on to the next client as it is
-    out = ClientOutput(client_id=1, state=ref, num_samples=4, client_state={}, costs=[], messages=[], sim_s=0.0,
-                       train_loss=0.0)
-    agg = ex.adopt(out)
-    assert agg.flops == 0 and torch.equal(agg.state["tail.head.bias"], state["tail.head.bias"])
-    assert ex._state_ref(agg.state) is ref  # the adopted state is not put into the object store again
-
-
-def test_meter_keys_of_trained_and_frozen_backward_differ() -> None:
-    """A meter shared by a frozen and a trained server never reuses one's count for the other."""
-    cfg = tiny("sfl")
-    ws = Workspace(cfg, NUM_CLASSES, None)
-    meter = FlopMeter()
-    frozen = ServerRole(copy.deepcopy(ws.split.body), meter=meter)
-    trained = ServerRole(ws.split.body, meter=meter, train=cfg.train)
-    trained.begin_round(1, [0])
-    acts, grad = torch.randn(2, SEQ, DIM), torch.ones(2, SEQ, DIM)
-    f = []
-    for role in (frozen, trained):
-        role.forward((0, 1, 1), acts, need_grad=True)
-        f.append(role.backward((0, 1, 1), grad).flops)
-    assert f[1] > f[0] > 0

@@ -63,6 +63,7 @@ __all__ = [
     "ENV_DATA_ROOT",
     "FASHION_MNIST_CLASSES",
     "Loader",
+    "dataset_num_classes",
     "dataset_search_path",
     "list_datasets",
     "load_dataset",
@@ -127,13 +128,14 @@ Loader = Callable[[str | None, bool, int], ArrayDataset]
 """A raw loader: ``fn(root, train, seed) -> ArrayDataset`` (native size/channels, all classes)."""
 
 _REGISTRY: dict[str, Loader] = {}
+_NUM_CLASSES: dict[str, int] = {}
 
 
 def _canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, num_classes: int | None = None) -> Callable[[Loader], Loader]:
     """Registers a raw dataset loader under ``name``.
 
     Use as a decorator. The loader is called as ``fn(root, train, seed)`` and must return
@@ -143,6 +145,8 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
     Args:
         name: Dataset name, e.g. ``"fashion-mnist"``.
+        num_classes: how many classes the dataset has, when known without loading it
+            (cost projections use it; see :func:`dataset_num_classes`).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -153,9 +157,21 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
     def decorator(fn: Loader) -> Loader:
         _REGISTRY[key] = fn
+        if num_classes is not None:
+            _NUM_CLASSES[key] = int(num_classes)
         return fn
 
     return decorator
+
+
+def dataset_num_classes(name: str) -> int | None:
+    """Classes of a registered dataset without loading it (None when its loader did not say).
+
+    Example:
+        >>> dataset_num_classes("cifar100"), dataset_num_classes("fashion-mnist")
+        (100, 10)
+    """
+    return _NUM_CLASSES.get(_canonical(name))
 
 
 def list_datasets() -> list[str]:
@@ -425,7 +441,7 @@ def _count_rest(fh: BinaryIO) -> int:
     return total
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", num_classes=10)
 def _load_fashion_mnist(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Loads Fashion-MNIST from idx files found on :func:`dataset_search_path`.
 
@@ -488,7 +504,7 @@ def _load_fashion_mnist(root: str | None, train: bool, seed: int) -> ArrayDatase
 _DIGITS_TEST_FRACTION = 0.2
 
 
-@register_dataset("digits")
+@register_dataset("digits", num_classes=10)
 def _load_digits(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Loads scikit-learn's 8x8 digits with a fixed, seed-independent 80/20 split.
 
@@ -538,7 +554,7 @@ def _synthetic_templates() -> np.ndarray:
     return np.kron(grid, np.ones((_SYNTH_BLOCK, _SYNTH_BLOCK)))
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", num_classes=_SYNTH_CLASSES)
 def _load_synthetic(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Generates a small learnable dataset: class template plus Gaussian noise.
 
@@ -605,7 +621,7 @@ def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", num_classes=10)
 def _load_cifar10(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Loads CIFAR-10 (``3x32x32``, 10 classes) from ``<root>/cifar-10-batches-py``.
 
@@ -616,7 +632,7 @@ def _load_cifar10(root: str | None, train: bool, seed: int) -> ArrayDataset:
     return _load_cifar(root, train, hundred=False)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", num_classes=100)
 def _load_cifar100(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Loads CIFAR-100 (``3x32x32``, 100 classes) from ``<root>/cifar-100-python``.
 
@@ -627,7 +643,7 @@ def _load_cifar100(root: str | None, train: bool, seed: int) -> ArrayDataset:
     return _load_cifar(root, train, hundred=True)
 
 
-@register_dataset("svhn")
+@register_dataset("svhn", num_classes=10)
 def _load_svhn(root: str | None, train: bool, seed: int) -> ArrayDataset:
     """Loads SVHN (``3x32x32``, 10 classes) from ``<root>/{train,test}_32x32.mat``.
 

@@ -1,16 +1,16 @@
-"""The executor interface: how one round of client work is run.
+"""The executor interface: where the clients, the aggregation and the evaluation of a run execute.
 
-The orchestrator knows only this interface. :class:`~sfp_ray.executors.serial.SerialExecutor`
-runs the roles in-process (the reference); :class:`~sfp_ray.executors.ray_executor.RayExecutor`
-runs the same roles inside Ray actors. A test checks that they agree.
+The orchestrator and the methods' round plans know only this interface, five verbs:
+:meth:`Executor.start`, :meth:`Executor.run_clients`, :meth:`Executor.aggregate`,
+:meth:`Executor.evaluate` and :meth:`Executor.close`.
+:class:`~sfp_ray.executors.serial.SerialExecutor` runs everything in-process (the
+reference); :class:`~sfp_ray.executors.ray.RayExecutor` runs the same roles inside Ray
+actors. A test checks that they agree.
 
-A round is ``begin_round`` -> ``run_clients`` -> ``aggregate`` -> ``finish_round``.
-``begin_round``/``finish_round`` matter only for methods whose server trains the body
-(``Method.trains_body``): they open one body copy per client on the server and average
-the copies into the new global body, which stays on the server between rounds
-(:meth:`Executor.body_state` reads it). Sequential methods (``Method.sequential``) run
-each client as its own one-client round and :meth:`Executor.adopt` the last client's
-state instead of aggregating.
+Global and client states are :class:`State` handles owned by the executor that made them
+(in-process tensors, or object references in the Ray object store): the orchestrator
+passes them back to the executor without looking inside, and calls
+:meth:`State.tensors` only when it needs the values (checkpoints, the final state).
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfp_ray.aggregation import fedavg
 from sfp_ray.config import Config
-from sfp_ray.costs import state_bytes
 from sfp_ray.data import ArrayDataset
-from sfp_ray.methods import Method
-from sfp_ray.roles.client import ClientOutput
-from sfp_ray.roles.server import BodyAggregate
+from sfp_ray.methods.base import Method
+from sfp_ray.roles.client import ClientOutput, ClientTask
+from sfp_ray.roles.evaluation import EvalResult
+from sfp_ray.roles.workspace import Workspace
 
 
 @dataclass
 class RunSpec:
-    """Everything an executor needs to host a run, prepared by the orchestrator."""
+    """Everything an executor needs to host a run, prepared (and validated) by the orchestrator."""
 
     cfg: Config
     method: Method
@@ -44,32 +45,63 @@ class RunSpec:
     client_indices: list[np.ndarray]
     devices: list[Any]  # DeviceProfile per client
     server_device: Any
+    notices: list[str] = field(default_factory=list)  # one line per cap applied or fallback taken
+
+    def workspace(self, parts: Sequence[str], *, meta: bool = False) -> Workspace:
+        """A workspace of this run holding ``parts``."""
+        c = self.cfg
+        return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
+                         seed=c.seed, parts=parts, meta=meta)
+
+    def initial_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The method's global state before round 1: ``(client part, server part or None)``.
+
+        Built from a workspace holding only the parts the state covers.
+        """
+        ws = self.workspace(self.method.state_parts())
+        server = self.method.server_names(ws)
+        return ws.get_state(self.method.client_names(ws)), (ws.get_state(server) if server else None)
+
+
+class State(abc.ABC):
+    """A global or client state held by an executor, possibly elsewhere.
+
+    It has two parts: what the client trains (``client``), and what the server trains for
+    it (``server``: the body of the split-learning baselines; None for other methods).
+    """
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Both parts' values as one name -> tensor mapping in this process."""
+
+
+@dataclass(frozen=True)
+class LocalState(State):
+    """A state held in this process."""
+
+    client: Mapping[str, torch.Tensor]
+    server: Mapping[str, torch.Tensor] | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.client, **(self.server or {})}
 
 
 @dataclass
-class ClientSpec:
-    """One client's assignment for a round."""
+class Aggregate:
+    """The new global state of a round and what averaging cost, per part (``all``, ``body``)."""
 
-    round: int
-    client_id: int
-    seed: int
-    client_state: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EvalResult:
-    accuracy: float
-    loss: float
-    flops: float
+    state: State
+    flops: dict[str, float]
     wall_s: float
 
 
 @dataclass
-class AggregateResult:
-    state: Mapping[str, torch.Tensor]
-    flops: float
-    wall_s: float
-    payload_bytes: int
+class Started:
+    """What :meth:`Executor.start` returns: the initial global state and facts about the set-up."""
+
+    state: State
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
 
 class Executor(abc.ABC):
@@ -78,55 +110,20 @@ class Executor(abc.ABC):
     name: str = "base"
 
     @abc.abstractmethod
-    def start(self, spec: RunSpec) -> None:
-        """Build workspaces / actors for a run."""
+    def start(self, spec: RunSpec) -> Started:
+        """Build workspaces / actors for a run; return the initial global state."""
 
     @abc.abstractmethod
-    def initial_state(self) -> dict[str, torch.Tensor]:
-        """The global trainable state before round 1."""
+    def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
+        """Run one round's client work from the global ``state``; outputs sorted by client id."""
 
     @abc.abstractmethod
-    def run_clients(self, specs: Sequence[ClientSpec], global_state: Mapping[str, torch.Tensor]) -> list[ClientOutput]:
-        """Run one round for the given clients; outputs sorted by client id."""
-
-    @abc.abstractmethod
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> AggregateResult:
+    def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
         """Sample-count-weighted FedAvg of the outputs' states."""
 
     @abc.abstractmethod
-    def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> EvalResult:
-        """Test accuracy/loss of the model assembled from the global state."""
-
-    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:  # noqa: B027  (optional hook)
-        """Before ``run_clients``: a method that trains the body gets one body copy per client on the server.
-
-        A no-op for every other method.
-        """
-
-    def finish_round(self, outputs: Sequence[ClientOutput]) -> BodyAggregate | None:
-        """After the round's clients: the server averages their body copies (weighted by
-        ``num_samples``) into the new global body, which stays on the server.
-
-        None for a method whose server does not train the body.
-        """
-        return None
-
-    def body_state(self) -> dict[str, torch.Tensor] | None:
-        """The server's current global body (names ``body.*``); None for methods without a server."""
-        return None
-
-    def adopt(self, output: ClientOutput) -> AggregateResult:
-        """A client's output state, unchanged, as the new global state (sequential methods: no averaging, 0 FLOPs)."""
-        state = {k: v.clone() for k, v in output.state.items()}
-        return AggregateResult(state, 0.0, 0.0, state_bytes(state)[0])
-
-    def server_stats(self) -> list[Any]:
-        """Per-request server statistics since the last call (queue wait, compute time)."""
-        return []
-
-    def resource_report(self) -> list[dict[str, Any]]:
-        """Requested vs enforced vs observed resources per actor (empty for in-process)."""
-        return []
+    def evaluate(self, state: State) -> EvalResult:
+        """Test accuracy/loss of the model assembled from the global ``state``."""
 
     def close(self) -> None:  # noqa: B027  (optional hook, nothing to release by default)
         """Release actors / memory."""
@@ -139,5 +136,30 @@ class Executor(abc.ABC):
 
 
 def aggregation_flops(states: Sequence[Mapping[str, Any]]) -> float:
-    """FedAvg arithmetic: one multiply and one add per element per client (2 FLOPs)."""
+    """FedAvg arithmetic: one multiply and one add per element per client (2 FLOPs).
+
+    Example:
+        >>> aggregation_flops([{"tail.w": np.zeros(3), "tail.b": np.zeros(2)}] * 2)
+        20.0
+    """
     return float(sum(2 * int(np.prod(np.shape(v))) for s in states for v in s.values()))
+
+
+def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[Mapping[str, Any]],
+                 server: Sequence[Mapping[str, Any]] | None) -> tuple[dict[str, torch.Tensor],
+                                                                   dict[str, torch.Tensor] | None, dict[str, float]]:
+    """FedAvg of both parts of the clients' states (``weights``: their sample counts).
+
+    Returns ``(client part, server part or None, FLOPs per part)``; the server part's
+    averaging is charged as part ``body`` (it is the body the server trains), the client
+    part's as ``all``.
+    """
+    flops = {"all": aggregation_flops(client)}
+    new_server = None
+    if server is not None:
+        new_server = fedavg(server, weights, ids)
+        flops["body"] = aggregation_flops(server)
+    return fedavg(client, weights, ids), new_server, flops
+
+
+__all__ = ["Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops", "fedavg_parts"]

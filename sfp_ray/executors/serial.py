@@ -1,26 +1,24 @@
 """The serial in-process executor: the reference every other executor must agree with.
 
-One workspace serves all clients one after another (clients download the global state at
-the start of each round, so nothing but their small persistent state - the kept EL2N
-indices - needs to live between rounds); the server role shares that workspace's body.
-When the method trains the body, the server trains per-client copies and writes their
-average into that shared body at :meth:`SerialExecutor.finish_round`, so evaluation sees
-the new global body.
+One workspace holding the whole model serves all clients one after another (clients
+download the global state at the start of each round, so nothing but their small
+persistent state, e.g. the kept EL2N indices, lives between rounds, and that travels with
+the tasks); the server role, when the method has one, serves that workspace's body.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from sfp_ray.aggregation import fedavg
-from sfp_ray.costs import FlopMeter, state_bytes
-from sfp_ray.executors.base import AggregateResult, ClientSpec, EvalResult, Executor, RunSpec, aggregation_flops
-from sfp_ray.roles.client import ClientOutput, ClientTask, LocalBodyLink, evaluate
-from sfp_ray.roles.server import BodyAggregate, ServerRole
-from sfp_ray.roles.workspace import Workspace
+from sfp_ray.costs import FlopMeter
+from sfp_ray.executors.base import Aggregate, Executor, LocalState, RunSpec, Started, State, fedavg_parts
+from sfp_ray.roles.client import ClientOutput, ClientTask
+from sfp_ray.roles.evaluation import EvalResult, evaluate
+from sfp_ray.roles.server import LocalBodyLink, ServerRole
+from sfp_ray.roles.workspace import PARTS
 
 
 class SerialExecutor(Executor):
@@ -32,63 +30,56 @@ class SerialExecutor(Executor):
         self.num_threads = num_threads
         self.spec: RunSpec | None = None
 
-    def start(self, spec: RunSpec) -> None:
+    def start(self, spec: RunSpec) -> Started:
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         self.spec = spec
-        self.ws = Workspace(spec.cfg, spec.num_classes, spec.checkpoint)
-        self.client = spec.method.make_client(self.ws)
+        self.ws = spec.workspace(PARTS)
+        self.role = spec.method.client_role(self.ws, spec.cfg)
         self.meter = FlopMeter()
-        self.server = (ServerRole(self.ws.split.body, meter=self.meter,
-                                  train=spec.cfg.train if spec.method.trains_body else None)
-                       if spec.method.uses_server else None)
-        self._init = self.ws.get_state(self.client.names)
+        server = spec.method.server(spec.cfg)
+        self.server = ServerRole(self.ws.split.body, meter=self.meter, train=server.train) if server else None
+        return Started(LocalState(*spec.initial_state()))
 
-    def initial_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self._init.items()}
-
-    def run_clients(self, specs: Sequence[ClientSpec], global_state: Mapping[str, torch.Tensor]) -> list[ClientOutput]:
-        assert self.spec is not None, "start() first"
+    def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
+        spec = self.spec
+        assert spec is not None, "start() first"
+        values = LocalState(*_parts(state))
         outputs = []
-        for cs in sorted(specs, key=lambda s: s.client_id):
-            task = ClientTask(
-                round=cs.round,
-                client_id=cs.client_id,
-                device=self.spec.devices[cs.client_id],
-                seed=cs.seed,
-                data=self.spec.train.subset(self.spec.client_indices[cs.client_id]),
-                client_state=cs.client_state,
-                server_device=self.spec.server_device,
-            )
-            link = LocalBodyLink(self.server, cs.client_id, cs.round) if self.server is not None else None
-            # restore the frozen trainable set (another method instance may share the workspace)
-            self.ws.set_trainable(self.client.names)
-            outputs.append(self.client.run(task, global_state, link, self.meter))
+        for task in sorted(tasks, key=lambda t: t.client_id):
+            link = (LocalBodyLink(self.server, task.client_id, task.round, values.server)
+                    if self.server is not None else None)
+            data = spec.train.subset(task.indices)
+            try:
+                out = self.role.run(task, data, values.client, link, self.meter)
+            except BaseException:
+                if link is not None:
+                    link.abort()
+                raise
+            body = link.finish() if link is not None else None
+            out.state = LocalState(out.state, body)
+            outputs.append(out)
         return outputs
 
-    def begin_round(self, round: int, client_ids: Sequence[int]) -> None:
-        if self.server is not None and self.server.trains_body:
-            self.server.begin_round(round, client_ids)
-
-    def finish_round(self, outputs: Sequence[ClientOutput]) -> BodyAggregate | None:
-        if self.server is None or not self.server.trains_body:
-            return None
-        return self.server.finish_round({o.client_id: o.num_samples for o in outputs})
-
-    def body_state(self) -> dict[str, torch.Tensor] | None:
-        return self.server.body_state() if self.server is not None else None
-
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> AggregateResult:
+    def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
         t0 = time.perf_counter()
-        states = [o.state for o in outputs]
-        new = fedavg(states, [o.num_samples for o in outputs], [o.client_id for o in outputs])
-        return AggregateResult(new, aggregation_flops(states), time.perf_counter() - t0, state_bytes(new)[0])
+        states = [_parts(o.state) for o in outputs]
+        server = [s[1] for s in states] if states[0][1] is not None else None
+        client, new_server, flops = fedavg_parts([o.num_samples for o in outputs], [o.client_id for o in outputs],
+                                                 [s[0] for s in states], server)
+        return Aggregate(LocalState(client, new_server), flops, time.perf_counter() - t0)
 
-    def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> EvalResult:
-        assert self.spec is not None
-        self.ws.load_state(global_state)
-        acc, loss, flops, wall = evaluate(self.ws, self.spec.test, self.spec.cfg.train.eval_batch_size, self.meter)
-        return EvalResult(acc, loss, flops, wall)
+    def evaluate(self, state: State) -> EvalResult:
+        assert self.spec is not None, "start() first"
+        self.ws.load_state(state.tensors())
+        return evaluate(self.ws.split, self.spec.test, self.spec.cfg.train.eval_batch_size, self.meter)
 
-    def server_stats(self) -> list:
-        return self.server.take_stats() if self.server is not None else []
+
+def _parts(state: State) -> tuple[dict, dict | None]:
+    """Both parts of a state as tensors (a state from another executor is fetched)."""
+    if isinstance(state, LocalState):
+        return dict(state.client), (dict(state.server) if state.server is not None else None)
+    raise TypeError(f"the serial executor holds its states in-process, got {type(state).__name__}")
+
+
+__all__ = ["SerialExecutor"]

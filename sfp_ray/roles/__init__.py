@@ -1,27 +1,24 @@
-"""Client and server roles as plain classes (no Ray): the work one party does in a round."""
+"""Client and server roles as plain classes (no Ray): the work one party does in a round.
 
-from sfp_ray.roles.client import (
-    ClientOutput,
-    ClientTask,
-    FedAvgClient,
-    LocalBodyLink,
-    SFPromptClient,
-    SplitClient,
-    SplitLearningClient,
-)
-from sfp_ray.roles.server import BodyAggregate, BodyReply, ServerRole
+The method-specific clients live with their methods in :mod:`sfp_ray.methods`; this
+package holds what they share: the workspace (:mod:`~sfp_ray.roles.workspace`), the
+client skeleton and split step (:mod:`~sfp_ray.roles.client`), the body server
+(:mod:`~sfp_ray.roles.server`), evaluation and the optimizer factory.
+"""
+
+from sfp_ray.roles.client import BodyLink, ClientOutput, ClientRole, ClientTask, SplitClientRole, split_step
+from sfp_ray.roles.server import BodyReply, LocalBodyLink, ServerRole
 from sfp_ray.roles.workspace import Workspace
 
 __all__ = [
-    "BodyAggregate",
+    "BodyLink",
     "BodyReply",
     "ClientOutput",
+    "ClientRole",
     "ClientTask",
-    "FedAvgClient",
     "LocalBodyLink",
-    "SFPromptClient",
     "ServerRole",
-    "SplitClient",
-    "SplitLearningClient",
+    "SplitClientRole",
     "Workspace",
+    "split_step",
 ]

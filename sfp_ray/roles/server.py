@@ -6,17 +6,15 @@ the serial executor calls it directly. Two modes:
 * **frozen body** (``train=None``; SFPrompt, Cao et al., arXiv 2407.17533): SFPrompt trains
   only prompts and tails, so a backward request computes gradients with respect to the
   body's *input* only; its cost is what is executed, not a 2x-forward rule.
-* **trained body** (``train=`` a ``TrainConfig``; the split-learning baselines): a round is
-  bracketed by :meth:`ServerRole.begin_round` and :meth:`ServerRole.finish_round`. At the
-  start every participating client gets its own copy of the global body with its own
-  optimizer (``train.optimizer``/``lr``, fresh each round like the clients' own); a
-  backward request computes the input gradient *and* the weight gradients of that copy
-  and takes one optimizer step; at the end the copies are averaged, weighted by the
-  clients' sample counts, into the new global body. This is SplitFed-V1's server (Thapa
-  et al., "SplitFed: When Federated Learning Meets Split Learning", AAAI 2022). Vanilla
-  split learning (Gupta & Raskar, J. Netw. Comput. Appl. 2018) is the same server run
-  with one client per ``begin_round``/``finish_round``: the single copy is adopted as the
-  new global body, so the next client continues from it.
+* **trained body** (``train=`` a ``TrainConfig``; the split-learning baselines): each
+  client's work is bracketed by :meth:`ServerRole.open`, which makes that client its own
+  copy of the body from the global body state it is given (with a fresh optimizer, like
+  the client's own), and :meth:`ServerRole.close`, which hands the trained copy back. A
+  backward request computes the input gradient *and* the copy's weight gradients and
+  takes one optimizer step. Averaging the copies is FedAvg's job, done with the clients'
+  own states (SplitFed-V1, Thapa et al., AAAI 2022); relaying one client's copy to the
+  next is vanilla split learning (Gupta & Raskar, 2018). The server keeps no global body
+  of its own between clients: the orchestrator owns it, like every other global state.
 
 Requests are keyed by ``(client_id, round, step)``; the autograd graph of a forward pass
 is kept until its backward request arrives (or :meth:`ServerRole.release` drops it), so
@@ -29,16 +27,16 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from sfp_ray.aggregation import fedavg
-from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes
+from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes, shape_str
 from sfp_ray.roles.optim import make_optimizer
+from sfp_ray.tensors import as_tensor
 
 BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 
@@ -53,31 +51,7 @@ class BodyReply:
     queue_s: float
     payload_bytes: int
     serialized_bytes: int
-
-
-@dataclass
-class RequestStat:
-    client_id: int
-    round: int
-    kind: str
-    queue_s: float
-    compute_s: float
-    flops: int
-    tokens: int
-
-
-@dataclass
-class BodyAggregate:
-    """What closing a round of a trained body cost the server (:meth:`ServerRole.finish_round`).
-
-    ``flops`` is the server-side FedAvg arithmetic (2 per element per averaged copy); it
-    is 0 when a single copy is adopted as the new global body (split learning).
-    """
-
-    round: int
-    clients: int
-    flops: float
-    wall_s: float
+    shapes: str = ""
 
 
 @dataclass
@@ -91,27 +65,24 @@ class _BodyCopy:
 
 @dataclass
 class ServerRole:
-    """Serves the body of a :class:`~sfp_ray.roles.workspace.Workspace`.
+    """Serves a body module (:class:`~sfp_ray.models.ViTBody`) to clients.
 
     Args:
-        body: the server-side module; it is the *global* body and is never trained in
-            place (its parameters are frozen; a trained body is updated only by
-            :meth:`finish_round`).
+        body: the server-side module. Frozen mode runs it as it is; trained mode only
+            copies it as the template of each client's body copy.
         meter: FLOP meter shared by this server's requests.
         as_numpy: reply with numpy arrays (for Ray) instead of tensors.
-        train: ``None`` for a frozen body (SFPrompt); a ``TrainConfig`` to train the body
-            on per-client copies (split-learning baselines, see the module docstring).
+        train: ``None`` for a frozen body (SFPrompt); a ``TrainConfig`` to train per-client
+            body copies (split-learning baselines, see the module docstring).
     """
 
     body: torch.nn.Module
     meter: FlopMeter = field(default_factory=FlopMeter)
     as_numpy: bool = False
     train: Any = None  # TrainConfig | None
-    stats: list[RequestStat] = field(default_factory=list)
     _graphs: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _copies: dict[int, _BodyCopy] = field(default_factory=dict)
-    _round: int | None = None
+    _copies: dict[tuple[int, int], _BodyCopy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for p in self.body.parameters():
@@ -121,139 +92,74 @@ class ServerRole:
     def trains_body(self) -> bool:
         return self.train is not None
 
-    def _tensor(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
-
     def _reply(self, t: torch.Tensor | None, flops: int, compute_s: float, queue_s: float) -> BodyReply:
         if t is None:
             return BodyReply(None, flops, compute_s, queue_s, 0, 0)
         t = t.detach()
         out: torch.Tensor | np.ndarray = t.numpy() if self.as_numpy else t
-        return BodyReply(out, flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t))
+        return BodyReply(out, flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t))
 
-    # ------------------------------------------------------------- trained body: rounds
+    # ------------------------------------------------------------- trained body
 
-    def begin_round(self, round: int, client_ids: Iterable[int],
-                    body_state: Mapping[str, torch.Tensor | np.ndarray] | None = None) -> None:
-        """Open a round of a trained body: one copy of the global body per client.
-
-        ``body_state`` (names ``body.*``) replaces the global body first; by default the
-        round starts from the body the previous :meth:`finish_round` left.
-        """
-        self._need_trained("begin_round")
-        with self._lock:
-            if self._copies:
-                raise RuntimeError(f"server: round {self._round} is still open "
-                                   f"(clients {sorted(self._copies)}); call finish_round first")
-        if body_state is not None:
-            self._load_global(body_state)
-        copies = {}
-        for cid in sorted({int(c) for c in client_ids}):
-            module = copy.deepcopy(self.body)
-            params = list(module.parameters())
-            for q in params:
-                q.requires_grad_(True)
-            copies[cid] = _BodyCopy(module, params, make_optimizer(params, self.train))
-        with self._lock:
-            self._copies = copies
-            self._round = round
-
-    def finish_round(self, weights: Mapping[int, float]) -> BodyAggregate:
-        """Close the round: the copies' sample-weighted average becomes the global body.
-
-        ``weights`` maps each participating client id to its weight (its sample count)
-        and must name exactly the clients of :meth:`begin_round`. Copies are summed in
-        ascending client-id order (:func:`~sfp_ray.aggregation.fedavg`), so the result
-        does not depend on the order in which clients finished. A single copy is adopted
-        as it is (no arithmetic).
-        """
-        self._need_trained("finish_round")
-        t0 = time.perf_counter()
-        with self._lock:
-            copies, rnd = self._copies, self._round
-            if set(copies) != {int(c) for c in weights}:
-                raise ValueError(f"server: finish_round got weights for clients {sorted(weights)} but round "
-                                 f"{rnd} was opened for {sorted(copies)}")
-            pending = [k for k in self._graphs if k[0] in copies and k[1] == rnd]
-            if pending:
-                raise RuntimeError(f"server: {len(pending)} forward passes of round {rnd} still await their "
-                                   f"backward request (first: {pending[0]})")
-            self._copies, self._round = {}, None
-        ids = sorted(copies)
-        states = [self._state_of(copies[c].module) for c in ids]
-        if len(ids) == 1:
-            new, flops = states[0], 0.0
-        else:
-            new = fedavg(states, [float(weights[c]) for c in ids], ids)
-            flops = float(sum(2 * v.numel() for st in states for v in st.values()))
-        self._load_global(new)
-        return BodyAggregate(rnd if rnd is not None else -1, len(ids), flops, time.perf_counter() - t0)
-
-    def body_state(self) -> dict[str, torch.Tensor]:
-        """Copy of the global body (names ``body.*``)."""
-        return self._state_of(self.body)
-
-    def client_body_state(self, client_id: int) -> dict[str, torch.Tensor]:
-        """Copy of a client's body copy in the open round (names ``body.*``)."""
-        return self._state_of(self._copy_of(client_id, self._round).module)
-
-    def _need_trained(self, what: str) -> None:
+    def open(self, client_id: int, round: int, body_state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+        """Give a client its own copy of the body, loaded from ``body_state`` (names ``body.*``)."""
         if not self.trains_body:
-            raise RuntimeError(f"server: {what} needs a trained body (ServerRole(train=...)); this body is frozen")
-
-    def _copy_of(self, client_id: int, round: int | None) -> _BodyCopy:
+            raise RuntimeError("server: open needs a trained body (ServerRole(train=...)); this body is frozen")
+        module = copy.deepcopy(self.body)
+        own = dict(module.named_parameters())
+        names = {BODY_PREFIX + n for n in own}
+        if set(body_state) != names:
+            missing, extra = sorted(names - set(body_state)), sorted(set(body_state) - names)
+            raise KeyError(f"server: body state does not fit the body (missing {missing[:3]}, unexpected {extra[:3]})")
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(as_tensor(body_state[BODY_PREFIX + n]))
+                p.requires_grad_(True)
+        params = list(module.parameters())
         with self._lock:
-            c = self._copies.get(client_id)
-            open_round = self._round
-        if c is None or round != open_round:
-            raise KeyError(f"server: no body copy for client {client_id} in round {round} (open round: "
-                           f"{open_round}, clients {sorted(self._copies)}); call begin_round first")
+            self._copies[(int(client_id), int(round))] = _BodyCopy(module, params, make_optimizer(params, self.train))
+
+    def close(self, client_id: int, round: int) -> dict[str, torch.Tensor | np.ndarray]:
+        """The client's trained body copy (names ``body.*``); the copy is dropped."""
+        with self._lock:
+            c = self._copies.pop((int(client_id), int(round)), None)
+            pending = [k for k in self._graphs if k[0] == client_id and k[1] == round]
+        if c is None:
+            raise KeyError(f"server: no body copy for client {client_id} in round {round}; call open first")
+        if pending:
+            raise RuntimeError(f"server: {len(pending)} forward passes of client {client_id} in round {round} "
+                               f"still await their backward request")
+        state = {BODY_PREFIX + n: p.detach().clone() for n, p in c.module.named_parameters()}
+        return {k: v.numpy() for k, v in state.items()} if self.as_numpy else state
+
+    def _copy_of(self, client_id: int, round: int) -> _BodyCopy:
+        with self._lock:
+            c = self._copies.get((client_id, round))
+        if c is None:
+            raise KeyError(f"server: no body copy for client {client_id} in round {round}; call open first")
         return c
 
     def _body_for(self, key: tuple[int, int, int]) -> torch.nn.Module:
         return self._copy_of(key[0], key[1]).module if self.trains_body else self.body
-
-    @staticmethod
-    def _state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {BODY_PREFIX + n: p.detach().clone() for n, p in module.named_parameters()}
-
-    def _load_global(self, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
-        own = dict(self.body.named_parameters())
-        names = {BODY_PREFIX + n for n in own}
-        if set(state) != names:
-            missing, extra = sorted(names - set(state)), sorted(set(state) - names)
-            raise KeyError(f"server: body state does not fit the body (missing {missing[:3]}, unexpected "
-                           f"{extra[:3]})")
-        with torch.no_grad():
-            for n, p in own.items():
-                p.copy_(self._tensor(state[BODY_PREFIX + n]))
 
     # ------------------------------------------------------------- requests
 
     def forward(self, key: tuple[int, int, int], acts: torch.Tensor | np.ndarray, *, need_grad: bool,
                 sent_at: float | None = None) -> BodyReply:
         """Body forward on smashed activations; keep the graph when ``need_grad``."""
-        start = time.time()
-        queue_s = max(0.0, start - sent_at) if sent_at is not None else 0.0
+        queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
         body = self._body_for(key)
-        x = self._tensor(acts)
+        x = as_tensor(acts)
         t0 = time.perf_counter()
         if need_grad:
             x = x.detach().requires_grad_(True)
-
-            def run() -> torch.Tensor:
-                return body(x)
-
-            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True), run)
+            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True), lambda: body(x))
             with self._lock:
                 self._graphs[key] = (x, out)
         else:
             with torch.no_grad():
-                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False),
-                                            lambda: body(x))
-        compute_s = time.perf_counter() - t0
-        self.stats.append(RequestStat(key[0], key[1], "forward", queue_s, compute_s, flops, x.shape[1]))
-        return self._reply(out, flops, compute_s, queue_s)
+                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False), lambda: body(x))
+        return self._reply(out, flops, time.perf_counter() - t0, queue_s)
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -264,14 +170,13 @@ class ServerRole:
         body the same pass also computes the weight gradients of the client's body copy,
         and the copy's optimizer takes one step.
         """
-        start = time.time()
-        queue_s = max(0.0, start - sent_at) if sent_at is not None else 0.0
+        queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
         with self._lock:
             graph = self._graphs.pop(key, None)
         if graph is None:
             raise KeyError(f"server: no stored forward pass for request {key}")
         x, out = graph
-        g = self._tensor(grad_out)
+        g = as_tensor(grad_out)
         t0 = time.perf_counter()
         if self.trains_body:
             bc = self._copy_of(key[0], key[1])
@@ -282,35 +187,59 @@ class ServerRole:
                     q.grad = gq
                 return gx
 
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights"),
-                                       run)
+            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights"), run)
             bc.opt.step()
             bc.opt.zero_grad(set_to_none=True)
         else:
-
-            def run() -> torch.Tensor:
-                (gx,) = torch.autograd.grad(out, x, grad_outputs=g)
-                return gx
-
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape)), run)
+            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape)),
+                                       lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
-        compute_s = time.perf_counter() - t0
-        self.stats.append(RequestStat(key[0], key[1], "backward", queue_s, compute_s, flops, gx.shape[1]))
-        return self._reply(gx, flops, compute_s, queue_s)
+        return self._reply(gx, flops, time.perf_counter() - t0, queue_s)
 
     def release(self, client_id: int, round: int) -> int:
-        """Drop stored graphs of a client's round (e.g. after an error); return how many."""
+        """Drop a client's stored graphs and body copy of a round (after an error); return how many graphs."""
         with self._lock:
             keys = [k for k in self._graphs if k[0] == client_id and k[1] == round]
             for k in keys:
                 del self._graphs[k]
+            self._copies.pop((client_id, round), None)
         return len(keys)
 
     def pending(self) -> int:
         return len(self._graphs)
 
-    def take_stats(self) -> list[RequestStat]:
-        with self._lock:
-            out, self.stats = self.stats, []
-        return out
+
+class LocalBodyLink:
+    """In-process :class:`~sfp_ray.roles.client.BodyLink` to a :class:`ServerRole`.
+
+    For a trained body, the link opens the client's body copy from ``body_state`` when it
+    is made, and :meth:`finish` hands the trained copy back.
+    """
+
+    def __init__(self, server: ServerRole, client_id: int, round: int,
+                 body_state: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.round = round
+        self.step = 0
+        self.opened = body_state is not None
+        if self.opened:
+            server.open(client_id, round, body_state)
+
+    def forward(self, acts: torch.Tensor, *, need_grad: bool) -> BodyReply:
+        self.step += 1
+        return self.server.forward((self.client_id, self.round, self.step), acts, need_grad=need_grad)
+
+    def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:
+        return self.server.backward((self.client_id, self.round, self.step), grad, grad_slice)
+
+    def finish(self) -> dict[str, torch.Tensor] | None:
+        """The client's trained body copy (trained body), else None."""
+        return self.server.close(self.client_id, self.round) if self.opened else None
+
+    def abort(self) -> None:
+        self.server.release(self.client_id, self.round)
+
+
+__all__ = ["BODY_PREFIX", "BodyReply", "LocalBodyLink", "ServerRole"]

@@ -1,58 +1,121 @@
-"""A process-local copy of the split model that client and server roles work on.
+"""A process-local copy of the split model: only the parts this process holds.
 
-A workspace is built deterministically from the configuration (the torch RNG is seeded
-with ``cfg.seed`` before the model is created, prompts with ``cfg.seed`` too), so every
-process - the driver, each client actor and the server actor - holds bit-identical frozen
-weights. Trainable state travels as name -> tensor mappings whose names are those of
-:class:`~sfp_ray.models.SplitViT` (``head.prompt``, ``tail.blocks.5.attn.qkv.weight``, ...).
+A client process of a split method holds the head and the tail, the server the body, an
+in-process run or a federated client all three. The model is built on the ``meta`` device
+(no storage), cut (:func:`~sfp_ray.models.split_vit`), and only the held parts get real
+tensors (:func:`~sfp_ray.models.materialize`): their values come from the checkpoint
+where it has them, and otherwise from a per-name seeded initialisation
+(:func:`~sfp_ray.models.init_parameters`, :func:`~sfp_ray.models.init_prompts`). So every
+process holds bit-identical values for every parameter it holds, whatever else it holds.
+With timm's pre-trained weights (``model.pretrained``) the whole model is built on the
+CPU instead, and the parts not held are dropped back to ``meta``.
+
+Trainable state travels as name -> tensor mappings whose names are those of
+:class:`~sfp_ray.models.SplitViT` (``head.prompt``, ``tail.blocks.5.attn.qkv.weight``,
+``body.blocks.2.mlp.fc1.bias``, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from sfp_ray.config import Config
-from sfp_ray.models import SplitViT, build_from_config, split_vit
+from sfp_ray.config import ModelConfig, PromptConfig, SplitConfig
+from sfp_ray.models import (
+    SplitViT,
+    build_from_config,
+    check_checkpoint,
+    init_parameters,
+    init_prompts,
+    materialize,
+    read_checkpoint,
+    split_vit,
+)
+from sfp_ray.tensors import as_tensor
+
+PARTS = ("head", "body", "tail")
 
 
 class Workspace:
-    """The split model of one process, plus helpers to move trainable state in and out.
+    """The split model of one process, holding ``parts``, plus helpers to move trainable state.
 
     Args:
-        cfg: the resolved configuration.
+        model: the ``model`` section (which timm ViT, fused attention, pretrained).
+        split: the ``split`` section (the cut).
+        prompt: the ``prompt`` section.
         num_classes: classifier width of the target task.
         checkpoint: resolved checkpoint path (or None).
-        drop_body: free the body's blocks (a client process never runs them).
+        seed: the run seed (initial values of parameters the checkpoint does not hold).
+        parts: which of ``head``, ``body``, ``tail`` to hold; :meth:`hold` adds more later.
+        meta: hold the parts on the ``meta`` device (shapes only: cost models, validation).
     """
 
-    def __init__(self, cfg: Config, num_classes: int, checkpoint: str | None, *, drop_body: bool = False) -> None:
-        self.cfg = cfg
+    def __init__(self, model: ModelConfig, split: SplitConfig, prompt: PromptConfig, *, num_classes: int,
+                 checkpoint: str | None, seed: int, parts: Iterable[str] = PARTS, meta: bool = False) -> None:
         self.num_classes = num_classes
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.vit = build_from_config(cfg, num_classes, checkpoint=checkpoint)
-        self.split: SplitViT = split_vit(
-            self.vit,
-            cfg.split.head_blocks,
-            cfg.split.tail_blocks,
-            cfg.prompt.num_tokens,
-            deep=cfg.prompt.deep,
-            bypass_pool=cfg.split.bypass_pool,
-            seed=cfg.seed,
-        )
+        self.checkpoint = checkpoint
+        self.seed = seed
+        self.meta = meta
+        self.held: set[str] = set()
+        self._params: dict[str, torch.nn.Parameter] = {}
+        if model.pretrained and not meta:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.vit = build_from_config(model, num_classes, checkpoint=checkpoint)
+        else:
+            self.vit = build_from_config(model, num_classes, device="meta")
+        self.split: SplitViT = split_vit(self.vit, split.head_blocks, split.tail_blocks, prompt.num_tokens,
+                                         deep=prompt.deep, bypass_pool=split.bypass_pool, seed=seed)
         self.split.eval()  # dropout off: ViT fine-tuning here uses no stochastic layers
-        if drop_body:
-            for i in self.split.body.block_ids:
-                self.split.body.blocks[str(i)] = torch.nn.Identity()
-                self.vit.blocks[i] = torch.nn.Identity()
-        self._params = dict(self.split.named_parameters())
+        if model.pretrained and not meta:
+            self.held = set(PARTS)
+            self._drop([p for p in PARTS if p not in set(parts)])
+        self.hold(parts)
+
+    # ---------------------------------------------------------------- parts
+
+    def hold(self, parts: Iterable[str]) -> None:
+        """Make sure ``parts`` have real tensors (initialised, then loaded from the checkpoint)."""
+        todo = [p for p in dict.fromkeys(parts) if p not in self.held]
+        unknown = set(todo) - set(PARTS)
+        if unknown:
+            raise ValueError(f"workspace: unknown parts {sorted(unknown)}; parts are {PARTS}")
+        if not todo:
+            return
+        if self.meta:
+            self.held.update(todo)
+            self._index()
+            return
+        modules = [getattr(self.split, p) for p in todo]
+        new = materialize(modules, [self.vit, self.split])
+        init_parameters(self.vit, new, self.seed)
+        init_prompts(self.split, self.seed)
+        if self.checkpoint is not None:
+            state = read_checkpoint(self.checkpoint)
+            left = set(check_checkpoint(self.vit, state, self.checkpoint))
+            fresh = {id(p) for p in new}
+            with torch.no_grad():
+                for name, p in self.vit.named_parameters():
+                    if id(p) in fresh and name in state and name not in left:
+                        p.copy_(state[name])
+        self.held.update(todo)
+        self._index()
+
+    def _index(self) -> None:
+        self._params = {n: p for n, p in self.split.named_parameters() if n.split(".", 1)[0] in self.held}
+
+    def _drop(self, parts: Iterable[str]) -> None:
+        """Free the tensors of ``parts`` (pretrained path: the model was built whole)."""
+        materialize([getattr(self.split, p) for p in parts], [self.vit, self.split], device="meta")
+        self.held.difference_update(parts)
+        self._index()
 
     # ---------------------------------------------------------------- state
 
-    def names(self, predicate=None) -> list[str]:
+    def names(self, predicate: Callable[[str], bool] | None = None) -> list[str]:
+        """Names of the held parameters (optionally those matching ``predicate``)."""
         return [n for n in self._params if predicate is None or predicate(n)]
 
     def set_trainable(self, names: Iterable[str]) -> list[torch.nn.Parameter]:
@@ -60,7 +123,7 @@ class Workspace:
         wanted = set(names)
         unknown = wanted - set(self._params)
         if unknown:
-            raise KeyError(f"unknown parameter names: {sorted(unknown)[:3]}")
+            raise KeyError(f"unknown or not held parameter names: {sorted(unknown)[:3]}")
         for n, p in self._params.items():
             p.requires_grad_(n in wanted)
         return [self._params[n] for n in self._params if n in wanted]
@@ -75,8 +138,8 @@ class Workspace:
             for n, v in state.items():
                 p = self._params.get(n)
                 if p is None:
-                    raise KeyError(f"state has unknown parameter {n!r}")
-                t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+                    raise KeyError(f"state has unknown or not held parameter {n!r}")
+                t = as_tensor(v)
                 if t.shape != p.shape:
                     raise ValueError(f"state {n!r}: shape {tuple(t.shape)} != {tuple(p.shape)}")
                 p.copy_(t)
@@ -85,11 +148,4 @@ class Workspace:
         return sum(self._params[n].numel() * self._params[n].element_size() for n in names)
 
 
-def to_numpy_state(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Tensors -> numpy arrays (Ray moves numpy zero-copy)."""
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def to_torch_state(state: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
-    """Numpy arrays (possibly read-only views from the object store) -> owned tensors."""
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))) for k, v in state.items()}
+__all__ = ["PARTS", "Workspace"]

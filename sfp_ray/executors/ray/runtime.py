@@ -3,9 +3,9 @@
 Only the CLI (or a test fixture) starts Ray: :func:`start_ray` returns whether it did, so
 the caller knows to ``ray.shutdown()`` at the end. Executors never start Ray themselves.
 
-:func:`check_fit` is the boundary check of DESIGN.md §3 / STYLE.md 6: before any actor is
-created, every requested actor shape must fit on some alive node and the whole set must
-pack onto the nodes at once, otherwise a run would sit forever with actors pending. The
+:func:`check_fit` is the boundary check of the Ray runtime: before any actor is created,
+every requested actor shape must fit on some alive node and the whole set must pack onto
+the nodes at once, otherwise a run would sit forever with actors pending. The
 packing follows Ray's own rules: CPUs, memory and custom resources are per-node totals;
 GPUs are per-GPU *instances* - fractional requests (< 1) share one GPU only up to 1.0, whole
 requests take whole free GPUs.

@@ -1,0 +1,360 @@
+"""Ray actors: thin ``@ray.remote`` shells around the plain roles.
+
+No algorithm lives here. :class:`ClientActor` hosts the clients of one or more runs: per
+run it builds a :class:`~sfp_ray.roles.workspace.Workspace` holding only the parts the
+method's client needs and the method's client role, and calls the role's ``run``.
+:class:`ServerActor` wraps one :class:`~sfp_ray.roles.server.ServerRole` per run.
+:class:`AggregatorActor` calls :func:`sfp_ray.aggregation.fedavg`.
+
+Data crosses actor boundaries as numpy arrays (Ray moves them zero-copy through the object
+store); torch tensors exist only inside an actor. Large inputs (the training images, the
+global state, client states) travel as object references, so they are fetched by the
+actor that needs them and never pass through the driver.
+
+Each actor enforces what it can of its device profile (:mod:`.limits`) and reports
+requested vs enforced vs observed resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from sfp_ray.config import Config
+from sfp_ray.costs import FlopMeter
+from sfp_ray.data import ArrayDataset
+from sfp_ray.executors.base import State, fedavg_parts
+from sfp_ray.executors.ray.limits import enforce_limits, observe
+from sfp_ray.methods import Method
+from sfp_ray.roles.client import ClientTask
+from sfp_ray.roles.evaluation import eval_batches
+from sfp_ray.roles.server import BodyReply, ServerRole
+from sfp_ray.roles.workspace import PARTS, Workspace
+from sfp_ray.tensors import as_view, numpy_state, torch_state
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AggregatorActor", "ClientActor", "ExclusiveCountingMeter", "RayBodyLink", "RayState", "RunSetup",
+           "ServerActor"]
+
+
+# --------------------------------------------------------------------------- shared types
+
+
+@dataclass(frozen=True)
+class RayState(State):
+    """A state in the object store: the client part, and the server part when the server trains one."""
+
+    client: Any  # ObjectRef of name -> numpy
+    server: Any = None  # ObjectRef of name -> numpy, or None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        parts = ray.get([r for r in (self.client, self.server) if r is not None])
+        out: dict[str, torch.Tensor] = {}
+        for p in parts:
+            out.update(torch_state(p))
+        return out
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What an actor needs to host one run; sent once per run and actor.
+
+    ``train``/``test`` are ``(images, labels)`` object references (numpy), fetched by the
+    actor itself; ``dataset`` is ``(num_classes, name, class_names)``.
+    """
+
+    key: str
+    cfg: Config
+    method: Method
+    num_classes: int
+    checkpoint: str | None
+    train: tuple[Any, Any]
+    test: tuple[Any, Any]
+    dataset: tuple[int, str, tuple[str, ...]]
+    server: Any = None  # ServerActor handle when the method has a server
+
+    def workspace(self, parts: Sequence[str]) -> Workspace:
+        c = self.cfg
+        return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
+                         seed=c.seed, parts=parts)
+
+
+def _dataset(refs: tuple[Any, Any], meta: tuple[int, str, tuple[str, ...]]) -> ArrayDataset:
+    images, labels = ray.get(list(refs))
+    nc, name, class_names = meta
+    # read-only views into the object store: subsets copy, nothing writes to them
+    return ArrayDataset(images=as_view(images), labels=as_view(labels), num_classes=nc, name=name,
+                        class_names=class_names)
+
+
+def _tensor_device(ws: Workspace) -> str:
+    p = next((q for q in ws.split.parameters() if not q.is_meta), None)
+    return str(p.device) if p is not None else "none"
+
+
+# --------------------------------------------------------------------------- client
+
+
+class RayBodyLink:
+    """A :class:`~sfp_ray.roles.client.BodyLink` to a :class:`ServerActor`.
+
+    Sends activations/gradients as numpy arrays; requests are keyed ``(client_id, round,
+    step)`` like :class:`~sfp_ray.roles.server.LocalBodyLink`. Opening and closing a
+    trained body copy is the executor's job (it owns the references of body states).
+    """
+
+    def __init__(self, server: Any, run_key: str, client_id: int, round: int) -> None:
+        self.server = server
+        self.run_key = run_key
+        self.client_id = client_id
+        self.round = round
+        self.step = 0
+
+    def _key(self) -> tuple[int, int, int]:
+        return (self.client_id, self.round, self.step)
+
+    def forward(self, acts: torch.Tensor, *, need_grad: bool) -> BodyReply:
+        self.step += 1
+        return ray.get(self.server.forward.remote(self.run_key, self._key(), acts.detach().cpu().numpy(),
+                                                  need_grad=need_grad, sent_at=time.time()))
+
+    def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:
+        return ray.get(self.server.backward.remote(self.run_key, self._key(), grad.detach().cpu().numpy(), grad_slice,
+                                                   sent_at=time.time()))
+
+
+@dataclass
+class _Hosted:
+    """One run hosted by a client actor."""
+
+    setup: RunSetup
+    ws: Workspace
+    role: Any
+    meter: FlopMeter
+    train: ArrayDataset
+    test: ArrayDataset | None = None
+
+
+@ray.remote
+class ClientActor:
+    """A device slot: hosts clients of one device class, for one or more runs.
+
+    The actor keeps no per-client state between calls: everything a logical client carries
+    from round to round (``client_state``, e.g. the kept EL2N indices) travels with each
+    task and comes back in the output, so any slot of the right device class can serve any
+    client of that class.
+
+    Args:
+        device: the :class:`~sfp_ray.devices.DeviceProfile` whose limits are enforced.
+        slot: the slot's index in the pool.
+        gpu_fallback: the profile's GPU share was dropped (no GPU in the cluster).
+    """
+
+    def __init__(self, device: Any, slot: int, gpu_fallback: bool = False) -> None:
+        self.device = device
+        self.slot = slot
+        self.info = enforce_limits(device, slot, gpu_fallback=gpu_fallback)
+        self.info.update(role="client", slot=slot)
+        self.runs: dict[str, _Hosted] = {}
+
+    def ready(self) -> dict[str, Any]:
+        """Resources at start-up (called once to wait until the actor is placed)."""
+        return dict(self.info, **observe(self.device))
+
+    def setup(self, setup: RunSetup) -> None:
+        """Build the workspace and client role of a run (idempotent)."""
+        if setup.key in self.runs:
+            return
+        ws = setup.workspace(setup.method.client_parts)
+        role = setup.method.client_role(ws, setup.cfg)
+        self.runs[setup.key] = _Hosted(setup, ws, role, FlopMeter(), _dataset(setup.train, setup.dataset))
+        self._check_memory()
+
+    def drop(self, key: str) -> None:
+        """Forget a finished run."""
+        self.runs.pop(key, None)
+
+    def _check_memory(self) -> None:
+        obs = observe(self.device)
+        if obs["memory_cap_exceeded"]:
+            log.warning("client actor (%s): RSS %.0f MB exceeds the device's memory_mb=%d",
+                        self.device.name, obs["observed_rss_mb"], self.device.memory_mb)
+
+    @ray.method(num_returns=2)
+    def run(self, key: str, task: ClientTask, state: RayState) -> tuple[dict[str, np.ndarray], Any]:
+        """One client's round; returns ``(new client state as numpy, ClientOutput without the state)``."""
+        h = self.runs[key]
+        client_state = ray.get(state.client)
+        server = h.setup.server
+        link = RayBodyLink(server, key, task.client_id, task.round) if server is not None else None
+        data = h.train.subset(task.indices)
+        try:
+            out = h.role.run(task, data, client_state, link, h.meter)
+        except BaseException:
+            if server is not None:
+                server.release.remote(key, task.client_id, task.round)
+            raise
+        res = {k: v for k, v in self.info.items()}
+        res.update(observe(self.device, _tensor_device(h.ws)))
+        return numpy_state(out.state), replace(out, state=None, resources=res)
+
+    def evaluate(self, key: str, state: RayState, start: int, stop: int) -> list[tuple[int, float, float]]:
+        """Per-batch ``(correct, loss_sum, flops)`` of test batches ``start..stop-1`` (the whole model)."""
+        h = self.runs[key]
+        if h.test is None:
+            h.test = _dataset(h.setup.test, h.setup.dataset)
+        h.ws.hold(PARTS)
+        h.ws.load_state(state.tensors())
+        return eval_batches(h.ws.split, h.test, h.setup.cfg.train.eval_batch_size, h.meter, start=start, stop=stop)
+
+    def resources(self) -> dict[str, Any]:
+        """Requested / enforced / observed resources now."""
+        return dict(self.info, **observe(self.device))
+
+
+# --------------------------------------------------------------------------- server
+
+
+class ExclusiveCountingMeter(FlopMeter):
+    """A :class:`~sfp_ray.costs.FlopMeter` for a threaded actor: counting runs alone.
+
+    Counting (the first run of a key) switches PyTorch's scaled-dot-product-attention
+    backend to MATH for the duration of the call, and that switch is process-global. In a
+    threaded server, a request running concurrently with a counted one would then see
+    the switched backend, and two overlapping counted runs can undo each other's switch
+    (the second one then runs the fused kernel that the counter cannot see, and its FLOPs
+    are under-counted). A reader-writer lock makes every counted run exclusive while
+    already-counted keys still run concurrently.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
+        self._cond = threading.Condition()
+        self._running = 0
+        self._counting = False
+        self._writers_waiting = 0
+
+    def run(self, key: Hashable, fn: Callable[[], Any]) -> tuple[Any, int]:
+        with self._cond:
+            exclusive = self.enabled and key not in self._cache
+            if exclusive:
+                self._writers_waiting += 1
+                while self._counting or self._running:
+                    self._cond.wait()
+                self._writers_waiting -= 1
+                self._counting = True
+            else:
+                while self._counting or self._writers_waiting:
+                    self._cond.wait()
+                self._running += 1
+        try:
+            return super().run(key, fn)
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._counting = False
+                else:
+                    self._running -= 1
+                self._cond.notify_all()
+
+
+
+@ray.remote
+class ServerActor:
+    """Hosts the body of one or more runs (a :class:`ServerRole` each).
+
+    Create it with ``max_concurrency=N`` (a threaded actor) so it serves N client requests
+    at once; each role keys its stored autograd graphs per request and locks its
+    bookkeeping. A trained body's per-client copies are opened and closed by the executor
+    (:meth:`open`, :meth:`close`); each call waits for the previous one it depends on,
+    since a threaded actor does not order calls.
+    """
+
+    def __init__(self, device: Any, gpu_fallback: bool = False) -> None:
+        self.device = device
+        self.info = enforce_limits(device, gpu_fallback=gpu_fallback)
+        self.info.update(role="server", slot=-1)
+        self.roles: dict[str, ServerRole] = {}
+        self._lock = threading.Lock()
+
+    def ready(self) -> dict[str, Any]:
+        return dict(self.info, **observe(self.device))
+
+    def setup(self, setup: RunSetup) -> None:
+        """Build the body of a run (idempotent)."""
+        with self._lock:
+            if setup.key in self.roles:
+                return
+            ws = setup.workspace(("body",))
+            spec = setup.method.server(setup.cfg)
+            self.roles[setup.key] = ServerRole(ws.split.body, meter=ExclusiveCountingMeter(), as_numpy=True,
+                                               train=spec.train if spec is not None else None)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self.roles.pop(key, None)
+
+    def forward(self, key: str, req: tuple[int, int, int], acts: np.ndarray, *, need_grad: bool,
+                sent_at: float | None = None) -> BodyReply:
+        return self.roles[key].forward(req, acts, need_grad=need_grad, sent_at=sent_at)
+
+    def backward(self, key: str, req: tuple[int, int, int], grad: np.ndarray,
+                 grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
+        return self.roles[key].backward(req, grad, grad_slice, sent_at=sent_at)
+
+    def open(self, key: str, client_id: int, round: int, body_state: Mapping[str, np.ndarray]) -> None:
+        self.roles[key].open(client_id, round, body_state)
+
+    def close(self, key: str, client_id: int, round: int) -> dict[str, np.ndarray]:
+        return self.roles[key].close(client_id, round)
+
+    def release(self, key: str, client_id: int, round: int) -> int:
+        role = self.roles.get(key)
+        return role.release(client_id, round) if role is not None else 0
+
+    def pending(self, key: str) -> int:
+        return self.roles[key].pending()
+
+    def resources(self) -> dict[str, Any]:
+        return dict(self.info, **observe(self.device))
+
+
+# --------------------------------------------------------------------------- aggregator
+
+
+@ray.remote
+class AggregatorActor:
+    """Sample-count-weighted FedAvg of client states that arrive as object refs.
+
+    Pass the states' object refs as *top-level* arguments: Ray then resolves them here,
+    zero-copy from the object store, and they never pass through the driver.
+    """
+
+    @ray.method(num_returns=3)
+    def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool,
+                  *states: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+        """``(averaged client part, averaged server part or None, {"flops": {part: flops}, "wall_s"})``.
+
+        ``states`` holds the client parts, then (``with_server``) the server parts, in the
+        order of ``client_ids``.
+        """
+        t0 = time.perf_counter()
+        n = len(client_ids)
+        # states are read-only views into the object store; fedavg only reads them
+        client, server, flops = fedavg_parts(weights, client_ids, states[:n], states[n:] if with_server else None)
+        return (numpy_state(client), numpy_state(server) if server is not None else None,
+                {"flops": flops, "wall_s": time.perf_counter() - t0})
+
+    def ready(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"role": "aggregator", "node_id": ctx.get_node_id(), "pid": os.getpid()}

@@ -1,0 +1,204 @@
+"""SFPrompt (Cao, Zhu, Gong, arXiv 2407.17533) and its ablations.
+
+The client holds the head (embeddings + first blocks) and the tail (last blocks + final
+norm + classifier); the server holds the frozen body. Only the soft prompts ``p`` and the
+tail ``W_t`` train. One round per client:
+
+0. ``download``: receive the global ``(p, W_t)``;
+1a. ``prune``: EL2N-score every local sample with head + tail, body bypassed (Paul et al.,
+    NeurIPS 2021), and keep a fraction ``pruning.keep_ratio`` (once, or every round);
+1b. ``local_update``: train ``(p, W_t)`` on the kept samples with the body bypassed;
+2. ``split_train``: U-shaped split training through the server's frozen body
+   (:func:`~sfp_ray.roles.client.split_step`); only the tokens the other side needs cross
+   the cut;
+3. ``upload``: send ``(p, W_t)``; the aggregator averages them (FedAvg, sample-weighted).
+
+Registered: ``sfprompt`` and the ablations ``sfprompt_no_prune`` (``pruning.keep_ratio=1``),
+``sfprompt_no_local`` (``train.local_update=false``) and ``sfprompt_no_prompt``
+(``prompt.num_tokens=0``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sfp_ray.config import Config
+from sfp_ray.costs import Ledger, payload_bytes
+from sfp_ray.data import ArrayDataset
+from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
+from sfp_ray.pruning import el2n_scores, keep_count, select_hardest
+from sfp_ray.roles.client import (
+    BodyLink,
+    ClientTask,
+    SplitClientRole,
+    TrainResult,
+    batches,
+    bypass_loss,
+    forward_pass,
+    optimizer_step,
+    run_epochs,
+    tail_loss,
+)
+from sfp_ray.roles.optim import make_optimizer
+from sfp_ray.roles.workspace import Workspace
+
+
+def sfprompt_names(ws: Workspace) -> list[str]:
+    """``(p, W_t)``: the prompts in the head (shallow and deep) and every tail parameter."""
+    return ws.names(lambda n: n.startswith("head.prompt") or n.startswith("tail."))
+
+
+class SFPromptClient(SplitClientRole):
+    """SFPrompt's client procedure on a workspace holding head and tail."""
+
+    def __init__(self, ws: Workspace, cfg: Config) -> None:
+        super().__init__(ws, cfg, sfprompt_names(ws))
+        # the head output's gradient is needed when something trainable (the prompts) sits before the cut
+        self.head_trains = ws.split.num_prompts > 0
+
+    def head_grad_slice(self) -> tuple[int, int] | None:
+        """Only the prompt tokens' gradient when no head block trains (see ``SplitViT.prompt_grad_slice``)."""
+        sl = self.ws.split.prompt_grad_slice()
+        return (sl.start, sl.stop) if sl is not None else None
+
+    # ----------------------------------------------------------------- phases
+
+    def score(self, data: ArrayDataset, ledger: Ledger) -> torch.Tensor:
+        """EL2N scores of every sample with head + tail, body bypassed (phase 1a)."""
+        split = self.ws.split
+        scores = []
+        with torch.no_grad():
+            for idx in batches(len(data), self.cfg.train.eval_batch_size, None):
+                x, y = data.images[idx], data.labels[idx]
+                h = ledger.compute("head", ("fwd", tuple(x.shape), False), lambda: forward_pass(split.head, x, False))
+                logits = ledger.compute("tail", ("fwd", tuple(h.shape)), lambda: split.bypass_tail(h))
+                scores.append(el2n_scores(logits, y))
+        return torch.cat(scores) if scores else torch.empty(0)
+
+    def local_step(self, x: torch.Tensor, y: torch.Tensor, ledger: Ledger, opt: torch.optim.Optimizer) -> float:
+        """One local-loss step (phase 1b): head, tail on the head output (body bypassed), backward."""
+        split = self.ws.split
+        h = ledger.compute("head", ("fwd", tuple(x.shape), self.head_trains),
+                           lambda: forward_pass(split.head, x, self.head_trains))
+        hd = h.detach().requires_grad_(self.head_trains)
+        loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y))
+        if self.head_trains:
+            ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(hd.grad))
+        optimizer_step(opt)
+        return float(loss.item())
+
+    def local_update(self, data: ArrayDataset, ledger: Ledger, gen: torch.Generator) -> float:
+        """Train ``(p, W_t)`` on ``data`` with the body bypassed (phase 1b); return the mean loss."""
+        t = self.cfg.train
+        opt = make_optimizer(self.params, t)
+        return run_epochs(data, t.local_epochs, t.batch_size, gen, lambda x, y: self.local_step(x, y, ledger, opt))
+
+    def prune(self, task: ClientTask, data: ArrayDataset, ledger: Ledger, cs: dict[str, Any]) -> Any:
+        """Phase 1a when due: EL2N-score ``data`` and keep the hardest fraction; the kept indices."""
+        pc = self.cfg.pruning
+        kept = cs.get("kept")
+        if pc.keep_ratio >= 1.0 or (kept is not None and not pc.every_round):
+            return kept
+        with ledger.phase("prune"):
+            scores = self.score(data, ledger)
+            kept = select_hardest(scores, pc.keep_ratio).numpy()
+            ledger.add_samples("head", len(data))
+        cs["kept"] = kept
+        cs["pruned_at_round"] = task.round
+        return kept
+
+    def train(self, task: ClientTask, data: ArrayDataset, link: BodyLink | None, ledger: Ledger,
+              gen: torch.Generator) -> TrainResult:
+        cfg, cs = self.cfg, dict(task.client_state)
+        kept = self.prune(task, data, ledger, cs)
+        train_data = data.subset(kept) if kept is not None else data
+        loss = float("nan")
+        if cfg.train.local_update and cfg.train.local_epochs > 0:
+            with ledger.phase("local_update"):
+                loss = self.local_update(train_data, ledger, gen)
+                ledger.add_samples("tail", len(train_data) * cfg.train.local_epochs)
+        if cfg.train.split_epochs > 0:
+            loss = self.train_split(train_data, link, ledger, gen)
+        return TrainResult(loss, cs)
+
+
+class SFPrompt(Method):
+    """SFPrompt: prompts + tail on clients, frozen body on the server."""
+
+    phases = SFPROMPT_PHASES
+    client_parts = ("head", "tail")
+
+    def client_names(self, ws: Workspace) -> list[str]:
+        return sfprompt_names(ws)
+
+    def server(self, cfg: Config) -> ServerSpec:
+        return ServerSpec(train=None)
+
+    def client_role(self, ws: Workspace, cfg: Config) -> SFPromptClient:
+        return SFPromptClient(ws, cfg)
+
+    def project(self, ctx: CostContext) -> dict[str, float]:
+        """Per-client costs of one round from the passes one sample takes (see the module docstring)."""
+        cfg, split, x, y, n = ctx.cfg, ctx.split, ctx.x, ctx.y, ctx.samples
+        t, pc = cfg.train, cfg.pruning
+        names = set(self.client_names(ctx.ws))
+        ctx.ws.set_trainable(names)
+        has_p = split.num_prompts > 0
+        kept = keep_count(n, pc.keep_ratio)
+        prune = 0
+        if pc.keep_ratio < 1.0:  # 1a: EL2N scoring, head + tail without grad, body bypassed
+            h0 = forward_pass(split.head, x, False)
+            prune = n * (ctx.flops(lambda: forward_pass(split.head, x, False))
+                         + ctx.flops(lambda: split.bypass_tail(h0)))
+        local = 0
+        if t.local_update and t.local_epochs > 0:  # 1b: local-loss update, body bypassed
+            h = forward_pass(split.head, x, has_p)
+            hd = h.detach().requires_grad_(has_p)
+            f = ctx.flops(lambda: forward_pass(split.head, x, has_p)) + ctx.flops(lambda: bypass_loss(split, hd, y))
+            if has_p:
+                f += ctx.flops(lambda: h.backward(hd.grad, retain_graph=True))
+            local = kept * t.local_epochs * f
+        # 2: split training, per sample: head fwd, body fwd, tail fwd+bwd, body bwd, head bwd
+        h = forward_pass(split.head, x, has_p)
+        f_head = ctx.flops(lambda: forward_pass(split.head, x, has_p))
+        act = h.detach().requires_grad_(has_p)
+        body_out = forward_pass(split.body, act, has_p)
+        f_body = ctx.flops(lambda: forward_pass(split.body, act, has_p))
+        out = body_out.detach().requires_grad_(True)
+        f_tail = ctx.flops(lambda: tail_loss(split, out, y))
+        up, down = payload_bytes(act), payload_bytes(out)
+        f_hb = 0
+        if has_p:
+            up += payload_bytes(out.grad)
+            (gx,) = torch.autograd.grad(body_out, act, out.grad, retain_graph=True)
+            f_body += ctx.flops(lambda: torch.autograd.grad(body_out, act, out.grad, retain_graph=True))
+            sl = split.prompt_grad_slice()
+            down += payload_bytes(gx if sl is None else gx[:, sl])
+            f_hb = ctx.flops(lambda: h.backward(gx, retain_graph=True))
+        e = t.split_epochs
+        split_client = kept * e * (f_head + f_tail + f_hb)
+        state = ctx.state_bytes(sorted(names))
+        prune_per_round = prune if pc.every_round else prune / ctx.participations()
+        return {
+            "client_flops": local + split_client + prune_per_round,
+            "client_flops_first_round": local + split_client + prune,
+            "prune_flops": prune,
+            "local_update_flops": local,
+            "split_client_flops": split_client,
+            "server_flops": kept * e * f_body,
+            "bytes_up": kept * e * up + state,
+            "bytes_down": kept * e * down + state,
+            "split_bytes_per_sample": up + down,
+            "state_bytes": state,
+            "split_epochs": e,
+        }
+
+
+def register(register_method: Any) -> None:
+    register_method(SFPrompt("sfprompt", "SFPrompt: prompts + tail on clients, body on the server"))
+    register_method(SFPrompt("sfprompt_no_prune", "SFPrompt without EL2N pruning", {"pruning.keep_ratio": 1.0}))
+    register_method(SFPrompt("sfprompt_no_local", "SFPrompt without the local-loss update",
+                             {"train.local_update": False}))
+    register_method(SFPrompt("sfprompt_no_prompt", "SFPrompt without prompts (tail only)", {"prompt.num_tokens": 0}))

@@ -1,0 +1,59 @@
+"""Statistics over repeated runs (seeds): mean, sample standard deviation, Student-t interval.
+
+A comparison over a handful of seeds is only as good as its spread; every figure that
+averages runs reports the sample standard deviation (``ddof=1``) and the half-width of the
+two-sided 95 % Student-t confidence interval of the mean, ``t(0.975, n-1) * s / sqrt(n)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats as _scipy_stats
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation and 95 % t-interval half-width of ``n`` values."""
+
+    n: int
+    mean: float
+    std: float
+    ci95: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.ci95:.3f}" if self.n > 1 else f"{self.mean:.3f}"
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Quantile ``q`` of Student's t distribution with ``df`` degrees of freedom.
+
+    Example:
+        >>> round(t_quantile(2), 3), round(t_quantile(29), 3)
+        (4.303, 2.045)
+    """
+    return float(_scipy_stats.t.ppf(q, df))
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Spread of ``values`` (NaNs dropped); std and interval are NaN for fewer than two values.
+
+    Example (three seeds: mean 0.5, s = 0.1, t(0.975, 2) = 4.303, so 4.303 * 0.1 / sqrt(3)):
+        >>> s = spread([0.4, 0.5, 0.6])
+        >>> round(s.mean, 6), round(s.std, 6), round(s.ci95, 4)
+        (0.5, 0.1, 0.2484)
+    """
+    xs = [float(v) for v in values if not math.isnan(float(v))]
+    n = len(xs)
+    if n == 0:
+        return Spread(0, math.nan, math.nan, math.nan)
+    mean = sum(xs) / n
+    if n < 2:
+        return Spread(n, mean, math.nan, math.nan)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return Spread(n, mean, std, t_quantile(n - 1) * std / math.sqrt(n))
+
+
+__all__ = ["Spread", "spread", "t_quantile"]
