@@ -130,20 +130,6 @@ def parse_seeds(text: str | None, default: int) -> list[int]:
     return seeds
 
 
-def check_out_dir(path: Path) -> Path:
-    """Create the output folder (or check the existing one) and that it is writable; one-line errors."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out: {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sfp-ray-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out: cannot write to {path} ({e.strerror or e})") from None
-    return path
-
-
 def _progress(total_rounds: int, quiet: bool, with_seed: bool):
     from rich.console import Console
 
@@ -170,67 +156,16 @@ def _progress(total_rounds: int, quiet: bool, with_seed: bool):
 
 
 def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
-    import ray  # noqa: F401  (fail early if the install is broken)
+    from sfp_ray.api import run_methods
+    from sfp_ray.reports import format_summary
 
-    from sfp_ray.methods import get_method
-    from sfp_ray.orchestrator import Orchestrator, default_out_dir, prepare_run
-    from sfp_ray.pretrain import resolve_checkpoint
-    from sfp_ray.reports import ReportSink, format_summary
-
-    for m in methods:
-        get_method(m)  # validate all names before any work
     seeds = parse_seeds(args.seeds, cfg.seed)
-    out = check_out_dir(Path(args.out) if args.out else default_out_dir())
-    ck_cache: dict[str, str | None] = {}
-
-    def resolve(c):
-        key = repr((c.model, c.pretrain, c.data.root))
-        if key not in ck_cache:
-            ck_cache[key] = resolve_checkpoint(c, log_fn=_say)
-        return ck_cache[key]
-
-    # everything is validated (and data loaded, the backbone pre-trained) before any run starts
-    specs = [prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s in seeds for m in methods]
-    for note in dict.fromkeys(n for s in specs for n in s.notices):
-        _say(f"notice: {note}")
-    sink = ReportSink(out, plots=not args.no_plots)
-    _say(f"writing the report to {out}")
-    started, pool = False, None
-    try:
-        if args.executor == "ray":
-            from sfp_ray.executors.ray import ActorPool, start_ray
-
-            started = start_ray(cfg.ray, args.address if args.address is not None else cfg.ray.address)
-            pool = ActorPool.for_specs(specs)
-            for note in pool.plan.notices:
-                _say(f"notice: {note}")
-        for spec in specs:
-            f = spec.cfg.federation
-            _say(f"{spec.method.name} seed {spec.cfg.seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
-                 f"{f.rounds} rounds, {args.executor} executor, data {spec.cfg.data.name} "
-                 f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
-            if pool is not None:
-                from sfp_ray.executors.ray import RayExecutor
-
-                executor = RayExecutor(pool)
-            else:
-                from sfp_ray.executors.serial import SerialExecutor
-
-                executor = SerialExecutor()
-            with executor:
-                Orchestrator(spec, executor, [sink],
-                             progress=_progress(f.rounds, args.quiet, len(seeds) > 1)).run()
-    finally:
-        if pool is not None:
-            pool.close()
-        if started:
-            import ray
-
-            ray.shutdown()
-    summary = sink.finalize()
-    print(format_summary(summary))
+    res = run_methods(methods, cfg, seeds=seeds, executor=args.executor, address=args.address, out=args.out,
+                      plots=not args.no_plots, progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1),
+                      echo=_say)
+    print(format_summary(res.summary))
     extra = ", summary_by_seed.csv" if len(seeds) > 1 else ""
-    print(f"\nreport: {out}/ (summary.csv{extra}, rounds.csv, clients.csv, costs.csv, costs.parquet, "
+    print(f"\nreport: {res.out}/ (summary.csv{extra}, rounds.csv, clients.csv, costs.csv, costs.parquet, "
           "messages.csv, config.yaml, *.png)")
     return 0
 
@@ -272,6 +207,8 @@ def cmd_project(args: argparse.Namespace) -> int:
     extra = [f"model.name={args.model}", *MODEL_RESET] if args.model else []
     cfg = _load(args, extra)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    from sfp_ray.api import check_out_dir
+
     out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
     df = project(cfg, methods=methods)
     df.to_csv(out / "projection.csv", index=False)

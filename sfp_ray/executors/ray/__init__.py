@@ -9,7 +9,7 @@
 
 from sfp_ray.executors.ray.executor import RayExecutor
 from sfp_ray.executors.ray.pool import ActorPool, PoolPlan, plan_pool, plan_slots, route
-from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes, parse_address, start_ray
+from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes, parse_address, start_ray, stop_ray
 
 __all__ = ["ActorPool", "PoolPlan", "RayExecutor", "check_fit", "cluster_nodes", "parse_address", "plan_pool",
-           "plan_slots", "route", "start_ray"]
+           "plan_slots", "route", "start_ray", "stop_ray"]

@@ -32,7 +32,7 @@ from typing import Any
 from sfp_ray.config import RayConfig
 from sfp_ray.errors import ClusterError
 
-__all__ = ["ClusterError", "check_fit", "cluster_nodes", "parse_address", "start_ray"]
+__all__ = ["ClusterError", "check_fit", "cluster_nodes", "parse_address", "start_ray", "stop_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -380,3 +380,11 @@ def _fmt_opts(d: Mapping[str, int]) -> str:
 
 def _fmt_node(n: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in n.items() if k not in _IGNORED and not k.startswith("node:") and k != "memory"}
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray; stops the instance when this process started it (never ``ray stop``)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,211 @@
+"""The Python API: one call runs methods over seeds and returns the report as DataFrames.
+
+The CLI (``sfp-ray run`` / ``compare``) is a thin layer over these functions.
+
+Example (a tiny run on synthetic data, in-process; the Ray executor is the default)::
+
+    >>> import sfp_ray
+    >>> r = sfp_ray.compare(["sfprompt", "fl_full"], overrides=[
+    ...     "data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
+    ...     "model.patch_size=4", "model.depth=2", "federation.num_clients=2", "federation.clients_per_round=2",
+    ...     "federation.rounds=1", "data.samples_per_client=8", "data.test_samples=16"],
+    ...     executor="serial", out=tmp_dir, plots=False)  # doctest: +SKIP
+    >>> list(r.summary["method"])  # doctest: +SKIP
+    ['sfprompt', 'fl_full']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sfp_ray.config import Config, build_config, load_config
+from sfp_ray.errors import ConfigError
+
+ConfigLike = Config | str | os.PathLike | Mapping[str, Any] | Sequence[str] | None
+
+
+@dataclass
+class Results:
+    """The report of a run folder as DataFrames (the same tables as its files), plus the folder.
+
+    ``summary`` has one row per method (mean ± CI over seeds), ``summary_by_seed`` one per
+    (method, seed); ``rounds``, ``costs``, ``messages`` and ``clients`` hold every row.
+    """
+
+    out: Path
+    summary: pd.DataFrame
+    summary_by_seed: pd.DataFrame
+    rounds: pd.DataFrame
+    costs: pd.DataFrame
+    messages: pd.DataFrame = field(default_factory=pd.DataFrame)
+    clients: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> Results:
+        """Read the report of a finished run folder."""
+        from sfp_ray.reports import load_run, summarize, summarize_by_seed
+
+        d = Path(out)
+        costs, rounds = load_run(d)
+        by_seed = summarize_by_seed(costs, rounds)
+
+        def read(name: str) -> pd.DataFrame:
+            p = d / name
+            return pd.read_csv(p) if p.is_file() else pd.DataFrame()
+
+        return cls(d, summarize(costs, rounds, by_seed), by_seed, rounds, costs, read("messages.csv"),
+                   read("clients.csv"))
+
+
+def to_config(config: ConfigLike = None, overrides: Sequence[str] = ()) -> Config:
+    """A :class:`Config` from a Config, a YAML path, a nested mapping or ``key=value`` strings, plus overrides."""
+    if isinstance(config, Config):
+        return config.replace(**dict(_split(o) for o in overrides)) if overrides else config
+    if config is None:
+        return load_config(None, overrides)
+    if isinstance(config, (str, os.PathLike)) and not (isinstance(config, str) and "=" in config):
+        return load_config(config, overrides)
+    if isinstance(config, Mapping):
+        return build_config(config, overrides)
+    if isinstance(config, str):
+        return load_config(None, [config, *overrides])
+    return load_config(None, [*config, *overrides])
+
+
+def _split(item: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. federation.rounds=3")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides: Sequence[str] = (),
+                seeds: Sequence[int] | None = None, executor: str = "ray", address: str | None = None,
+                out: str | os.PathLike | None = None, plots: bool = True,
+                progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None) -> Results:
+    """Run every method once per seed on the same data and devices; write the report to ``out``.
+
+    Args:
+        methods: registered method names.
+        config: the configuration (see :func:`to_config`).
+        overrides: ``key=value`` settings applied on top of ``config``.
+        seeds: run seeds (default: the configuration's ``seed``).
+        executor: ``ray`` (client actors) or ``serial`` (in-process reference).
+        address: the Ray cluster to join (``auto`` or ``HOST:PORT``); default: a private
+            local Ray (``ray.address``).
+        out: the report folder (default ``runs/<timestamp>``).
+        plots: write the PNG plots.
+        progress: called with every round record.
+        echo: called with one-line notices (caps applied, fallbacks taken, where the report goes).
+    """
+    from sfp_ray.methods import get_method
+    from sfp_ray.orchestrator import Orchestrator, default_out_dir, prepare_run
+    from sfp_ray.pretrain import resolve_checkpoint
+    from sfp_ray.reports import ReportSink
+
+    say = echo or (lambda _msg: None)
+    cfg = to_config(config, overrides)
+    if executor not in ("ray", "serial"):
+        raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
+    methods = list(methods)
+    if not methods:
+        raise ConfigError("methods: give at least one method, e.g. sfprompt,fl_full")
+    for m in methods:
+        get_method(m)  # validate all names before any work
+    seeds = list(seeds) if seeds is not None else [cfg.seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
+    folder = check_out_dir(Path(out) if out is not None else default_out_dir())
+    ck_cache: dict[str, str | None] = {}
+
+    def resolve(c: Config) -> str | None:
+        key = repr((c.model, c.pretrain, c.data.root))
+        if key not in ck_cache:
+            ck_cache[key] = resolve_checkpoint(c, log_fn=say)
+        return ck_cache[key]
+
+    # everything is validated (and data loaded, the backbone pre-trained) before any run starts
+    specs = [prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s in seeds for m in methods]
+    for note in dict.fromkeys(n for s in specs for n in s.notices):
+        say(f"notice: {note}")
+    sink = ReportSink(folder, plots=plots)
+    say(f"writing the report to {folder}")
+    with _executors(executor, specs, cfg, address, say) as make:
+        for spec in specs:
+            f = spec.cfg.federation
+            say(f"{spec.method.name} seed {spec.cfg.seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
+                f"{f.rounds} rounds, {executor} executor, data {spec.cfg.data.name} "
+                f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
+            with make() as ex:
+                Orchestrator(spec, ex, [sink], progress=progress).run()
+    sink.finalize()
+    return Results.load(folder)
+
+
+class _executors:
+    """Context manager yielding an executor factory; owns the Ray instance and actor pool it starts."""
+
+    def __init__(self, kind: str, specs: Sequence[Any], cfg: Config, address: str | None,
+                 say: Callable[[str], None]) -> None:
+        self.kind, self.specs, self.cfg, self.address, self.say = kind, specs, cfg, address, say
+        self.started = False
+        self.pool: Any = None
+
+    def __enter__(self) -> Callable[[], Any]:
+        if self.kind == "serial":
+            from sfp_ray.executors.serial import SerialExecutor
+
+            return SerialExecutor
+        from sfp_ray.executors.ray import ActorPool, RayExecutor, start_ray
+
+        self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
+        self.pool = ActorPool.for_specs(self.specs)
+        for note in self.pool.plan.notices:
+            self.say(f"notice: {note}")
+        return lambda: RayExecutor(self.pool)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self.started:
+            from sfp_ray.executors.ray import stop_ray
+
+            stop_ray()
+
+
+def run(config: ConfigLike = None, *, method: str | None = None, overrides: Sequence[str] = (),
+        **kwargs: Any) -> Results:
+    """Run one method (default: the configuration's ``method``); see :func:`run_methods` for the options."""
+    cfg = to_config(config, overrides)
+    return run_methods([method or cfg.method], cfg, **kwargs)
+
+
+def compare(methods: Sequence[str] = ("sfprompt", "fl_full"), config: ConfigLike = None, *,
+            overrides: Sequence[str] = (), **kwargs: Any) -> Results:
+    """Run several methods on the same data, seeds and devices; see :func:`run_methods` for the options."""
+    return run_methods(methods, config, overrides=overrides, **kwargs)
+
+
+def check_out_dir(path: Path) -> Path:
+    """Create the output folder (or check the existing one) and that it is writable; one-line errors."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out: {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sfp-ray-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write to {path} ({e.strerror or e})") from None
+    return path
+
+
+__all__ = ["Results", "check_out_dir", "compare", "run", "run_methods", "to_config"]
