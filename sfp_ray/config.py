@@ -28,6 +28,8 @@ from sfp_ray.errors import ConfigError
 Partition = Literal["iid", "dirichlet", "shards"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 BypassPool = Literal["auto", "model", "avg"]
+PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLICIES
+ScoreAt = Literal["download", "local_update"]
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,26 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """EL2N data pruning (Paul et al. 2021). ``keep_ratio = 1.0`` disables pruning."""
+    """EL2N data pruning (Paul et al. 2021). ``keep_ratio = 1.0`` disables pruning.
+
+    ``policy`` is the selection rule (:func:`sfp_ray.pruning.select`): ``hardest`` keeps the
+    highest EL2N scores (the paper's literal reading), ``easiest`` the lowest, ``random`` a
+    seeded draw (the control). ``per_class`` applies the rule within class quotas
+    proportional to the client's class sizes; ``skip_top`` first sets aside that fraction of
+    the highest scores (Paul et al.'s offset). ``score_at``: ``download`` scores with the
+    freshly downloaded prompts + tail; ``local_update`` scores after the local-loss update,
+    which then trains on all local samples in the rounds the client scores. A client scores
+    at its first participation and again every participation when ``every_round``, or when
+    ``refresh_every`` (> 0) rounds have passed since it last scored.
+    """
 
     keep_ratio: float = 0.5
     every_round: bool = False
+    policy: PruningPolicy = "hardest"
+    per_class: bool = False
+    skip_top: float = 0.0
+    score_at: ScoreAt = "download"
+    refresh_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -484,6 +502,8 @@ def validate(cfg: Config) -> None:
         "pruning.keep_ratio",
         f"must be in (0, 1] (1.0 disables pruning), got {pr.keep_ratio}",
     )
+    _require(0.0 <= pr.skip_top < 1.0, "pruning.skip_top", f"must be in [0, 1), got {pr.skip_top}")
+    _require(pr.refresh_every >= 0, "pruning.refresh_every", f"must be >= 0 (0: score once), got {pr.refresh_every}")
     _require(t.local_epochs >= 0, "train.local_epochs", f"must be >= 0, got {t.local_epochs}")
     _require(t.split_epochs >= 0, "train.split_epochs", f"must be >= 0, got {t.split_epochs}")
     _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")

@@ -14,9 +14,9 @@ every method's projection against the FLOPs and bytes one round of a run execute
 ``num_classes`` (default: the number of ``data.classes``, else the dataset's).
 
 Pruning (EL2N scoring of all local samples) runs once per client unless
-``pruning.every_round``; ``client_flops`` spreads that one-off cost over the client's
-expected participations ``rounds * clients_per_round / num_clients`` (at least 1), and
-``client_flops_first_round`` shows the round in which it is paid.
+``pruning.every_round`` or ``pruning.refresh_every``; ``client_flops`` spreads the scoring
+cost over the client's expected participations ``rounds * clients_per_round / num_clients``
+(at least 1), and ``client_flops_first_round`` shows the round in which it is paid.
 """
 
 from __future__ import annotations

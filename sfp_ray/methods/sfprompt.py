@@ -6,7 +6,9 @@ tail ``W_t`` train. One round per client:
 
 0. ``download``: receive the global ``(p, W_t)``;
 1a. ``prune``: EL2N-score every local sample with head + tail, body bypassed (Paul et al.,
-    NeurIPS 2021), and keep a fraction ``pruning.keep_ratio`` (once, or every round);
+    NeurIPS 2021), and keep a fraction ``pruning.keep_ratio`` chosen by ``pruning.policy``
+    (:mod:`sfp_ray.pruning`); at the first participation, then per ``pruning.every_round`` /
+    ``pruning.refresh_every``; after 1b instead when ``pruning.score_at=local_update``;
 1b. ``local_update``: train ``(p, W_t)`` on the kept samples with the body bypassed;
 2. ``split_train``: U-shaped split training through the server's frozen body
    (:func:`~sfp_ray.roles.client.split_step`); only the tokens the other side needs cross
@@ -28,7 +30,7 @@ from sfp_ray.config import Config
 from sfp_ray.costs import Ledger, payload_bytes
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
-from sfp_ray.pruning import el2n_scores, keep_count, select_hardest
+from sfp_ray.pruning import el2n_scores, keep_count, select
 from sfp_ray.roles.client import (
     BodyLink,
     ClientTask,
@@ -95,15 +97,22 @@ class SFPromptClient(SplitClientRole):
         opt = make_optimizer(self.params, t)
         return run_epochs(data, t.local_epochs, t.batch_size, gen, lambda x, y: self.local_step(x, y, ledger, opt))
 
-    def prune(self, task: ClientTask, data: ArrayDataset, ledger: Ledger, cs: dict[str, Any]) -> Any:
-        """Phase 1a when due: EL2N-score ``data`` and keep the hardest fraction; the kept indices."""
+    def rescore_due(self, task: ClientTask, cs: dict[str, Any]) -> bool:
+        """Whether this participation scores: the first one, then per ``every_round`` / ``refresh_every``."""
         pc = self.cfg.pruning
-        kept = cs.get("kept")
-        if pc.keep_ratio >= 1.0 or (kept is not None and not pc.every_round):
-            return kept
+        if pc.keep_ratio >= 1.0:
+            return False
+        if cs.get("kept") is None or pc.every_round:
+            return True
+        return pc.refresh_every > 0 and task.round - int(cs["pruned_at_round"]) >= pc.refresh_every
+
+    def prune(self, task: ClientTask, data: ArrayDataset, ledger: Ledger, cs: dict[str, Any]) -> Any:
+        """Phase 1a: EL2N-score ``data`` and select by ``pruning.policy``; the kept indices (also in ``cs``)."""
+        pc = self.cfg.pruning
         with ledger.phase("prune"):
             scores = self.score(data, ledger)
-            kept = select_hardest(scores, pc.keep_ratio).numpy()
+            kept = select(scores, data.labels, pc.keep_ratio, pc.policy, per_class=pc.per_class,
+                          skip_top=pc.skip_top, seed=task.seed).numpy()
             ledger.add_samples("head", len(data))
         cs["kept"] = kept
         cs["pruned_at_round"] = task.round
@@ -112,13 +121,19 @@ class SFPromptClient(SplitClientRole):
     def train(self, task: ClientTask, data: ArrayDataset, link: BodyLink | None, ledger: Ledger,
               gen: torch.Generator) -> TrainResult:
         cfg, cs = self.cfg, dict(task.client_state)
-        kept = self.prune(task, data, ledger, cs)
+        local = cfg.train.local_update and cfg.train.local_epochs > 0
+        rescore = self.rescore_due(task, cs)
+        after_local = rescore and local and cfg.pruning.score_at == "local_update"
+        kept = self.prune(task, data, ledger, cs) if rescore and not after_local else cs.get("kept")
         train_data = data.subset(kept) if kept is not None else data
         loss = float("nan")
-        if cfg.train.local_update and cfg.train.local_epochs > 0:
+        if local:
+            local_data = data if after_local else train_data  # scoring after 1b: 1b sees every sample
             with ledger.phase("local_update"):
-                loss = self.local_update(train_data, ledger, gen)
-                ledger.add_samples("tail", len(train_data) * cfg.train.local_epochs)
+                loss = self.local_update(local_data, ledger, gen)
+                ledger.add_samples("tail", len(local_data) * cfg.train.local_epochs)
+        if after_local:
+            train_data = data.subset(self.prune(task, data, ledger, cs))
         if cfg.train.split_epochs > 0:
             loss = self.train_split(train_data, link, ledger, gen)
         return TrainResult(loss, cs)
@@ -139,6 +154,23 @@ class SFPrompt(Method):
     def client_role(self, ws: Workspace, cfg: Config) -> SFPromptClient:
         return SFPromptClient(ws, cfg)
 
+    @staticmethod
+    def scoring_share(ctx: CostContext) -> float:
+        """Expected fraction of a client's participations in which it scores (1a).
+
+        Once: ``1 / participations``. ``every_round``: 1. ``refresh_every = k``: a client that
+        takes part with probability ``q = clients_per_round / num_clients`` rescores about every
+        ``max(1, k q)`` participations (an average; the executed rounds are exact).
+        """
+        pc, f = ctx.cfg.pruning, ctx.cfg.federation
+        if pc.every_round:
+            return 1.0
+        once = 1.0 / ctx.participations()
+        if pc.refresh_every <= 0:
+            return once
+        q = f.clients_per_round / f.num_clients
+        return max(once, 1.0 / max(1.0, pc.refresh_every * q))
+
     def project(self, ctx: CostContext) -> dict[str, float]:
         """Per-client costs of one round from the passes one sample takes (see the module docstring)."""
         cfg, split, x, y, n = ctx.cfg, ctx.split, ctx.x, ctx.y, ctx.samples
@@ -152,7 +184,7 @@ class SFPrompt(Method):
             h0 = forward_pass(split.head, x, False)
             prune = n * (ctx.flops(lambda: forward_pass(split.head, x, False))
                          + ctx.flops(lambda: split.bypass_tail(h0)))
-        local = 0
+        local = local_scoring = 0
         if t.local_update and t.local_epochs > 0:  # 1b: local-loss update, body bypassed
             h = forward_pass(split.head, x, has_p)
             hd = h.detach().requires_grad_(has_p)
@@ -160,6 +192,8 @@ class SFPrompt(Method):
             if has_p:
                 f += ctx.flops(lambda: h.backward(hd.grad, retain_graph=True))
             local = kept * t.local_epochs * f
+            if pc.keep_ratio < 1.0 and pc.score_at == "local_update":  # 1b sees every sample when scoring
+                local_scoring = n * t.local_epochs * f
         # 2: split training, per sample: head fwd, body fwd, tail fwd+bwd, body bwd, head bwd
         h = forward_pass(split.head, x, has_p)
         f_head = ctx.flops(lambda: forward_pass(split.head, x, has_p))
@@ -180,10 +214,11 @@ class SFPrompt(Method):
         e = t.split_epochs
         split_client = kept * e * (f_head + f_tail + f_hb)
         state = ctx.state_bytes(sorted(names))
-        prune_per_round = prune if pc.every_round else prune / ctx.participations()
+        share = self.scoring_share(ctx)
+        extra_local = (local_scoring - local) if local_scoring else 0
         return {
-            "client_flops": local + split_client + prune_per_round,
-            "client_flops_first_round": local + split_client + prune,
+            "client_flops": local + split_client + share * (prune + extra_local),
+            "client_flops_first_round": local + split_client + prune + extra_local,
             "prune_flops": prune,
             "local_update_flops": local,
             "split_client_flops": split_client,
