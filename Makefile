@@ -1,6 +1,7 @@
 # sfp-ray: two commands do all the set-up on a fresh machine.
 #   make demo   - install, pre-train the offline backbone once (cached), compare sfprompt vs fl_full
 #   make test   - install, run the test suite
+#   make bench-flower - peer benchmark against Flower's Ray simulation (benchmarks/peers/README.md)
 # Both are idempotent: a second run skips finished steps.
 
 PY ?= python3
@@ -11,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 DEMO_OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install data lint clean-runs
+.PHONY: demo test install data lint clean-runs bench-flower
 
 install: $(STAMP)
 
@@ -48,3 +49,20 @@ lint: install
 
 clean-runs:
 	rm -rf runs
+
+# Peer benchmark: sfp-ray vs Flower 1.41's Ray simulation on the same FedAvg work
+# (benchmarks/peers/README.md). Flower lives in its own venv - it pins ray 2.55.1 and
+# protobuf<7 - and is never a dependency of sfp-ray. Extra arguments: BENCH_FLOWER_ARGS="--pairs 1".
+FLOWER_VENV := .venv-flower
+FLOWER_PY ?= $(shell command -v python3.11 2>/dev/null || echo $(PY))
+FLOWER_STAMP := $(FLOWER_VENV)/.installed-stamp
+FLOWER_PINS := torch==2.14.1 torchvision==0.29.1 timm==1.0.31 "flwr[simulation]==1.41.0"
+BENCH_FLOWER_ARGS ?=
+
+$(FLOWER_STAMP): Makefile
+	@test -x $(FLOWER_VENV)/bin/python || $(FLOWER_PY) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install -q $(FLOWER_PINS)
+	@touch $(FLOWER_STAMP)
+
+bench-flower: install data $(FLOWER_STAMP)
+	$(BIN)/python benchmarks/peers/compare_flower.py --flower-python $(FLOWER_VENV)/bin/python $(BENCH_FLOWER_ARGS)
