@@ -65,8 +65,8 @@ COLUMNS = ["framework", "pair", "order", "startup_s", "rounds_s", "eval_s", "tot
 
 
 # =========================================================================== the sfp-ray command
-# Adjust here when sfp-ray's Ray executor changes (it is being reworked to size its actor pool
-# itself; today it needs a pool of 2 slot actors and device classes with a 1-CPU ticket).
+# sfp-ray sizes its actor pool from the cluster's free CPUs; the peer catalog gives every client
+# a 1-CPU ticket (Flower's trainers) and a server that takes no CPU ticket.
 
 
 def sfp_ray_work(rounds: int, clients: int, samples: int, test_samples: int) -> list[str]:
@@ -87,7 +87,7 @@ def sfp_ray_work(rounds: int, clients: int, samples: int, test_samples: int) -> 
 def sfp_ray_runtime(cpus: int) -> list[str]:
     """``--set`` items that give sfp-ray's Ray executor ``cpus`` trainers of 1 CPU and a CPU-less server."""
     return [
-        f"ray.num_cpus={cpus}", f"ray.max_actors={cpus}",
+        f"ray.num_cpus={cpus}",
         f"devices.catalog={CATALOG}", "devices.mix={peer_cpu1: 1.0}", "devices.server=peer_server",
     ]
 
@@ -117,7 +117,7 @@ def dump_work(sets: list[str], path: Path) -> dict[str, Any]:
 
     from sfp_ray.config import load_config
     from sfp_ray.orchestrator import derive_seed, prepare_run
-    from sfp_ray.roles.workspace import Workspace
+    from sfp_ray.roles.workspace import PARTS
 
     spec_run = prepare_run(load_config(overrides=sets), "fl_full", resolve_checkpoint=lambda c: None)
     cfg = spec_run.cfg
@@ -125,8 +125,9 @@ def dump_work(sets: list[str], path: Path) -> dict[str, Any]:
     if t.optimizer != "sgd" or f.clients_per_round != f.num_clients or cfg.model.checkpoint or m.pretrained:
         raise SystemExit("compare_flower: the Flower script implements SGD, all clients every round and "
                          "random init only")
-    ws = Workspace(cfg, spec_run.num_classes, None)
+    ws = spec_run.workspace(PARTS)
     params = [p.detach().double() for p in ws.split.parameters()]
+    init = {f"init/{k}": v.detach().numpy() for k, v in ws.vit.state_dict().items()}
     parts = spec_run.client_indices
     train_x, train_y = spec_run.train.images, spec_run.train.labels
     spec = {
@@ -151,6 +152,7 @@ def dump_work(sets: list[str], path: Path) -> dict[str, Any]:
                        dtype=np.int64),
         init_checks=np.array([sum(p.numel() for p in params), float(sum(p.sum() for p in params)),
                               float(sum((p * p).sum() for p in params))]),
+        **init,
     )
     return spec
 

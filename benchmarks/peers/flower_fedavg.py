@@ -16,9 +16,9 @@ with sfp-ray's own code from the very configuration it passes to ``sfp-ray run``
   ``derive_seed(seed, r, c)``), used the same way (``torch.randperm`` with a seeded generator);
 * checks: each client's labels, the float64 sums of each client's normalised images and of
   the test images, and the float64 sum / sum of squares of sfp-ray's initial weights. This
-  script reads the idx files itself (its own reader below) and builds the model itself
-  (``torch.manual_seed(seed)`` then ``timm.create_model``). ``--check`` compares every client's
-  data and the initial weights with those checks and exits (``compare_flower.py`` runs it once,
+  script reads the idx files itself (its own reader below), builds the model itself with
+  ``timm.create_model`` and loads sfp-ray's initial weights from the work file (``init/*``).
+  ``--check`` compares every client's data and the initial weights with those checks and exits (``compare_flower.py`` runs it once,
   untimed, before the timed runs); a timed run checks the test split and the initial weights,
   which it loads and builds anyway. So the two frameworks train the same model from the same
   weights on the same samples in the same order.
@@ -131,8 +131,8 @@ def _close(a: float, b: float, what: str) -> None:
 # --------------------------------------------------------------------------- model
 
 
-def build_model(spec: dict[str, Any]) -> torch.nn.Module:
-    """The timm ViT of ``spec``, random init from ``torch.manual_seed(spec['seed'])``."""
+def build_model(spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The timm ViT of ``spec`` with sfp-ray's initial weights (``init/<name>`` arrays of the work file)."""
     kwargs = {k: spec[k] for k in ("img_size", "patch_size", "in_chans", "depth", "embed_dim", "num_heads",
                                    "global_pool") if spec.get(k) is not None}
     torch.manual_seed(spec["seed"])
@@ -140,6 +140,10 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     for m in model.modules():  # the same attention kernel as sfp-ray's model.fused_attn setting
         if isinstance(getattr(m, "fused_attn", None), bool):
             m.fused_attn = spec["fused_attn"]
+    init = {k[len("init/"):]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("init/")}
+    if set(init) != set(model.state_dict()):
+        raise RuntimeError("work file check failed: its initial weights do not name this model's tensors")
+    model.load_state_dict(init)
     return model
 
 
@@ -159,7 +163,7 @@ def _client_setup(cfg: ConfigRecord) -> tuple[dict[str, Any], dict[str, np.ndarr
     if _ACTOR.get("work") != cfg["work"]:
         spec, arrays = load_work(str(cfg["work"]))
         x, y = load_split(str(cfg["data_dir"]), True, spec["classes"])
-        _ACTOR.update(work=cfg["work"], spec=spec, arrays=arrays, x=x, y=y, model=build_model(spec))
+        _ACTOR.update(work=cfg["work"], spec=spec, arrays=arrays, x=x, y=y, model=build_model(spec, arrays))
     return _ACTOR["spec"], _ACTOR["arrays"], _ACTOR["model"], _ACTOR["x"], _ACTOR["y"]
 
 
@@ -227,7 +231,7 @@ def server_main(grid: Grid, context: Context) -> None:
     spec, arrays = JOB["spec"], JOB["arrays"]
     torch.set_num_threads(JOB["eval_threads"])
     test_x, test_y = JOB["test"]
-    model = build_model(spec)
+    model = build_model(spec, arrays)
     check_weights(arrays, *weight_checks(model))
     rounds, clients = spec["rounds"], spec["num_clients"]
 
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None, script_start: float = SCRIPT_START) -> i
     spec, arrays = load_work(args.work)
     if args.check:
         check_train_data(spec, arrays, args.data_dir)
-        n, s, s2 = weight_checks(build_model(spec))
+        n, s, s2 = weight_checks(build_model(spec, arrays))
         check_weights(arrays, n, s, s2)
         print(f"flower_fedavg: {args.work}: the data of {spec['num_clients']} clients, the test split and the "
               "initial weights match sfp-ray's")
