@@ -20,8 +20,8 @@ with sfp-ray's own code from the very configuration it passes to ``sfp-ray run``
   ``timm.create_model`` and loads sfp-ray's initial weights from the work file (``init/*``).
   ``--check`` compares every client's data and the initial weights with those checks and exits
   (``compare_flower.py`` runs it once, untimed, before the timed runs); a timed run checks the
-  test split and the initial weights, which it loads and builds anyway. So the two frameworks train the same model from the same
-  weights on the same samples in the same order.
+  test split and the initial weights, which it loads and builds anyway. So the two frameworks
+  train the same model from the same weights on the same samples in the same order.
 
 Flower side: a ``ServerApp`` running the Message-API ``FedAvg`` strategy (every client in every
 round, weighted by ``num-examples``, no client-side evaluation) and a ``ClientApp`` whose
