@@ -63,6 +63,8 @@ ARMS: tuple[Arm, ...] = (
     Arm("random", "sfprompt", pol("random", False), KEEPS),
     Arm("hardest_after_local", "sfprompt", pol("hardest", False, "pruning.score_at=local_update"), (0.5,)),
     Arm("hardest_per_class_after_local", "sfprompt", pol("hardest", True, "pruning.score_at=local_update"), (0.5,)),
+    Arm("easiest_per_class_scope_split", "sfprompt", pol("easiest", True, "pruning.scope=split"), KEEPS),
+    Arm("hardest_per_class_scope_split", "sfprompt", pol("hardest", True, "pruning.scope=split"), (0.5,)),
     Arm("hardest_refresh2", "sfprompt", pol("hardest", False, "pruning.refresh_every=2"), (0.5,)),
     Arm("hardest_skip_top10", "sfprompt", pol("hardest", False, "pruning.skip_top=0.1"), (0.5,)),
     Arm("cut_0_0", "sfprompt", ("split.head_blocks=0", "split.tail_blocks=0"), group="cut"),

@@ -30,6 +30,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 BypassPool = Literal["auto", "model", "avg"]
 PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLICIES
 ScoreAt = Literal["download", "local_update"]
+PruneScope = Literal["all", "split"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ class PruningConfig:
     freshly downloaded prompts + tail; ``local_update`` scores after the local-loss update,
     which then trains on all local samples in the rounds the client scores. A client scores
     at its first participation and again every participation when ``every_round``, or when
-    ``refresh_every`` (> 0) rounds have passed since it last scored.
+    ``refresh_every`` (> 0) rounds have passed since it last scored. ``scope``: ``all`` trains
+    both the local-loss update and split training on the kept samples; ``split`` prunes only
+    what goes through the server (split training), the local-loss update sees every sample.
     """
 
     keep_ratio: float = 0.5
@@ -106,6 +109,7 @@ class PruningConfig:
     skip_top: float = 0.0
     score_at: ScoreAt = "download"
     refresh_every: int = 0
+    scope: PruneScope = "all"
 
 
 @dataclass(frozen=True)

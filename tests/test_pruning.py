@@ -210,3 +210,32 @@ def test_refresh_every_rescores_after_k_rounds() -> None:
     assert "prune" in {c.phase for c in out3.costs} and out3.client_state["pruned_at_round"] == 3
     scores, _ = client_scores(spec, ex, out2.state, 0, 3)
     assert out3.client_state["kept"].tolist() == select_hardest(scores, 0.5).tolist()
+
+
+def test_scope_split_prunes_only_split_training() -> None:
+    spec, ex, init, task = start(**{"pruning.scope": "split", "pruning.keep_ratio": 0.25})
+    idx = spec.client_indices[0]
+    n = len(idx)
+    out = ex.run_clients([task(0, 1, 11, idx)], init)[0]
+    samples = {c.phase: c.samples for c in out.costs if c.samples}
+    assert samples["local_update"] == n and samples["split_train"] == keep_count(n, 0.25)
+    out2 = ex.run_clients([task(0, 2, 12, idx, out.client_state)], out.state)[0]
+    samples2 = {c.phase: c.samples for c in out2.costs if c.samples}
+    assert "prune" not in samples2 and samples2["local_update"] == n
+
+
+@pytest.mark.parametrize("overrides", [{"pruning.scope": "split"}, {"pruning.score_at": "local_update"},
+                                       {"pruning.every_round": True}])
+def test_projection_follows_the_pruning_options(overrides) -> None:
+    """One executed round (every client scores in round 1) matches the first-round projection."""
+    from test_methods import tiny_config
+
+    from sfp_ray.projection import project_method
+
+    cfg = tiny_config(**{"pruning.keep_ratio": 0.5, **overrides})
+    spec, ex, init, task = start(**{"pruning.keep_ratio": 0.5, **overrides})
+    out = ex.run_clients([task(0, 1, 11, spec.client_indices[0])], init)[0]
+    executed = sum(c.flops for c in out.costs if c.side == "client")
+    assert len(spec.client_indices[0]) == cfg.data.samples_per_client
+    row = project_method(cfg, "sfprompt")
+    assert executed == pytest.approx(row["client_flops_first_round"], rel=0.01)

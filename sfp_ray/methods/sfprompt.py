@@ -128,7 +128,8 @@ class SFPromptClient(SplitClientRole):
         train_data = data.subset(kept) if kept is not None else data
         loss = float("nan")
         if local:
-            local_data = data if after_local else train_data  # scoring after 1b: 1b sees every sample
+            # 1b sees every sample when scoring after it, or when pruning only thins split training
+            local_data = data if after_local or cfg.pruning.scope == "split" else train_data
             with ledger.phase("local_update"):
                 loss = self.local_update(local_data, ledger, gen)
                 ledger.add_samples("tail", len(local_data) * cfg.train.local_epochs)
@@ -192,7 +193,9 @@ class SFPrompt(Method):
             if has_p:
                 f += ctx.flops(lambda: h.backward(hd.grad, retain_graph=True))
             local = kept * t.local_epochs * f
-            if pc.keep_ratio < 1.0 and pc.score_at == "local_update":  # 1b sees every sample when scoring
+            if pc.keep_ratio < 1.0 and pc.scope == "split":  # 1b always sees every sample
+                local = n * t.local_epochs * f
+            elif pc.keep_ratio < 1.0 and pc.score_at == "local_update":  # 1b sees every sample when scoring
                 local_scoring = n * t.local_epochs * f
         # 2: split training, per sample: head fwd, body fwd, tail fwd+bwd, body bwd, head bwd
         h = forward_pass(split.head, x, has_p)
