@@ -1,5 +1,7 @@
 # sfp-ray: two commands do all the set-up on a fresh machine.
 #   make demo   - install, pre-train the offline backbone once (cached), compare sfprompt vs fl_full
+#                 over seeds 0,1,2 on Ray client actors (mean ± 95% CI), then project the paper's
+#                 thin cut (no client blocks) next to the default cut
 #   make test   - install, run the test suite
 #   make bench-flower - peer benchmark against Flower's Ray simulation (benchmarks/peers/README.md)
 # Both are idempotent: a second run skips finished steps.
@@ -38,7 +40,11 @@ data:
 
 demo: install data
 	$(BIN)/sfp-ray pretrain
-	$(BIN)/sfp-ray compare --methods sfprompt,fl_full --out $(DEMO_OUT)
+	$(BIN)/sfp-ray compare --methods sfprompt,fl_full --seeds 0,1,2 --out $(DEMO_OUT)
+	@echo "client FLOPs of the paper's thin cut (head/tail blocks 0/0) vs the default cut (1/1), projected:"
+	$(BIN)/sfp-ray project --methods sfprompt,fl_full --set split.head_blocks=0 --set split.tail_blocks=0 \
+	  --out $(DEMO_OUT)/project-cut-0-0
+	$(BIN)/sfp-ray project --methods sfprompt,fl_full --out $(DEMO_OUT)/project-cut-1-1
 
 test: install data
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -57,15 +57,12 @@ ARMS: tuple[Arm, ...] = (
     Arm("fl_full", "fl_full", (), group="reference"),
     Arm("no_prune", "sfprompt_no_prune", (), group="reference"),
     Arm("hardest", "sfprompt", pol("hardest", False), KEEPS),
-    Arm("easiest", "sfprompt", pol("easiest", False), KEEPS),
-    Arm("hardest_per_class", "sfprompt", pol("hardest", True), KEEPS),
+    Arm("easiest", "sfprompt", pol("easiest", False), (0.5,)),
+    Arm("hardest_per_class", "sfprompt", pol("hardest", True), (0.5,)),
     Arm("easiest_per_class", "sfprompt", pol("easiest", True), KEEPS),
     Arm("random", "sfprompt", pol("random", False), KEEPS),
-    Arm("hardest_after_local", "sfprompt", pol("hardest", False, "pruning.score_at=local_update"), (0.5,)),
-    Arm("hardest_per_class_after_local", "sfprompt", pol("hardest", True, "pruning.score_at=local_update"), (0.5,)),
     Arm("easiest_per_class_scope_split", "sfprompt", pol("easiest", True, "pruning.scope=split"), KEEPS),
-    Arm("hardest_per_class_scope_split", "sfprompt", pol("hardest", True, "pruning.scope=split"), (0.5,)),
-    Arm("hardest_refresh2", "sfprompt", pol("hardest", False, "pruning.refresh_every=2"), (0.5,)),
+    Arm("hardest_per_class_after_local", "sfprompt", pol("hardest", True, "pruning.score_at=local_update"), (0.5,)),
     Arm("hardest_skip_top10", "sfprompt", pol("hardest", False, "pruning.skip_top=0.1"), (0.5,)),
     Arm("cut_0_0", "sfprompt", ("split.head_blocks=0", "split.tail_blocks=0"), group="cut"),
     Arm("cut_2_2", "sfprompt", ("split.head_blocks=2", "split.tail_blocks=2"), group="cut"),
@@ -197,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     base = list(args.overrides)
     keeps = {float(k) for k in args.keeps.split(",")} if args.keeps else None
     todo = [(a, k, s) for a, k in cells(arms) for s in seeds if keeps is None or a.group != "policy" or k in keeps]
+    # references first, then keep 0.5 (the default), then the other keep ratios, the cut last
+    todo.sort(key=lambda c: (c[0].group == "cut", c[0].group == "policy", c[1] != 0.5))
     t0 = time.perf_counter()
     if not args.report_only:
         for i, (arm, keep, seed) in enumerate(todo, 1):

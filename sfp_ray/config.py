@@ -118,7 +118,7 @@ class TrainConfig:
 
     local_epochs: int = 1
     split_epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 1e-3
     optimizer: Optimizer = "adam"
     weight_decay: float = 0.0
@@ -141,7 +141,7 @@ class DataConfig:
     alpha: float = 0.5
     shards_per_client: int = 2
     classes: tuple[int, ...] | None = (5, 6, 7, 8, 9)
-    samples_per_client: int | None = 200
+    samples_per_client: int | None = 64
     test_samples: int | None = 1000
     min_samples: int = 8
 
@@ -151,8 +151,8 @@ class FederationConfig:
     """Cohort and rounds."""
 
     num_clients: int = 10
-    clients_per_round: int = 5
-    rounds: int = 5
+    clients_per_round: int = 10
+    rounds: int = 8
     eval_every: int = 1
 
 
