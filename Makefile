@@ -2,6 +2,7 @@
 #   make demo   - install, pre-train the offline backbone once (cached), compare sfprompt vs fl_full
 #   make test   - install, run the test suite
 # Both are idempotent: a second run skips finished steps.
+# make docs regenerates docs/configuration.md from sfp_ray/config.py (python -m sfp_ray.docgen).
 
 PY ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 DEMO_OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install data lint clean-runs
+.PHONY: demo test install data lint docs clean-runs
 
 install: $(STAMP)
 
@@ -41,6 +42,9 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+docs: install
+	$(BIN)/python -m sfp_ray.docgen
 
 lint: install
 	$(BIN)/pip install -q ruff==0.17.5
