@@ -5,6 +5,7 @@
 #   make test   - install, run the test suite
 #   make bench-flower - peer benchmark against Flower's Ray simulation (benchmarks/peers/README.md)
 # Both are idempotent: a second run skips finished steps.
+# make docs regenerates docs/configuration.md from sfp_ray/config.py (python -m sfp_ray.docgen).
 
 PY ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 DEMO_OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install data lint clean-runs bench-flower
+.PHONY: demo test install data lint docs clean-runs bench-flower
 
 install: $(STAMP)
 
@@ -48,6 +49,9 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+docs: install
+	$(BIN)/python -m sfp_ray.docgen
 
 lint: install
 	$(BIN)/pip install -q ruff==0.17.5

@@ -35,96 +35,120 @@ PruneScope = Literal["all", "split"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which timm ViT to build and from which weights.
+    """Which timm Vision Transformer to build and from which weights.
 
-    ``img_size``, ``patch_size``, ``in_chans``, ``depth``, ``embed_dim``, ``num_heads`` and
-    ``global_pool`` override the timm model's own values; ``null`` keeps them.
-
-    ``fused_attn`` selects timm's fused attention kernel; off by default so that every pass
-    runs the same arithmetic as the FLOP-counted ones (counting forces PyTorch's MATH kernel),
-    which keeps serial and Ray runs bit-comparable. Turn it on for speed on GPUs.
-
-    ``checkpoint`` may be a file path, ``"pretrain"`` (the backbone ``sfp-ray pretrain``
-    caches for this model; pre-trained on the fly when missing) or ``None`` (random init
-    unless ``pretrained``).
+    The size overrides (``img_size`` ... ``global_pool``) replace the timm model's own
+    values; ``null`` keeps them.
     """
 
     name: str = "vit_tiny_patch16_224"
+    """timm name of a Vision Transformer (``timm.models.VisionTransformer``), e.g. ``vit_base_patch16_224``."""
     img_size: int | None = 28
+    """Input side in pixels; images are resized to it. ``null``: the timm model's own."""
     patch_size: int | None = 7
+    """Patch side in pixels; must divide ``model.img_size``. ``null``: the timm model's own."""
     in_chans: int | None = 1
+    """Input channels, 1 or 3 (images are converted). ``null``: the timm model's own."""
     depth: int | None = 6
+    """Transformer blocks in all (head + body + tail). ``null``: the timm model's own."""
     embed_dim: int | None = None
+    """Token width. ``null``: the timm model's own."""
     num_heads: int | None = None
+    """Attention heads per block. ``null``: the timm model's own."""
     global_pool: str | None = None
+    """Pooling before the classifier (``token``, ``avg``, ``max``, ``avgmax``). ``null``: the timm model's own."""
     fused_attn: bool = False
+    """timm's fused attention kernel. Off: every pass runs the arithmetic of the FLOP-counted ones (counting
+    forces PyTorch's MATH kernel), so serial and Ray runs agree bit for bit; turn it on for speed on GPUs."""
     pretrained: bool = False
+    """Start from timm's pre-trained weights (Hugging Face hub or its local cache); ``checkpoint: pretrain`` is
+    then ignored."""
     checkpoint: str | None = "pretrain"
+    """Weights to start from: a file (``.pt``/``.pth``/``.safetensors``, a state dict or ``{"model": ...}``),
+    ``pretrain`` (the backbone ``sfp-ray pretrain`` caches for this model, pre-trained on first use) or
+    ``null``/``none`` (random initialisation unless ``model.pretrained``)."""
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Where the ViT is cut: the client keeps ``head_blocks`` first and ``tail_blocks`` last blocks.
-
-    ``bypass_pool`` chooses how the body-bypassed path (EL2N scoring and the local-loss
-    update) pools: ``model`` uses the model's own pooling, ``avg`` averages the patch tokens,
-    ``auto`` picks ``avg`` only for the trap case of a class-token ViT with
-    ``head_blocks = tail_blocks = 0`` (whose class token never meets the image without blocks).
-    """
+    """Where the ViT is cut: the client keeps the first and the last blocks, the server the body between."""
 
     head_blocks: int = 1
+    """Blocks of the client's head (after patch + position embedding); 0: the head is the embedding only."""
     tail_blocks: int = 1
+    """Last blocks of the client's tail (before the final norm + classifier); 0: norm + classifier only."""
     bypass_pool: BypassPool = "auto"
+    """Pooling of the body-bypassed path (EL2N scoring, local-loss update). ``model``: the model's own;
+    ``avg``: the mean of the patch tokens; ``auto``: ``avg`` for a class-token ViT cut at ``head_blocks =
+    tail_blocks = 0`` (whose class token never meets the image), ``model`` otherwise."""
 
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """Soft prompts (VPT, Jia et al. 2022). ``num_tokens = 0`` disables them."""
+    """Soft prompts (VPT, Jia et al. 2022) inserted after the class token at the head's input."""
 
     num_tokens: int = 10
+    """Soft prompt tokens; 0 disables prompts."""
     deep: bool = False
+    """VPT-deep on the client side: each head block after the first and each tail block replaces the prompt
+    tokens with its own (the server's body gets none)."""
 
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """EL2N data pruning (Paul et al. 2021). ``keep_ratio = 1.0`` disables pruning.
+    """EL2N data pruning (Paul et al. 2021), SFPrompt's phase 1a; see :mod:`sfp_ray.pruning`.
 
-    ``policy`` is the selection rule (:func:`sfp_ray.pruning.select`): ``hardest`` keeps the
-    highest EL2N scores (the paper's literal reading), ``easiest`` the lowest, ``random`` a
-    seeded draw (the control). ``per_class`` applies the rule within class quotas
-    proportional to the client's class sizes; ``skip_top`` first sets aside that fraction of
-    the highest scores (Paul et al.'s offset). ``score_at``: ``download`` scores with the
-    freshly downloaded prompts + tail; ``local_update`` scores after the local-loss update,
-    which then trains on all local samples in the rounds the client scores. A client scores
-    at its first participation and again every participation when ``every_round``, or when
-    ``refresh_every`` (> 0) rounds have passed since it last scored. ``scope``: ``all`` trains
-    both the local-loss update and split training on the kept samples; ``split`` prunes only
-    what goes through the server (split training), the local-loss update sees every sample.
+    A client scores at its first participation and again every participation when
+    ``every_round``, or when ``refresh_every`` (> 0) rounds have passed since it last scored;
+    in between it trains on the samples it kept.
     """
 
     keep_ratio: float = 0.5
+    """Fraction of the local samples kept, in (0, 1]: ``ceil(keep_ratio * n)``, at least 1; 1.0 disables
+    pruning (no scoring)."""
     every_round: bool = False
+    """Score and select again at every participation (instead of once)."""
     policy: PruningPolicy = "hardest"
+    """Selection rule: ``hardest`` keeps the highest EL2N scores (the paper's literal reading), ``easiest`` the
+    lowest, ``random`` a seeded uniform draw (the control)."""
     per_class: bool = False
+    """Apply the rule within class quotas proportional to the client's class sizes (the kept set keeps the
+    client's label mix)."""
     skip_top: float = 0.0
+    """Fraction of the highest scores set aside before the rule applies, in [0, 1) (Paul et al.'s offset;
+    within each class when ``per_class``); never so many that fewer than the kept count remain."""
     score_at: ScoreAt = "download"
+    """When a client scores: ``download`` with the freshly downloaded prompts + tail; ``local_update`` after
+    the local-loss update, which then trains on all local samples in that round."""
     refresh_every: int = 0
+    """Score again once this many rounds have passed since the client last scored; 0: score once."""
     scope: PruneScope = "all"
+    """What the kept samples are used for: ``all`` both the local-loss update and split training; ``split``
+    only split training (what goes through the server), the local-loss update sees every sample."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Client optimisation. ``local_update`` switches SFPrompt's local-loss update (phase 1b)."""
+    """Optimisation on the clients (and on the server's body copies of the split-learning baselines)."""
 
     local_epochs: int = 1
+    """Epochs of SFPrompt's local-loss update (phase 1b) and of the federated baselines' local training."""
     split_epochs: int = 1
+    """Epochs of split training through the server's body (SFPrompt phase 2, ``sfl``, ``sl``); 0 skips it."""
     batch_size: int = 16
+    """Training mini-batch size (samples)."""
     lr: float = 1e-3
+    """Learning rate (> 0)."""
     optimizer: Optimizer = "adam"
+    """``sgd`` (with ``train.momentum``), ``adam`` or ``adamw``; a fresh optimizer per phase and round."""
     weight_decay: float = 0.0
+    """Weight decay of the optimizer (decoupled for ``adamw``)."""
     momentum: float = 0.9
+    """Momentum of ``sgd`` (unused by ``adam`` and ``adamw``)."""
     local_update: bool = True
+    """Run SFPrompt's local-loss update (phase 1b: prompts + tail trained with the body bypassed)."""
     eval_batch_size: int = 256
+    """Batch size of evaluation and of EL2N scoring (passes without gradients)."""
 
 
 @dataclass(frozen=True)
@@ -136,14 +160,25 @@ class DataConfig:
     """
 
     name: str = "fashion-mnist"
+    """Dataset: ``fashion-mnist``, ``digits``, ``synthetic``, ``cifar10``, ``cifar100``, ``svhn`` (``sfp-ray
+    datasets``)."""
     root: str | None = None
+    """Folder searched first for the dataset's files (then ``$SFP_DATA_ROOT`` and the default places)."""
     partition: Partition = "dirichlet"
+    """Split of the training samples among clients: ``iid``, ``dirichlet`` (label skew, Hsu et al. 2019) or
+    ``shards`` (label-sorted shards, McMahan et al. 2017)."""
     alpha: float = 0.5
+    """Concentration of the ``dirichlet`` split (> 0); smaller means more label skew."""
     shards_per_client: int = 2
+    """Shards dealt to each client by the ``shards`` split."""
     classes: tuple[int, ...] | None = (5, 6, 7, 8, 9)
+    """Classes used (at least 2), relabelled 0..k-1 in the order given; ``null``: all of the dataset's."""
     samples_per_client: int | None = 64
+    """Cap on a client's training samples (a seeded random subset of its partition); ``null``: no cap."""
     test_samples: int | None = 1000
+    """Cap on the test set (a class-stratified subset, the same for every run seed); ``null``: all."""
     min_samples: int = 8
+    """Minimum training samples per client: clients below it are topped up from the largest clients."""
 
 
 @dataclass(frozen=True)
@@ -151,68 +186,94 @@ class FederationConfig:
     """Cohort and rounds."""
 
     num_clients: int = 10
+    """Clients of the federation (each with its own partition and device class)."""
     clients_per_round: int = 10
+    """Clients sampled per round, without replacement, seeded by ``(seed, round)``; at most ``num_clients``."""
     rounds: int = 8
+    """Federated rounds of a run."""
     eval_every: int = 1
+    """Evaluate the global model every this many rounds, and after the last; other rounds report no accuracy."""
 
 
 @dataclass(frozen=True)
 class DevicesConfig:
-    """Device classes of the emulated clients: ``mix`` maps class name to a fraction."""
+    """Device classes of the emulated clients and of the server (``sfp-ray devices`` lists them)."""
 
     mix: Mapping[str, float] = field(default_factory=lambda: {"rpi4": 0.5, "phone": 0.3, "laptop": 0.2})
+    """Device class -> weight (normalised; largest-remainder counts, shuffled by ``seed``); a mapping given
+    replaces the default one as a whole."""
     catalog: str | None = None
+    """YAML file of extra device classes (the layout of ``sfp_ray/devices.yaml``; a built-in name is
+    replaced); ``null``: the built-in classes only."""
     server: str = "edge_server"
+    """Device class of the server, which runs the body and the aggregation."""
 
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """Overrides of ``sfp-ray project`` (cost projection on the meta device); unset keys take the run's values.
-
-    ``samples_per_client`` defaults to ``data.samples_per_client``, ``img_size`` to
-    ``model.img_size`` (or the timm model's own size), ``num_classes`` to the number of
-    ``data.classes`` (or the dataset's class count).
-    """
+    """Overrides of ``sfp-ray project`` (cost projection on the meta device); unset keys take the run's values."""
 
     samples_per_client: int | None = None
+    """Local samples per client; ``null``: ``data.samples_per_client``."""
     img_size: int | None = None
+    """Input side in pixels; ``null``: ``model.img_size`` (or the timm model's own)."""
     num_classes: int | None = None
+    """Classifier outputs; ``null``: the number of ``data.classes`` (or the dataset's class count)."""
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Offline stand-in for ImageNet pre-training: a small ViT on a source task.
+    """Offline stand-in for ImageNet pre-training: the configured ViT trained on a source task.
 
-    ``seed`` is the pre-training's own seed: the run's ``seed`` does not change the
-    backbone, so runs over several seeds share one cached backbone.
+    The backbone is cached under ``.cache/sfp-ray`` (``$SFP_CACHE_DIR``), keyed by the
+    model and these settings.
     """
 
     seed: int = 0
+    """Seed of the pre-training; the run's ``seed`` does not change the backbone, so runs over several seeds
+    share one."""
     dataset: str = "fashion-mnist"
+    """Dataset of the source task."""
     classes: tuple[int, ...] | None = (0, 1, 2, 3, 4)
+    """Classes of the source task (disjoint from the default ``data.classes``); ``null``: all."""
     max_samples: int | None = 12000
+    """Cap on the source task's training images (class-stratified); ``null``: all."""
     epochs: int = 2
+    """Pre-training epochs."""
     batch_size: int = 64
+    """Pre-training batch size."""
     lr: float = 1e-3
+    """Peak learning rate (AdamW, weight decay 0.05, one-cycle schedule)."""
 
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Ray runtime. ``max_actors`` below the number of clients selects pooled mode."""
+    """Ray runtime; no key needs to be set (the actor pool is sized from the cluster)."""
 
     max_actors: int | None = None
+    """Cap on the client actors (device slots); below the number of clients, clients share slots (pooled
+    mode). ``null``: one per client when all fit the cluster, else as many as fit."""
     num_cpus: float | None = None
+    """Logical CPUs of a private local Ray (may exceed the physical cores); ``null``: the machine's cores."""
     num_gpus: float | None = None
+    """Logical GPUs of a private local Ray (lets GPU-share device classes schedule without a GPU); ``null``:
+    Ray's detection."""
     address: str = "local"
+    """``local`` starts a private Ray, ``auto`` joins this machine's cluster, ``HOST:PORT`` that head
+    (``--address`` overrides it)."""
     server_max_concurrency: int = 8
+    """Client requests the server actor serves at once (a threaded actor)."""
 
 
 @dataclass(frozen=True)
 class Config:
-    """The resolved experiment configuration."""
+    """The resolved experiment configuration: two top-level keys and one section per concern."""
 
     seed: int = 0
+    """Run seed: partition, device assignment, initialisation of what no checkpoint holds, cohorts from
+    ``(seed, round)``, client training from ``(seed, round, client_id)``; not the test subset or backbone."""
     method: str = "sfprompt"
+    """Method of ``sfp-ray run`` without ``--method`` (``sfp-ray methods`` lists them); set by the method run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
