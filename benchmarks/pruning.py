@@ -57,16 +57,27 @@ ARMS: tuple[Arm, ...] = (
     Arm("fl_full", "fl_full", (), group="reference"),
     Arm("no_prune", "sfprompt_no_prune", (), group="reference"),
     Arm("hardest", "sfprompt", pol("hardest", False), KEEPS),
-    Arm("easiest", "sfprompt", pol("easiest", False), (0.5,)),
-    Arm("hardest_per_class", "sfprompt", pol("hardest", True), (0.5,)),
+    Arm("easiest_per_class_scope_split", "sfprompt", pol("easiest", True, "pruning.scope=split"), KEEPS),
     Arm("easiest_per_class", "sfprompt", pol("easiest", True), KEEPS),
     Arm("random", "sfprompt", pol("random", False), KEEPS),
-    Arm("easiest_per_class_scope_split", "sfprompt", pol("easiest", True, "pruning.scope=split"), KEEPS),
+    Arm("hardest_per_class", "sfprompt", pol("hardest", True), (0.5,)),
+    Arm("easiest", "sfprompt", pol("easiest", False), (0.5,)),
     Arm("hardest_per_class_after_local", "sfprompt", pol("hardest", True, "pruning.score_at=local_update"), (0.5,)),
     Arm("hardest_skip_top10", "sfprompt", pol("hardest", False, "pruning.skip_top=0.1"), (0.5,)),
     Arm("cut_0_0", "sfprompt", ("split.head_blocks=0", "split.tail_blocks=0"), group="cut"),
     Arm("cut_2_2", "sfprompt", ("split.head_blocks=2", "split.tail_blocks=2"), group="cut"),
 )
+
+# the order cells run in: what decides the default first, so an interrupted grid has the essentials
+PRIORITY = ("reference", "hardest@0.5", "easiest_per_class_scope_split@0.5", "easiest_per_class@0.5", "random@0.5",
+            "hardest@*", "easiest_per_class_scope_split@*", "cut", "*")
+
+
+def priority(arm: Arm, keep: float) -> int:
+    for i, p in enumerate(PRIORITY):
+        if p in (arm.group, f"{arm.name}@{keep}", f"{arm.name}@*", "*"):
+            return i
+    return len(PRIORITY)
 
 
 def cells(arms: list[Arm]) -> list[tuple[Arm, float]]:
@@ -194,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     base = list(args.overrides)
     keeps = {float(k) for k in args.keeps.split(",")} if args.keeps else None
     todo = [(a, k, s) for a, k in cells(arms) for s in seeds if keeps is None or a.group != "policy" or k in keeps]
-    # references first, then keep 0.5 (the default), then the other keep ratios, the cut last
-    todo.sort(key=lambda c: (c[0].group == "cut", c[0].group == "policy", c[1] != 0.5))
+    todo.sort(key=lambda c: priority(c[0], c[1]))  # stable: seeds stay in order within a cell
     t0 = time.perf_counter()
     if not args.report_only:
         for i, (arm, keep, seed) in enumerate(todo, 1):
