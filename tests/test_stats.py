@@ -37,8 +37,9 @@ def test_spread_edge_cases() -> None:
 
 
 def test_by_seed_and_summary_files_agree(tmp_path) -> None:
-    import sfp_ray
     from test_api import TINY  # tests/ is on sys.path
+
+    import sfp_ray
 
     r = sfp_ray.compare(["sfprompt", "fl_full"], overrides=TINY, seeds=[0, 1, 2], executor="serial", out=tmp_path,
                         plots=False)
