@@ -50,8 +50,13 @@ class Arm:
 
 
 def pol(policy: str, per_class: bool, *extra: str) -> tuple[str, ...]:
-    return (f"pruning.policy={policy}", f"pruning.per_class={str(per_class).lower()}", *extra)
+    """Overrides of a policy arm; every pruning key the arms vary is spelled out (``scope=all`` unless given)."""
+    scope = () if any(e.startswith("pruning.scope=") for e in extra) else ("pruning.scope=all",)
+    return (f"pruning.policy={policy}", f"pruning.per_class={str(per_class).lower()}", *scope, *extra)
 
+
+# the default policy (sfp_ray/config.py), spelled out so the cut cells do not depend on it
+DEFAULT_POLICY = ("pruning.policy=easiest", "pruning.per_class=true", "pruning.scope=split")
 
 ARMS: tuple[Arm, ...] = (
     Arm("fl_full", "fl_full", (), group="reference"),
@@ -64,13 +69,18 @@ ARMS: tuple[Arm, ...] = (
     Arm("easiest", "sfprompt", pol("easiest", False), (0.5,)),
     Arm("hardest_per_class_after_local", "sfprompt", pol("hardest", True, "pruning.score_at=local_update"), (0.5,)),
     Arm("hardest_skip_top10", "sfprompt", pol("hardest", False, "pruning.skip_top=0.1"), (0.5,)),
-    Arm("cut_0_0", "sfprompt", ("split.head_blocks=0", "split.tail_blocks=0"), group="cut"),
-    Arm("cut_2_2", "sfprompt", ("split.head_blocks=2", "split.tail_blocks=2"), group="cut"),
+    # the same sample passes as no pruning (2 local + 2 split epochs on the kept half): separates
+    # "fewer optimiser steps" from "worse samples"
+    Arm("easiest_per_class_scope_split_2ep", "sfprompt",
+        pol("easiest", True, "pruning.scope=split", "train.local_epochs=2", "train.split_epochs=2"), (0.5,)),
+    Arm("cut_0_0", "sfprompt", (*DEFAULT_POLICY, "split.head_blocks=0", "split.tail_blocks=0"), group="cut"),
+    Arm("cut_2_2", "sfprompt", (*DEFAULT_POLICY, "split.head_blocks=2", "split.tail_blocks=2"), group="cut"),
 )
 
 # the order cells run in: what decides the default first, so an interrupted grid has the essentials
-PRIORITY = ("reference", "hardest@0.5", "easiest_per_class_scope_split@0.5", "easiest_per_class@0.5", "random@0.5",
-            "hardest@*", "easiest_per_class_scope_split@*", "cut", "*")
+PRIORITY = ("reference", "hardest@0.5", "easiest_per_class_scope_split@0.5", "easiest_per_class@0.5",
+            "easiest_per_class_scope_split_2ep@0.5", "random@0.5",
+            "easiest_per_class_scope_split@*", "hardest@*", "cut", "*")
 
 
 def priority(arm: Arm, keep: float) -> int:

@@ -108,10 +108,10 @@ class PruningConfig:
     pruning (no scoring)."""
     every_round: bool = False
     """Score and select again at every participation (instead of once)."""
-    policy: PruningPolicy = "hardest"
+    policy: PruningPolicy = "easiest"
     """Selection rule: ``hardest`` keeps the highest EL2N scores (the paper's literal reading), ``easiest`` the
     lowest, ``random`` a seeded uniform draw (the control)."""
-    per_class: bool = False
+    per_class: bool = True
     """Apply the rule within class quotas proportional to the client's class sizes (the kept set keeps the
     client's label mix)."""
     skip_top: float = 0.0
@@ -122,7 +122,7 @@ class PruningConfig:
     the local-loss update, which then trains on all local samples in that round."""
     refresh_every: int = 0
     """Score again once this many rounds have passed since the client last scored; 0: score once."""
-    scope: PruneScope = "all"
+    scope: PruneScope = "split"
     """What the kept samples are used for: ``all`` both the local-loss update and split training; ``split``
     only split training (what goes through the server), the local-loss update sees every sample."""
 

@@ -285,7 +285,7 @@ def test_client_round_without_split_never_uses_the_link() -> None:
 
 @pytest.mark.parametrize("keep_ratio", [0.3, 0.5])
 def test_el2n_pruning_keeps_documented_count_through_a_round(keep_ratio: float) -> None:
-    cfg = tiny_config(**{"pruning.keep_ratio": keep_ratio})
+    cfg = tiny_config(**{"pruning.keep_ratio": keep_ratio, "pruning.policy": "hardest", "pruning.per_class": False})
     spec = prepare_run(cfg, "sfprompt")
     ex = SerialExecutor()
     init = ex.start(spec).state

@@ -138,7 +138,8 @@ def test_pruning_keys_are_validated() -> None:
     p = cfg.pruning
     assert (p.policy, p.per_class, p.skip_top, p.score_at, p.refresh_every) == (
         "easiest", True, 0.1, "local_update", 3)
-    assert build_config().pruning.policy == "hardest"
+    p0 = build_config().pruning
+    assert (p0.policy, p0.per_class, p0.scope) == ("easiest", True, "split")  # the default, from benchmarks/pruning.py
     for bad in ("pruning.policy=middle", "pruning.skip_top=1", "pruning.refresh_every=-1",
                 "pruning.score_at=never"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
@@ -151,7 +152,8 @@ def test_pruning_keys_are_validated() -> None:
 def start(**overrides):
     from test_methods import task, tiny_config  # tests/ is on sys.path (rootdir-relative test modules)
 
-    spec = prepare_run(tiny_config(**overrides), "sfprompt")
+    literal = {"pruning.policy": "hardest", "pruning.per_class": False, "pruning.scope": "all"}  # the paper's reading
+    spec = prepare_run(tiny_config(**{**literal, **overrides}), "sfprompt")
     ex = SerialExecutor()
     init = ex.start(spec).state
     return spec, ex, init, task
@@ -228,12 +230,10 @@ def test_scope_split_prunes_only_split_training() -> None:
                                        {"pruning.every_round": True}])
 def test_projection_follows_the_pruning_options(overrides) -> None:
     """One executed round (every client scores in round 1) matches the first-round projection."""
-    from test_methods import tiny_config
-
     from sfp_ray.projection import project_method
 
-    cfg = tiny_config(**{"pruning.keep_ratio": 0.5, **overrides})
     spec, ex, init, task = start(**{"pruning.keep_ratio": 0.5, **overrides})
+    cfg = spec.cfg
     out = ex.run_clients([task(0, 1, 11, spec.client_indices[0])], init)[0]
     executed = sum(c.flops for c in out.costs if c.side == "client")
     assert len(spec.client_indices[0]) == cfg.data.samples_per_client
