@@ -36,6 +36,7 @@ _EXPORTS = {
     "Orchestrator": "sfp_ray.orchestrator",
     "run": "sfp_ray.api",
     "compare": "sfp_ray.api",
+    "sweep": "sfp_ray.sweeps",
     "Results": "sfp_ray.api",
     "SerialExecutor": "sfp_ray.executors.serial",
     "RayExecutor": "sfp_ray.executors.ray",

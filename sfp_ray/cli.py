@@ -6,8 +6,12 @@
                      [--executor ray|serial] [--address ADDR] [--out DIR]
     sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
                      [--executor ray|serial] [--address ADDR] [--out DIR]
+    sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
+                     [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
+                     [--cell-cpus N] [--out DIR]
     sfp-ray pretrain [--config FILE] [--set KEY=VALUE ...] [--out FILE] [--force]
-    sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--methods ...] [--out DIR]
+    sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--grid KEY=V1,V2 ...] [--methods ...]
+                     [--out DIR]
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices | datasets
 
@@ -53,6 +57,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
 
 
+GRID_HELP = ("a configuration key and the values to sweep, e.g. --grid split.head_blocks=0,1,2 (repeatable; the "
+             "cells are the cartesian product of all --grid keys; values are read as YAML, lists in brackets: "
+             "--grid data.classes=[0,1],[2,3])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfp-ray",
@@ -73,6 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated registered methods (default: %(default)s)")
     _add_runtime_args(p)
 
+    p = sub.add_parser(
+        "sweep", help="run methods x seeds on every cell of a grid of configuration values (resumable)",
+        description="Run every cell of a grid (the cartesian product of the --grid values) once per method and "
+                    "seed, each cell into its own run folder OUT/cells/<cell-id>/, and gather them into "
+                    "OUT/sweep.csv (one row per cell x method x seed, the swept keys as columns, ratios to fl_full "
+                    "in the same cell and seed), OUT/sweep_summary.csv (mean, std and 95% CI over seeds per cell "
+                    "x method) and one plot per swept key (OUT/sweep_<key>.png). Every cell's configuration is "
+                    "validated before anything runs. Running the same command again skips the finished cells "
+                    "(a cell is finished when OUT/cells/<cell-id>/sweep-cell.json exists), so an interrupted sweep "
+                    "resumes and a finished one only rewrites its tables.")
+    p.add_argument("--grid", metavar="KEY=V1,V2,...", action="append", default=[], required=True, help=GRID_HELP)
+    _add_config_args(p)
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated registered methods run in every cell (default: %(default)s)")
+    p.add_argument("--seeds", metavar="S1,S2,...", default=None,
+                   help="run every method of every cell once per seed (default: the config's seed)")
+    p.add_argument("--executor", choices=["ray", "serial"], default="ray",
+                   help="ray: one Ray cluster for the whole grid, every cell a Ray task (running the serial "
+                        "executor inside), as many at once as the cluster has CPUs for; serial: the cells one after "
+                        "another in this process (default: %(default)s)")
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="Ray cluster to join: 'auto' or HOST:PORT; default starts a private local Ray")
+    p.add_argument("--cell-cpus", metavar="N", type=int, default=None,
+                   help="CPUs (and torch threads) per cell task with the Ray executor; default: the cluster's CPUs "
+                        "shared out among the cells, at least 1")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="sweep folder (default: runs/sweep); the same folder again resumes the sweep")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots (the sweep's and the cells')")
+
     p = sub.add_parser("pretrain", help="pre-train the configured ViT on the source task (offline backbone)")
     _add_config_args(p)
     p.add_argument("--out", metavar="FILE", default=None,
@@ -84,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm model, e.g. vit_base_patch16_224, at its own image size, patch and channels (--set "
                         "model.* still applies); default: the configured model")
     _add_config_args(p)
+    p.add_argument("--grid", metavar="KEY=V1,V2,...", action="append", default=[],
+                   help=GRID_HELP + "; projection.csv then has one row per cell x method, the swept keys as columns")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/project-<model>)")
 
@@ -209,11 +249,43 @@ def cmd_project(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     from sfp_ray.api import check_out_dir
 
+    if args.grid:
+        from sfp_ray.sweeps import parse_grid, project_grid
+
+        grid = parse_grid(args.grid)
+        df = project_grid(grid, cfg, methods=methods)  # every cell is validated before the folder is made
+        out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
+        df.to_csv(out / "projection.csv", index=False)
+        for cid, g in df.groupby("cell_id", sort=False):
+            print(f"cell {cid}\n{format_projection(g)}\n")
+        print(f"projection: {out}/projection.csv ({df['cell_id'].nunique()} cells x {df['method'].nunique()} methods)")
+        return 0
     out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
     df = project(cfg, methods=methods)
     df.to_csv(out / "projection.csv", index=False)
     print(format_projection(df))
     print(f"\nprojection: {out}/projection.csv")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sfp_ray.sweeps import format_sweep, parse_grid, sweep
+
+    grid = parse_grid(args.grid)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    cfg = _load(args)
+    res = sweep(grid, methods, cfg, seeds=parse_seeds(args.seeds, cfg.seed), executor=args.executor,
+                address=args.address, out=args.out, plots=not args.no_plots, cell_cpus=args.cell_cpus, echo=_say)
+    print(format_sweep(res.summary, list(grid)))
+    print(f"\nsweep: {res.out}/ (sweep.csv: {len(res.sweep)} runs, sweep_summary.csv, sweep.yaml"
+          + (", " + ", ".join(p.name for p in res.plots) if res.plots else "") + "; cells/<cell-id>/: run reports)")
+    print(f"cells: {len(res.ran)} run now, {len(res.skipped)} already finished, {len(res.failed)} failed, "
+          f"{len(res.invalid)} (cell, method) pairs invalid")
+    if res.failed:
+        cid, err = next(iter(res.failed.items()))
+        print(f"sfp-ray: error: {len(res.failed)} cell(s) failed, e.g. {cid}: {err}; the same command runs them again",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -248,6 +320,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "compare": cmd_compare,
+    "sweep": cmd_sweep,
     "pretrain": cmd_pretrain,
     "project": cmd_project,
     "report": cmd_report,

@@ -321,6 +321,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def set_value(cfg: Config, key: str, value: Any) -> Config:
+    """A copy with one dotted key set: the key checked and the value coerced to its type, not validated.
+
+    Cross-field and range checks (:func:`validate`) are left to the caller, who may set
+    several keys first (a sweep checks each value's type, then every combination).
+
+    Example:
+        >>> set_value(Config(), "pruning.keep_ratio", "2").pruning.keep_ratio
+        2.0
+    """
+    return _replace_dotted(cfg, key.split("."), value, "")
+
+
 def _replace_dotted(obj: Any, parts: list[str], value: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(obj)}
     name = parts[0]

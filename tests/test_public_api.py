@@ -9,7 +9,7 @@ EXPECTED = {
     "Config", "load_config", "create_model", "split_vit", "load_checkpoint", "load_dataset", "partition",
     "list_datasets", "el2n_scores", "fedavg", "list_methods", "get_method", "list_devices", "get_device",
     "prepare_run", "Orchestrator", "SerialExecutor", "RayExecutor", "start_ray", "ReportSink", "project",
-    "pretrain", "run", "compare", "Results", "__version__",
+    "pretrain", "run", "compare", "sweep", "Results", "__version__",
 }
 
 
