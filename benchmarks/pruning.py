@@ -73,13 +73,16 @@ ARMS: tuple[Arm, ...] = (
     # "fewer optimiser steps" from "worse samples"
     Arm("easiest_per_class_scope_split_2ep", "sfprompt",
         pol("easiest", True, "pruning.scope=split", "train.local_epochs=2", "train.split_epochs=2"), (0.5,)),
+    # two epochs of the local-loss update only (client-side, no communication); split training unchanged
+    Arm("easiest_per_class_scope_split_local2", "sfprompt",
+        pol("easiest", True, "pruning.scope=split", "train.local_epochs=2"), (0.5,)),
     Arm("cut_0_0", "sfprompt", (*DEFAULT_POLICY, "split.head_blocks=0", "split.tail_blocks=0"), group="cut"),
     Arm("cut_2_2", "sfprompt", (*DEFAULT_POLICY, "split.head_blocks=2", "split.tail_blocks=2"), group="cut"),
 )
 
 # the order cells run in: what decides the default first, so an interrupted grid has the essentials
 PRIORITY = ("reference", "hardest@0.5", "easiest_per_class_scope_split@0.5", "easiest_per_class@0.5",
-            "easiest_per_class_scope_split_2ep@0.5", "random@0.5",
+            "easiest_per_class_scope_split_2ep@0.5", "easiest_per_class_scope_split_local2@0.5", "random@0.5",
             "easiest_per_class_scope_split@*", "hardest@*", "cut", "*")
 
 
