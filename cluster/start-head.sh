@@ -2,9 +2,15 @@
 # Start the Ray head node of an sfp-ray cluster on THIS machine.
 #
 # Usage:
-#   cluster/start-head.sh [extra `ray start` flags...]
+#   cluster/start-head.sh [--node-ip ADDR] [extra `ray start` flags...]
+#
+#   --node-ip ADDR         the address of this machine's interface the cluster uses (Ray's
+#                          --node-ip-address: the address recorded for this node, which workers
+#                          and drivers connect to); default $SFP_NODE_IP, else Ray's own choice.
+#                          It must be a non-loopback address of a local interface: use the private network's.
 #
 # Environment (all optional):
+#   SFP_NODE_IP            same as --node-ip
 #   SFP_NUM_CPUS           CPUs the head offers to Ray          (default: nproc)
 #   SFP_NUM_GPUS           GPUs the head offers to Ray          (default: count from nvidia-smi, else 0)
 #   SFP_DEVICE_RESOURCES   JSON custom resources of the head    (default: {"device:edge_server": 1})
@@ -13,24 +19,40 @@
 #                          head may host. Use '{}' for a head that hosts only server/aggregator.
 #   SFP_DEVICE_CATALOG     extra device catalogue YAML (same as config key devices.catalog)
 #   SFP_RAY_PORT           GCS port                              (default: 6379)
-#   SFP_DASHBOARD          "true" to start the Ray dashboard     (default: false)
+#   SFP_DASHBOARD          "true" to start the Ray dashboard     (default: false: no dashboard)
+#   SFP_DASHBOARD_HOST     where the dashboard listens when on   (default: 127.0.0.1, this machine only)
+#   SFP_STATE_DIR          pid file and log of the node          (default: ~/.sfp-ray)
+#   SFP_START_TIMEOUT      seconds to wait for the node to come up (default: 120)
 #   SFP_PYTHON             Python with sfp_ray + ray installed   (default: <repo>/.venv/bin/python)
 #   SFP_DRY_RUN=1          print the `ray start` command instead of running it
-#   RAY_AUTH_MODE          token (default here) | disabled
+#   RAY_AUTH_MODE          token (the default here; anything else needs SFP_ALLOW_NO_AUTH=1)
 #
 # Token authentication: Ray 2.60 turns token auth on by default only for clusters started by
 # ray.init(); a `ray start` cluster gets it only when RAY_AUTH_MODE=token is set (or a token
 # already exists). This script keeps it ON: it sets RAY_AUTH_MODE=token and makes sure a token
-# exists (`ray get-auth-token --generate` writes ~/.ray/auth_token). Ray looks for the token in
-# RAY_AUTH_TOKEN, then the file named by RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. Every
-# worker node and every driver connecting with an explicit address needs RAY_AUTH_MODE=token
-# and the same token.
+# exists (`ray get-auth-token --generate` writes ~/.ray/auth_token; the script makes the file
+# readable by its owner only). Ray looks for the token in RAY_AUTH_TOKEN, then the file named by
+# RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. Every worker node and every driver connecting
+# with an explicit address needs RAY_AUTH_MODE=token and the same token (cluster/README.md).
+#
+# The node runs as one detached `ray start --block` process whose PID goes to
+# $SFP_STATE_DIR/ray-head-<port>.pid; cluster/stop-node.sh stops exactly that process.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
 die() { echo "start-head.sh: error: $*" >&2; exit 2; }
+# shellcheck source=cluster/node-lib.sh
+source "$SCRIPT_DIR/node-lib.sh"
+
+NODE_IP="${SFP_NODE_IP:-}"
+if [[ $# -ge 1 ]]; then
+    case "$1" in
+        --node-ip) [[ $# -ge 2 ]] || die "--node-ip needs an address"; NODE_IP="$2"; shift 2 ;;
+        --node-ip=*) NODE_IP="${1#--node-ip=}"; shift ;;
+    esac
+fi
 
 # --- tools -------------------------------------------------------------------------------
 PYTHON="${SFP_PYTHON:-$REPO_ROOT/.venv/bin/python}"
@@ -57,6 +79,7 @@ NUM_CPUS="${SFP_NUM_CPUS:-$(nproc)}"
 NUM_GPUS="${SFP_NUM_GPUS:-$(detect_gpus)}"
 PORT="${SFP_RAY_PORT:-6379}"
 DASHBOARD="${SFP_DASHBOARD:-false}"
+DASHBOARD_HOST="${SFP_DASHBOARD_HOST:-127.0.0.1}"
 DEFAULT_DEVICE_RESOURCES='{"device:edge_server": 1}'
 DEVICE_RESOURCES="${SFP_DEVICE_RESOURCES:-$DEFAULT_DEVICE_RESOURCES}"
 
@@ -64,6 +87,9 @@ DEVICE_RESOURCES="${SFP_DEVICE_RESOURCES:-$DEFAULT_DEVICE_RESOURCES}"
 [[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "SFP_NUM_GPUS must be a whole number, got '$NUM_GPUS'"
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "SFP_RAY_PORT must be a port number, got '$PORT'"
 case "$DASHBOARD" in true|false) ;; *) die "SFP_DASHBOARD must be true or false, got '$DASHBOARD'" ;; esac
+if [[ -n "$NODE_IP" ]]; then
+    check_node_ip "$PYTHON" "$NODE_IP"
+fi
 
 # Validate the JSON and the device classes it names; print it back in canonical form.
 DEVICE_RESOURCES="$(
@@ -103,12 +129,17 @@ if [[ "$RAY_AUTH_MODE" == "token" ]]; then
         TOKEN_WHERE="$HOME/.ray/auth_token"
         if [[ -z "${SFP_DRY_RUN:-}" ]]; then
             # Creates ~/.ray/auth_token only when no token exists; prints the token, which we discard.
-            "$RAY" get-auth-token --generate >/dev/null
+            ( umask 077; "$RAY" get-auth-token --generate >/dev/null )
+            chmod 600 "$HOME/.ray/auth_token"  # a token readable by other users of the machine is no secret
         fi
     fi
-else
+elif [[ "${SFP_ALLOW_NO_AUTH:-}" == "1" ]]; then
     echo "start-head.sh: WARNING: RAY_AUTH_MODE=$RAY_AUTH_MODE -- token authentication is OFF;" \
          "anyone who can reach port $PORT can run code on this cluster." >&2
+else
+    die "RAY_AUTH_MODE=$RAY_AUTH_MODE turns token authentication off, and then anyone who can reach port $PORT
+  can run code on this cluster. Unset RAY_AUTH_MODE (token is the default here), or, on an isolated
+  network only, also set SFP_ALLOW_NO_AUTH=1."
 fi
 
 # --- start -------------------------------------------------------------------------------
@@ -120,19 +151,23 @@ CMD=(
     --resources="$DEVICE_RESOURCES"
     --include-dashboard="$DASHBOARD"
     --disable-usage-stats
-    "$@"
 )
+[[ -n "$NODE_IP" ]] && CMD+=(--node-ip-address="$NODE_IP")
+[[ "$DASHBOARD" == "true" ]] && CMD+=(--dashboard-host="$DASHBOARD_HOST")
+CMD+=("$@")
+NODE_NAME="head-$PORT"
 
 if [[ -n "${SFP_DRY_RUN:-}" ]]; then
     echo "RAY_AUTH_MODE=$RAY_AUTH_MODE"
-    printf '%q ' "${CMD[@]}"
+    printf '%q ' "${CMD[@]}" --block
     echo
+    echo "pid file: $(node_pidfile "$NODE_NAME")"
     exit 0
 fi
 
-"${CMD[@]}"
+launch_node "$NODE_NAME" "${CMD[@]}"
 
-HEAD_IP="$(hostname -I 2>/dev/null | awk '{print $1}')"
+HEAD_IP="${NODE_IP:-$(hostname -I 2>/dev/null | awk '{print $1}')}"
 HEAD_IP="${HEAD_IP:-$(hostname)}"
 cat <<EOF
 
@@ -142,6 +177,7 @@ sfp-ray head is up at ${HEAD_IP}:${PORT}
 Add a worker node per device class (run on that machine):
   cluster/start-worker.sh ${HEAD_IP}:${PORT} <class> [count]      classes: $(PYTHONPATH="$REPO_ROOT" "$PYTHON" -c 'from sfp_ray.devices import list_devices; print(*list_devices())' 2>/dev/null)
 Check:  ray status --address ${HEAD_IP}:${PORT}
+Stop:   cluster/stop-node.sh ${NODE_NAME}      (stops only this node's processes, by PID)
 Run:    sfp-ray run --executor ray --address auto        (on this node)
         sfp-ray run --executor ray --address ${HEAD_IP}:${PORT}   (elsewhere)
 EOF

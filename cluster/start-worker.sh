@@ -2,8 +2,11 @@
 # Join THIS machine to an sfp-ray cluster as a node standing for one device class.
 #
 # Usage:
-#   cluster/start-worker.sh HEAD_ADDR DEVICE_CLASS [COUNT] [extra `ray start` flags...]
+#   cluster/start-worker.sh [--node-ip ADDR] HEAD_ADDR DEVICE_CLASS [COUNT] [extra `ray start` flags...]
 #
+#   --node-ip ADDR  the address of this machine's interface the cluster uses (Ray's
+#                 --node-ip-address); default $SFP_NODE_IP, else Ray's own choice. It must be a
+#                 non-loopback address of a local interface: use the private network's.
 #   HEAD_ADDR     host:port of the head's GCS (port 6379 is assumed when left out)
 #   DEVICE_CLASS  a class of sfp_ray/devices.yaml (mcu, rpi4, phone, jetson, laptop, edge_server)
 #                 or of the user catalogue named by SFP_DEVICE_CATALOG
@@ -21,13 +24,20 @@
 # peak_flops x efficiency in simulated time.
 #
 # Environment (all optional):
+#   SFP_NODE_IP                   same as --node-ip
+#   SFP_NODE_NAME                 name of the node's pid file (default worker-<class>); stop-node.sh takes it
+#   SFP_STATE_DIR                 pid file and log of the node (default ~/.sfp-ray)
+#   SFP_START_TIMEOUT             seconds to wait for the node to come up (default 120)
 #   SFP_NUM_CPUS / SFP_NUM_GPUS   override the CPU/GPU count ("auto" = let Ray detect)
 #   SFP_NODE_MEMORY_MB            override the memory ticket in MiB ("auto" = let Ray detect)
 #   SFP_DEVICE_CATALOG            extra device catalogue YAML (same as config key devices.catalog)
 #   SFP_PYTHON                    Python with sfp_ray + ray installed (default: <repo>/.venv/bin/python)
 #   SFP_DRY_RUN=1                 print the `ray start` command instead of running it
-#   RAY_AUTH_MODE                 token (default here) | disabled -- must match the head
+#   RAY_AUTH_MODE                 token (default here); anything else needs SFP_ALLOW_NO_AUTH=1
 #   RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token   the head's token (see README.md)
+#
+# The node runs as one detached `ray start --block` process whose PID goes to
+# $SFP_STATE_DIR/ray-<node name>.pid; cluster/stop-node.sh stops exactly that process.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,9 +45,19 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
 die() { echo "start-worker.sh: error: $*" >&2; exit 2; }
 usage() {
-    sed -n '3,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '3,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
+# shellcheck source=cluster/node-lib.sh
+source "$SCRIPT_DIR/node-lib.sh"
+
+NODE_IP="${SFP_NODE_IP:-}"
+if [[ $# -ge 1 ]]; then
+    case "$1" in
+        --node-ip) [[ $# -ge 2 ]] || die "--node-ip needs an address"; NODE_IP="$2"; shift 2 ;;
+        --node-ip=*) NODE_IP="${1#--node-ip=}"; shift ;;
+    esac
+fi
 
 [[ $# -ge 2 ]] || usage
 HEAD_ADDR="$1"
@@ -59,6 +79,9 @@ if [[ ! -x "$RAY" ]]; then
     RAY="$(command -v ray || true)"
 fi
 [[ -n "$RAY" ]] || die "the 'ray' command was not found next to $PYTHON nor on PATH"
+if [[ -n "$NODE_IP" ]]; then
+    check_node_ip "$PYTHON" "$NODE_IP"
+fi
 
 # --- device class -> tickets ---------------------------------------------------------------
 # Prints: num_cpus num_gpus memory_mib resources_json ; exits non-zero for an unknown class.
@@ -94,6 +117,7 @@ NUM_GPUS="${SFP_NUM_GPUS:-$DEF_GPUS}"
 MEM_MB="${SFP_NODE_MEMORY_MB:-$DEF_MEM_MB}"
 
 CMD=("$RAY" start --address="$HEAD_ADDR" --resources="$NODE_RESOURCES" --disable-usage-stats)
+[[ -n "$NODE_IP" ]] && CMD+=(--node-ip-address="$NODE_IP")
 if [[ "$NUM_CPUS" != "auto" ]]; then
     [[ "$NUM_CPUS" =~ ^[0-9]+$ ]] || die "SFP_NUM_CPUS must be a whole number or 'auto', got '$NUM_CPUS'"
     CMD+=(--num-cpus="$NUM_CPUS")
@@ -120,24 +144,36 @@ CMD+=("$@")
 
 # --- token authentication ----------------------------------------------------------------
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
-if [[ "$RAY_AUTH_MODE" == "token" && -z "${SFP_DRY_RUN:-}" ]]; then
+if [[ "$RAY_AUTH_MODE" != "token" ]]; then
+    [[ "${SFP_ALLOW_NO_AUTH:-}" == "1" ]] || die "RAY_AUTH_MODE=$RAY_AUTH_MODE turns token authentication off.
+  Unset it (token is the default here), or, on an isolated network only, also set SFP_ALLOW_NO_AUTH=1
+  (the head must have been started the same way)."
+    echo "start-worker.sh: WARNING: RAY_AUTH_MODE=$RAY_AUTH_MODE -- token authentication is OFF." >&2
+elif [[ -z "${SFP_DRY_RUN:-}" ]]; then
     if ! "$RAY" get-auth-token >/dev/null 2>&1; then
         die "token authentication is on (RAY_AUTH_MODE=token) but no token was found on this machine.
   Copy the head's token file to ~/.ray/auth_token here (chmod 600), or
   export RAY_AUTH_TOKEN=<output of 'ray get-auth-token' on the head>, or
-  export RAY_AUTH_TOKEN_PATH=/path/to/token.
-  (Set RAY_AUTH_MODE=disabled only if the head was started that way.)"
+  export RAY_AUTH_TOKEN_PATH=/path/to/token."
     fi
+    for f in "${RAY_AUTH_TOKEN_PATH:-}" "$HOME/.ray/auth_token"; do
+        if [[ -n "$f" && -f "$f" && -n "$(find "$f" -perm /077 2>/dev/null)" ]]; then
+            echo "start-worker.sh: WARNING: $f is accessible to other users (a token is a secret); run: chmod 600 $f" >&2
+        fi
+    done
 fi
 
+NODE_NAME="${SFP_NODE_NAME:-worker-$DEVICE_CLASS}"
 if [[ -n "${SFP_DRY_RUN:-}" ]]; then
     echo "RAY_AUTH_MODE=$RAY_AUTH_MODE"
-    printf '%q ' "${CMD[@]}"
+    printf '%q ' "${CMD[@]}" --block
     echo
+    echo "pid file: $(node_pidfile "$NODE_NAME")"
     exit 0
 fi
 
-"${CMD[@]}"
+launch_node "$NODE_NAME" "${CMD[@]}"
 echo
 echo "Node joined $HEAD_ADDR as device class '$DEVICE_CLASS' hosting up to $COUNT client(s): resources $NODE_RESOURCES"
 echo "Check with: ray status --address $HEAD_ADDR"
+echo "Stop with:  cluster/stop-node.sh $NODE_NAME      (stops only this node's processes, by PID)"

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,17 @@ log = logging.getLogger("sfp_ray")
 
 DEFAULT_METHODS = "sfprompt,fl_full"
 CONFIG_HELP = "YAML configuration file; its sections are the dotted keys of --set (see docs/configuration.md)"
+
+
+class UsageError(Exception):
+    """A command line argparse refuses (unknown flag, bad choice, missing value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and exit code 2, like every other refusal."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +75,7 @@ GRID_HELP = ("a configuration key and the values to sweep, e.g. --grid split.hea
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sfp-ray",
         description="Ray actor-based simulator of split federated prompt fine-tuning (SFPrompt, arXiv 2407.17533).",
     )
@@ -230,7 +242,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if out.is_file() and not args.force:
         print(f"sfp-ray: pre-trained backbone already cached: {out} (use --force to redo)")
         return 0
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; give the checkpoint file to write")
+    from sfp_ray.api import check_out_dir
+
+    check_out_dir(out.parent)  # refuse an unwritable destination before training, not after
     meta = pretrain(cfg, out, progress=not args.quiet)
+    cap = cfg.pretrain.max_samples
+    if cap is not None and meta["train_samples"] < cap:
+        _say(f"notice: pretrain.max_samples={cap}: the source task has only {meta['train_samples']} training "
+             "samples; used them all")
     print(f"pre-trained {cfg.model.name} on {meta['source_dataset']} classes {meta['source_classes']}: "
           f"source test accuracy {meta['source_test_accuracy']:.3f} in {meta['seconds']:.0f} s -> {out}")
     return 0
@@ -292,7 +313,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sfp_ray.reports import format_summary, rebuild
 
-    summary = rebuild(args.run_dir, plots=not args.no_plots)
+    try:
+        summary = rebuild(args.run_dir, plots=not args.no_plots)
+    except KeyError as e:  # a table with the key columns but not the cost columns the summary reads
+        raise DataError(f"RUN_DIR: {args.run_dir}: the run's tables lack column {e} (a foreign or older "
+                        "run folder?)") from e
     print(format_summary(summary))
     return 0
 
@@ -332,7 +357,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"sfp-ray: error: {e}", file=sys.stderr)
+        return 2
     if not args.command:
         parser.print_help()
         return 2

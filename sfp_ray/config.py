@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,8 @@ BypassPool = Literal["auto", "model", "avg"]
 PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLICIES
 ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
+#: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
+GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,8 @@ def _allowed(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
-    return getattr(tp, "__name__", str(tp))
+    plain = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+    return plain.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -427,14 +431,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: got {value!r}, expected a number")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}, expected a number")
+        if number is None:
+            raise ConfigError(f"{key}: got {value!r}, expected a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: got {value!r}, expected a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -522,12 +531,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"--config: {p} is a folder, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"--config: file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"--config: {p} is not valid YAML: {e}".splitlines()[0]) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--config: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise ConfigError(f"--config: cannot read {p} ({e.strerror or e})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):
@@ -561,6 +576,7 @@ def validate(cfg: Config) -> None:
     m, s, p, pr, t, d, f, r = (
         cfg.model, cfg.split, cfg.prompt, cfg.pruning, cfg.train, cfg.data, cfg.federation, cfg.ray
     )
+    _require(0 <= cfg.seed < 2**32, "seed", f"must be an integer in [0, 2**32), got {cfg.seed}")
     _require(m.img_size is None or m.img_size > 0, "model.img_size",
              f"must be a positive integer or null (the model's own), got {m.img_size}")
     _require(m.patch_size is None or m.patch_size > 0, "model.patch_size",
@@ -572,6 +588,14 @@ def validate(cfg: Config) -> None:
     )
     _require(m.in_chans is None or m.in_chans in (1, 3), "model.in_chans", f"allowed: 1, 3 or null, got {m.in_chans}")
     _require(m.depth is None or m.depth > 0, "model.depth", f"must be positive or null, got {m.depth}")
+    _require(m.embed_dim is None or m.embed_dim > 0, "model.embed_dim",
+             f"must be a positive integer or null (the model's own), got {m.embed_dim}")
+    _require(m.num_heads is None or m.num_heads > 0, "model.num_heads",
+             f"must be a positive integer or null (the model's own), got {m.num_heads}")
+    _require(m.embed_dim is None or m.num_heads is None or m.embed_dim % m.num_heads == 0, "model.num_heads",
+             f"must divide model.embed_dim ({m.embed_dim}), got {m.num_heads}")
+    _require(m.global_pool is None or m.global_pool in GLOBAL_POOLS, "model.global_pool",
+             f"got {m.global_pool!r}, allowed: {', '.join(repr(g) for g in GLOBAL_POOLS)} or null (the model's own)")
     _require(s.head_blocks >= 0, "split.head_blocks", f"must be >= 0, got {s.head_blocks}")
     _require(s.tail_blocks >= 0, "split.tail_blocks", f"must be >= 0, got {s.tail_blocks}")
     _require(p.num_tokens >= 0, "prompt.num_tokens", f"must be >= 0 (0 disables prompts), got {p.num_tokens}")
@@ -588,6 +612,7 @@ def validate(cfg: Config) -> None:
     _require(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
     _require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _require(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1), got {t.momentum}")
     _require(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")
     _require(d.shards_per_client >= 1, "data.shards_per_client", f"must be >= 1, got {d.shards_per_client}")
     _require(
@@ -632,7 +657,11 @@ def validate(cfg: Config) -> None:
         f"must be >= 1, got {r.server_max_concurrency}",
     )
     pc = cfg.pretrain
+    _require(0 <= pc.seed < 2**32, "pretrain.seed", f"must be an integer in [0, 2**32), got {pc.seed}")
     _require(pc.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {pc.epochs}")
+    _require(pc.batch_size >= 1, "pretrain.batch_size", f"must be >= 1, got {pc.batch_size}")
+    _require(pc.max_samples is None or pc.max_samples >= 1, "pretrain.max_samples",
+             f"must be >= 1 or null (all), got {pc.max_samples}")
     _require(pc.lr > 0, "pretrain.lr", f"must be > 0, got {pc.lr}")
     pj = cfg.project
     for key in ("samples_per_client", "img_size", "num_classes"):

@@ -290,6 +290,8 @@ def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
 def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:
     src = os.fspath(path)
     p = Path(src)
+    if p.is_dir():
+        raise ConfigError(f"devices.catalog: {src} is a folder, not a YAML file")
     if not p.is_file():
         raise ConfigError(f"devices.catalog: file not found: {src}")
     try:
@@ -297,8 +299,10 @@ def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:
             doc = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ConfigError(f"devices.catalog: {src}: invalid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"devices.catalog: {src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except OSError as exc:
-        raise ConfigError(f"devices.catalog: {src}: cannot read: {exc}") from exc
+        raise ConfigError(f"devices.catalog: {src}: cannot read: {exc.strerror or exc}") from exc
     if not isinstance(doc, Mapping) or "devices" not in doc:
         raise ConfigError(
             f"devices.catalog: {src}: expected a top-level mapping with a 'devices' key "

@@ -101,6 +101,14 @@ def create_model(
             kwargs[key] = value
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # e.g. ResNet.__init__() got an unexpected keyword argument 'img_size'
+        probe = _probe(name)
+        if not isinstance(probe, VisionTransformer):
+            raise _not_a_vit(name, type(probe).__name__ if probe is not None else None) from e
+        raise ConfigError(f"model.name: cannot build {name!r} with {kwargs}: {e}".splitlines()[0]) from e
+    except AssertionError as e:  # timm checks some overrides with assert (e.g. embed_dim % num_heads)
+        raise ConfigError(f"model.name: cannot build {name!r} with {kwargs}: {e or 'an override is invalid'}"
+                          .splitlines()[0]) from e
     except (OSError, RuntimeError, ValueError) as e:  # hub unreachable, bad overrides
         if pretrained:
             raise ModelError(
@@ -110,13 +118,26 @@ def create_model(
             ) from e
         raise ConfigError(f"model.name: cannot build {name!r} with {kwargs}: {e}".splitlines()[0]) from e
     if not isinstance(model, VisionTransformer):
-        raise ConfigError(
-            f"model.name: {name!r} is a {type(model).__name__}; sfp-ray splits timm "
-            "VisionTransformer models (vit_*, deit_*, ...)"
-        )
+        raise _not_a_vit(name, type(model).__name__)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+def _not_a_vit(name: str, kind: str | None) -> ConfigError:
+    return ConfigError(
+        f"model.name: {name!r} is {'a ' + kind if kind else 'not a VisionTransformer'}; only timm ViT models "
+        "(timm VisionTransformer: vit_*, deit_*, ...) are supported, e.g. vit_tiny_patch16_224"
+    )
+
+
+def _probe(name: str) -> nn.Module | None:
+    """The model timm builds for ``name`` with its own arguments, on the meta device (None if that fails)."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False)
+    except Exception:  # noqa: BLE001  (only used to word an error message)
+        return None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -69,6 +69,8 @@ def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = No
             pretrain(cfg, out=path)
         return str(path)
     p = Path(ck)
+    if p.is_dir():
+        raise ConfigError(f"model.checkpoint: {p} is a folder, not a checkpoint file")
     if not p.is_file():
         raise ConfigError(f"model.checkpoint: file not found: {p}")
     return str(p)

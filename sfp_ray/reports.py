@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from sfp_ray.config import dump_config
+from sfp_ray.errors import DataError
 from sfp_ray.methods import REFERENCE_METHOD
 from sfp_ray.records import ClientRecord, CostRecord, MessageRecord, RoundRecord, RunMeta, tally
 from sfp_ray.stats import spread
@@ -345,9 +346,29 @@ def load_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     rounds_p = d / "rounds.csv"
     if not rounds_p.is_file():
         raise FileNotFoundError(f"RUN_DIR: {d} has no rounds.csv (is it an sfp-ray run folder?)")
+    rounds = _read_table(rounds_p, ROUND_KEY_COLUMNS)
     costs_p = d / "costs.csv"
-    costs = pd.read_csv(costs_p) if costs_p.is_file() else pd.read_parquet(d / "costs.parquet")
-    return costs, pd.read_csv(rounds_p)
+    costs = _read_table(costs_p if costs_p.is_file() else d / "costs.parquet", COST_KEY_COLUMNS)
+    return costs, rounds
+
+
+#: Columns without which a run folder's tables cannot be summarised (older folders may lack newer columns).
+ROUND_KEY_COLUMNS = ("method", "round", "test_accuracy")
+COST_KEY_COLUMNS = ("method", "round", "phase", "side", "flops")
+
+
+def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """A CSV or parquet table of a run folder; a damaged or foreign file is a one-line DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"RUN_DIR: {path} not found (is {path.parent} an sfp-ray run folder?)")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001  (pandas/pyarrow raise many types for one user error: a bad file)
+        raise DataError(f"RUN_DIR: cannot read {path} ({type(e).__name__}: {e})".splitlines()[0]) from e
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"RUN_DIR: {path} is not an sfp-ray table: no column {', '.join(missing)}")
+    return df
 
 
 def rebuild(run_dir: str | os.PathLike, *, plots: bool = True) -> pd.DataFrame:
