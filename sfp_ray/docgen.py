@@ -14,8 +14,8 @@ configuration.
 
 Example:
     >>> keys = {k.key: k for k in config_keys()}
-    >>> keys["federation.rounds"].type, keys["federation.rounds"].default
-    ('int', '5')
+    >>> keys["federation.num_clients"].type, keys["federation.num_clients"].default
+    ('int', '10')
     >>> keys["data.classes"].type, keys["data.classes"].default
     ('list of int or null', '[5, 6, 7, 8, 9]')
 """

@@ -294,7 +294,7 @@ def test_sl_relays_state_from_client_to_client() -> None:
 
 def test_projection_covers_split_learning() -> None:
     cfg = load_config(overrides=["model.img_size=32", "model.patch_size=16", "model.in_chans=3", "model.depth=null",
-                                 "project.samples_per_client=10"])
+                                 "project.samples_per_client=10", "pruning.scope=all"])
     df = project(cfg, ["sfprompt_no_prompt", "sfl", "sl"]).set_index("method")
     sfl, sl, frozen = df.loc["sfl"], df.loc["sl"], df.loc["sfprompt_no_prompt"]
     cols = ["client_flops", "server_flops", "bytes_up", "bytes_down"]
