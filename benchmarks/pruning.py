@@ -57,6 +57,7 @@ def pol(policy: str, per_class: bool, *extra: str) -> tuple[str, ...]:
 
 # the default policy (sfp_ray/config.py), spelled out so the cut cells do not depend on it
 DEFAULT_POLICY = ("pruning.policy=easiest", "pruning.per_class=true", "pruning.scope=split")
+DEFAULT_ARM = "easiest_per_class_scope_split"  # the arm with DEFAULT_POLICY (cut 1/1, the default cut)
 
 ARMS: tuple[Arm, ...] = (
     Arm("fl_full", "fl_full", (), group="reference"),
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs)
     pol_df = summary[summary["group"] != "cut"]
     cut_df = summary[summary["group"] != "policy"].copy()
-    cut_default = summary[(summary["arm"] == "hardest") & (summary["keep_ratio"] == 0.5)].assign(arm="cut_1_1")
+    cut_default = summary[(summary["arm"] == DEFAULT_ARM) & (summary["keep_ratio"] == 0.5)].assign(arm="cut_1_1")
     cut_df = pd.concat([cut_df, cut_default], ignore_index=True)
     pol_df.to_csv(res / "pruning.csv", index=False)
     cut_df.to_csv(res / "pruning_cut.csv", index=False)
