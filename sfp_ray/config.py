@@ -148,12 +148,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Cohort and rounds."""
+    """Cohort and rounds.
+
+    ``min_success_fraction``: the fraction of a round's cohort that must succeed (each
+    client is retried once before it counts as failed); below it the round starts over
+    once, and then the run stops with an error.
+    """
 
     num_clients: int = 10
     clients_per_round: int = 10
     rounds: int = 8
     eval_every: int = 1
+    min_success_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -539,6 +545,8 @@ def validate(cfg: Config) -> None:
     )
     _require(f.rounds >= 1, "federation.rounds", f"must be >= 1, got {f.rounds}")
     _require(f.eval_every >= 1, "federation.eval_every", f"must be >= 1, got {f.eval_every}")
+    _require(0.0 <= f.min_success_fraction <= 1.0, "federation.min_success_fraction",
+             f"must be in [0, 1] (the fraction of a round's clients that must succeed), got {f.min_success_fraction}")
     if cfg.devices.mix:
         for name, frac in cfg.devices.mix.items():
             _require(frac >= 0, f"devices.mix.{name}", f"fraction must be >= 0, got {frac}")
