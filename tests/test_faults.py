@@ -201,19 +201,23 @@ def test_ray_recovers_a_killed_client_actor_and_a_killed_server_actor(ray_sessio
     Three rpi4 clients on two slots: clients 0 and 2 share slot 0, so client 2, queued behind
     client 0 when its actor dies, fails its first attempt too. Both are retried on the
     restarted actor. In round 3 the server actor dies at its first request; it is restarted
-    and the round starts over from round 2's global state (the body included: sfl).
+    and the round starts over from round 2's global state (the body included: sfl). Besides,
+    client 2's task raises once in round 1 (retried) and client 1 returns NaNs twice in round
+    2 (failed, checked inside its actor).
     """
     import sfp_ray
 
-    monkeypatch.setenv(ENV_VAR, "client:2:0:exit; server:3:exit")
+    monkeypatch.setenv(ENV_VAR, "client:1:2:raise; client:2:0:exit; client:2:1:nan*2; server:3:exit")
     lines: list[str] = []
     r = sfp_ray.run([*TINY, "prompt.num_tokens=0", "ray.max_actors=2"], method="sfl", executor="ray",
                     out=tmp_path, plots=False, echo=lines.append)
-    assert list(r.rounds["round"]) == [1, 2, 3] and list(r.rounds["finished"]) == [3, 3, 3]
+    assert list(r.rounds["round"]) == [1, 2, 3] and list(r.rounds["finished"]) == [3, 2, 3]
     status = r.clients.set_index(["round", "client_id"])
+    assert status.loc[(1, 2), "status"] == "retried" and status.loc[(1, 2), "error"].startswith("InjectedFault")
     assert status.loc[(2, 0), "status"] == "retried" and status.loc[(2, 2), "status"] == "retried"
     assert "died" in status.loc[(2, 0), "error"] and "died" in status.loc[(2, 2), "error"]
-    assert status.loc[(2, 1), "status"] == "ok" and (status.loc[3, "status"] == "ok").all()
+    assert status.loc[(2, 1), "status"] == "failed" and status.loc[(2, 1), "error"].startswith("NonFiniteError")
+    assert (status.loc[3, "status"] == "ok").all()
     assert any("round 3: the server actor died; it was restarted; round 3 starts over" in ln for ln in lines)
     assert np.isfinite(r.rounds["test_accuracy"]).all()
     assert any("notice" in ln and "pooled mode" in ln for ln in lines)
