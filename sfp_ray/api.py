@@ -93,6 +93,9 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
                 progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None) -> Results:
     """Run every method once per seed on the same data and devices; write the report to ``out``.
 
+    The folder also receives ``checkpoint/``: the plan of this call and, after every round,
+    each run's checkpoint, so that :func:`resume` can continue an interrupted call.
+
     Args:
         methods: registered method names.
         config: the configuration (see :func:`to_config`).
@@ -104,17 +107,14 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         out: the report folder (default ``runs/<timestamp>``).
         plots: write the PNG plots.
         progress: called with every round record.
-        echo: called with one-line notices (caps applied, fallbacks taken, where the report goes).
+        echo: called with one-line notices (caps applied, fallbacks taken, where the report
+            goes) and warnings (clients that failed, rounds started over).
     """
     from sfp_ray.methods import get_method
-    from sfp_ray.orchestrator import Orchestrator, default_out_dir, prepare_run
-    from sfp_ray.pretrain import resolve_checkpoint
-    from sfp_ray.reports import ReportSink
+    from sfp_ray.orchestrator import default_out_dir
 
-    say = echo or (lambda _msg: None)
     cfg = to_config(config, overrides)
-    if executor not in ("ray", "serial"):
-        raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
+    _check_executor(executor)
     methods = list(methods)
     if not methods:
         raise ConfigError("methods: give at least one method, e.g. sfprompt,fl_full")
@@ -124,6 +124,83 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
     folder = check_out_dir(Path(out) if out is not None else default_out_dir())
+    return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False)
+
+
+def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: Sequence[str] = (),
+           methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, executor: str | None = None,
+           address: str | None = None, plots: bool = True, progress: Callable[[Any], None] | None = None,
+           echo: Callable[[str], None] | None = None) -> Results:
+    """Continue an interrupted :func:`run_methods` call in its folder ``run_dir``.
+
+    The methods, seeds and configuration are the ones saved in ``run_dir/checkpoint/run.yaml``.
+    Runs that finished are kept as they are; a run with a checkpoint continues after its
+    last finished round (its rows of later rounds are dropped first); a run that never
+    finished a round starts over. With the serial executor the result is the same, bit for
+    bit, as that of an uninterrupted call.
+
+    ``config``, ``overrides``, ``methods`` and ``seeds``, when given, must agree with the
+    saved run: anything that differs raises :class:`~sfp_ray.errors.ConfigError`.
+    ``executor`` defaults to the one the run was started with.
+    """
+    from sfp_ray.checkpoints import read_plan
+
+    folder = Path(run_dir)
+    plan = read_plan(folder)
+    saved = plan.config
+    where = f"{folder}/checkpoint/run.yaml"
+    if config is not None or overrides:
+        asked = to_config(config if config is not None else saved, overrides)
+        a, b = _flat(saved), _flat(asked)
+        differ = [k for k in a if a[k] != b.get(k)]
+        if differ:
+            k = differ[0]
+            raise ConfigError(f"--resume: {k}={b.get(k)!r} conflicts with the run being resumed ({k}={a[k]!r} in "
+                              f"{where}); a resumed run keeps its configuration: drop the setting or start a new run")
+    if methods is not None and list(methods) != plan.methods:
+        raise ConfigError(f"--resume: methods {','.join(methods)} conflict with the run being resumed "
+                          f"({','.join(plan.methods)} in {where})")
+    if seeds is not None and [int(s) for s in seeds] != plan.seeds:
+        raise ConfigError(f"--resume: seeds {','.join(map(str, seeds))} conflict with the run being resumed "
+                          f"({','.join(map(str, plan.seeds))} in {where})")
+    kind = executor if executor is not None else plan.executor
+    _check_executor(kind)
+    check_out_dir(folder)
+    return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True)
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in ("ray", "serial"):
+        raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    from sfp_ray.config import to_dict
+
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping) and k != "mix":
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
+             folder: Path, plots: bool, progress: Callable[[Any], None] | None,
+             echo: Callable[[str], None] | None, *, resuming: bool) -> Results:
+    """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
+    from sfp_ray import checkpoints
+    from sfp_ray.orchestrator import Orchestrator, check_resumable, prepare_run, run_meta
+    from sfp_ray.pretrain import resolve_checkpoint
+    from sfp_ray.reports import ReportSink
+
+    say = echo or (lambda _msg: None)
+    warn = (lambda msg: say(f"warning: {msg}")) if echo is not None else None
     ck_cache: dict[str, str | None] = {}
 
     def resolve(c: Config) -> str | None:
@@ -136,16 +213,40 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
     specs = [prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s in seeds for m in methods]
     for note in dict.fromkeys(n for s in specs for n in s.notices):
         say(f"notice: {note}")
+    ckpts: list[dict[str, Any] | None] = [None] * len(specs)
     sink = ReportSink(folder, plots=plots)
-    say(f"writing the report to {folder}")
-    with _executors(executor, specs, cfg, address, say) as make:
-        for spec in specs:
-            f = spec.cfg.federation
-            say(f"{spec.method.name} seed {spec.cfg.seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
+    if resuming:
+        for i, spec in enumerate(specs):
+            ckpts[i] = checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, spec.method.name,
+                                                                               spec.cfg.seed))
+            if ckpts[i] is not None:
+                check_resumable(ckpts[i], spec)
+        sink.resume({(s.method.name, s.cfg.seed): int(ck["round"]) if ck is not None else 0
+                     for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]})
+        say(f"resuming the run in {folder}")
+    else:
+        checkpoints.clear(folder)
+        checkpoints.write_plan(folder, methods, seeds, executor, cfg)
+        say(f"writing the report to {folder}")
+    todo = [s for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]]
+    with _executors(executor, todo, cfg, address, say) as make:
+        for spec, ck in zip(specs, ckpts):
+            f, name, seed = spec.cfg.federation, spec.method.name, spec.cfg.seed
+            if ck is not None and ck["finished"]:
+                say(f"{name} seed {seed}: finished before; kept as it is")
+                meta = run_meta(spec, str(ck["executor"]), str(ck["run_id"]))
+                sink.start_run(meta)
+                if not sink.final_state_path(meta).is_file():  # stopped between its last checkpoint and the end
+                    sink.save_final_state(meta, {**ck["client"], **(ck["server"] or {})})
+                continue
+            if ck is not None:
+                say(f"{name} seed {seed}: resuming after round {ck['round']} of {f.rounds}")
+            say(f"{name} seed {seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
                 f"{f.rounds} rounds, {executor} executor, data {spec.cfg.data.name} "
                 f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
+            path = checkpoints.checkpoint_path(folder, name, seed)
             with make() as ex:
-                Orchestrator(spec, ex, [sink], progress=progress).run()
+                Orchestrator(spec, ex, [sink], progress=progress, checkpoint=path, resume=ck, warn=warn).run()
     sink.finalize()
     return Results.load(folder)
 
@@ -160,7 +261,7 @@ class _executors:
         self.pool: Any = None
 
     def __enter__(self) -> Callable[[], Any]:
-        if self.kind == "serial":
+        if self.kind == "serial" or not self.specs:  # nothing left to run needs no Ray
             from sfp_ray.executors.serial import SerialExecutor
 
             return SerialExecutor
@@ -208,4 +309,4 @@ def check_out_dir(path: Path) -> Path:
     return path
 
 
-__all__ = ["Results", "check_out_dir", "compare", "run", "run_methods", "to_config"]
+__all__ = ["Results", "check_out_dir", "compare", "resume", "run", "run_methods", "to_config"]

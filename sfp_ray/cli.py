@@ -3,9 +3,9 @@
 ::
 
     sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--seeds 0,1,2]
-                     [--executor ray|serial] [--address ADDR] [--out DIR]
+                     [--executor ray|serial] [--address ADDR] [--out DIR | --resume RUN_DIR]
     sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
-                     [--executor ray|serial] [--address ADDR] [--out DIR]
+                     [--executor ray|serial] [--address ADDR] [--out DIR | --resume RUN_DIR]
     sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
                      [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
                      [--cell-cpus N] [--out DIR]
@@ -15,8 +15,10 @@
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices | datasets
 
-Exit code 0 on success; a bad configuration or input exits with code 2 and one line on
-stderr naming the offending key or file (``--debug`` shows the traceback).
+Exit code 0 on success (also when some clients failed: one warning line each); a bad
+configuration or input, a ``--resume`` that does not fit, or a round that too few clients
+survive (``federation.min_success_fraction``) exits with code 2 and one line on stderr
+(``--debug`` shows the traceback); an interrupted run exits with 130.
 """
 
 from __future__ import annotations
@@ -59,19 +61,36 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", metavar="S1,S2,...", default=None,
                    help="run every method once per seed (e.g. 0,1,2) and report mean ± 95%% CI; default: the "
                         "config's seed")
-    p.add_argument("--executor", choices=["ray", "serial"], default="ray",
+    p.add_argument("--executor", choices=["ray", "serial"], default=None,
                    help="ray: clients as Ray actors sized from the cluster, a server actor, an aggregator actor; "
-                        "serial: every role in this process (the reference) (default: %(default)s)")
+                        "serial: every role in this process (the reference) (default: ray; with --resume, the "
+                        "executor the run was started with)")
     p.add_argument("--address", metavar="ADDR", default=None,
                    help="Ray cluster to join: 'auto' or HOST:PORT; default starts a private local Ray "
                         "(ray.address in the config)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the interrupted run in RUN_DIR from its checkpoints: methods, seeds and "
+                        "configuration as saved there (--set, --config, --method(s) and --seeds may only repeat "
+                        "them); finished runs are kept, the others continue after their last finished round")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
 
 
 GRID_HELP = ("a configuration key and the values to sweep, e.g. --grid split.head_blocks=0,1,2 (repeatable; the "
              "cells are the cartesian product of all --grid keys; values are read as YAML, lists in brackets: "
              "--grid data.classes=[0,1],[2,3])")
+FAULTS_HELP = """\
+faults and resume:
+  A client whose task raises, whose actor dies, or whose loss or state is not finite
+  is tried once more; clients.csv says ok, retried or failed for every client and
+  round, and a failed client is left out of the round's average (one warning line
+  each; the run still exits 0). A round in which fewer than
+  federation.min_success_fraction (default 0.5) of the cohort succeed, or whose server
+  actor dies, starts over once from the last finished round; then the run stops
+  (exit 2). After every round RUN_DIR/checkpoint/ holds the run's checkpoint: after an
+  interruption, `sfp-ray run --resume RUN_DIR` (or `compare --resume RUN_DIR`) goes on
+  from the last finished round with the configuration saved there.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,15 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run one method and write a report")
+    p = sub.add_parser("run", help="run one method and write a report", epilog=FAULTS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     p.add_argument("--method", default=None, help="registered method (default: config 'method', sfprompt)")
     _add_runtime_args(p)
 
-    p = sub.add_parser("compare", help="run several methods on the same data, seeds and devices")
+    p = sub.add_parser("compare", help="run several methods on the same data, seeds and devices", epilog=FAULTS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
-    p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated registered methods (default: %(default)s)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated registered methods (default: {DEFAULT_METHODS})")
     _add_runtime_args(p)
 
     p = sub.add_parser(
@@ -209,29 +230,63 @@ def _progress(total_rounds: int, quiet: bool, with_seed: bool):
 
 def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     from sfp_ray.api import run_methods
-    from sfp_ray.reports import format_summary
+    from sfp_ray.orchestrator import default_out_dir
 
     seeds = parse_seeds(args.seeds, cfg.seed)
-    res = run_methods(methods, cfg, seeds=seeds, executor=args.executor, address=args.address, out=args.out,
-                      plots=not args.no_plots, progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1),
-                      echo=_say)
+    args.run_dir = Path(args.out) if args.out else default_out_dir()
+    res = run_methods(methods, cfg, seeds=seeds, executor=args.executor or "ray", address=args.address,
+                      out=args.run_dir, plots=not args.no_plots,
+                      progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1), echo=_say)
+    return _print_results(res, len(seeds))
+
+
+def _resume(args: argparse.Namespace, methods: list[str] | None) -> int:
+    from sfp_ray.api import resume
+    from sfp_ray.checkpoints import read_plan
+
+    folder = Path(args.resume)
+    if args.out is not None and Path(args.out).resolve() != folder.resolve():
+        raise ConfigError(f"--out {args.out}: a resumed run writes into its own folder ({folder}); drop --out")
+    args.run_dir = folder
+    plan = read_plan(folder)
+    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else None
+    res = resume(folder, args.config, overrides=args.overrides, methods=methods, seeds=seeds, executor=args.executor,
+                 address=args.address, plots=not args.no_plots,
+                 progress=_progress(plan.config.federation.rounds, args.quiet, len(plan.seeds) > 1), echo=_say)
+    return _print_results(res, len(plan.seeds))
+
+
+def _print_results(res, n_seeds: int) -> int:
+    from sfp_ray.reports import format_summary
+
     print(format_summary(res.summary))
-    extra = ", summary_by_seed.csv" if len(seeds) > 1 else ""
+    extra = ", summary_by_seed.csv" if n_seeds > 1 else ""
     print(f"\nreport: {res.out}/ (summary.csv{extra}, rounds.csv, clients.csv, costs.csv, costs.parquet, "
-          "messages.csv, config.yaml, *.png)")
+          "messages.csv, config.yaml, *.png; checkpoint/ for --resume)")
     return 0
 
 
+def _methods_arg(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--methods: give at least one method, e.g. sfprompt,fl_full")
+    return methods
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _resume(args, [args.method] if args.method else None)
     cfg = _load(args)
     return _run_methods(args, [args.method or cfg.method], cfg)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise ConfigError("--methods: give at least one method, e.g. sfprompt,fl_full")
-    return _run_methods(args, methods, _load(args))
+    methods = _methods_arg(args.methods)
+    if args.resume is not None:
+        return _resume(args, methods)
+    return _run_methods(args, methods or _methods_arg(DEFAULT_METHODS), _load(args))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -381,7 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sfp-ray: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sfp-ray: interrupted after {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        run_dir = getattr(args, "run_dir", None)
+        resumable = run_dir is not None and (Path(run_dir) / "checkpoint" / "run.yaml").is_file()
+        hint = f"; continue with: sfp-ray {args.command} --resume {run_dir}" if resumable else ""
+        print(f"sfp-ray: interrupted after {time.perf_counter() - t0:.0f} s{hint}", file=sys.stderr)
         return 130
 
 

@@ -186,7 +186,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Cohort and rounds."""
+    """Cohort and rounds.
+
+    ``min_success_fraction``: the fraction of a round's cohort that must succeed (each
+    client is retried once before it counts as failed); below it the round starts over
+    once, and then the run stops with an error.
+    """
 
     num_clients: int = 10
     """Clients of the federation (each with its own partition and device class)."""
@@ -196,6 +201,9 @@ class FederationConfig:
     """Federated rounds of a run."""
     eval_every: int = 1
     """Evaluate the global model every this many rounds, and after the last; other rounds report no accuracy."""
+    min_success_fraction: float = 0.5
+    """Fraction of a round's cohort that must succeed (``ceil(fraction * cohort)`` clients), in [0, 1]; a round
+    short of it starts over once, then the run stops."""
 
 
 @dataclass(frozen=True)
@@ -638,6 +646,8 @@ def validate(cfg: Config) -> None:
     )
     _require(f.rounds >= 1, "federation.rounds", f"must be >= 1, got {f.rounds}")
     _require(f.eval_every >= 1, "federation.eval_every", f"must be >= 1, got {f.eval_every}")
+    _require(0.0 <= f.min_success_fraction <= 1.0, "federation.min_success_fraction",
+             f"must be in [0, 1] (the fraction of a round's clients that must succeed), got {f.min_success_fraction}")
     if cfg.devices.mix:
         for name, frac in cfg.devices.mix.items():
             _require(frac >= 0, f"devices.mix.{name}", f"fraction must be >= 0, got {frac}")

@@ -24,3 +24,11 @@ class ModelError(SfpRayError):
 
 class ClusterError(SfpRayError):
     """The Ray cluster cannot host the requested actors, or cannot be reached."""
+
+
+class ServerLost(SfpRayError):
+    """The server died during a round; the executor restarted it and the round must start over."""
+
+
+class RoundFailed(SfpRayError):
+    """Too few clients of a round succeeded (``federation.min_success_fraction``), even after a retry."""

@@ -9,12 +9,16 @@ seed from ``(seed, r, client_id)``, so a run is reproducible whatever executes i
 A round: sample the cohort, hand the method its tasks and the global state (its round
 plan runs the clients and aggregates), evaluate every ``federation.eval_every`` rounds,
 and time the round on the simulated clock (the method's plan plays the clients'
-timelines against the server; aggregation follows on the server).
+timelines against the server; aggregation follows on the server). After the round's rows
+are flushed, the run's checkpoint is replaced (:mod:`sfp_ray.checkpoints`), so an
+interrupted run can be resumed from its last finished round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,12 +29,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from sfp_ray.config import Config
+from sfp_ray.checkpoints import save_checkpoint
+from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import assign_devices, get_device, load_catalog
-from sfp_ray.errors import ConfigError
-from sfp_ray.executors.base import Executor, RunSpec, State
-from sfp_ray.methods import Method, get_method
+from sfp_ray.errors import ConfigError, RoundFailed, ServerLost
+from sfp_ray.executors.base import FINISHED, Executor, RunSpec, State
+from sfp_ray.faults import Fault, from_env, task_faults
+from sfp_ray.methods import Method, RoundOutcome, get_method
 from sfp_ray.models import check_checkpoint, input_shape, read_checkpoint
 from sfp_ray.records import (
     EVAL_PHASE,
@@ -181,6 +187,45 @@ def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], devices: Seque
     return rows
 
 
+def run_meta(spec: RunSpec, executor: str, run_id: str) -> RunMeta:
+    """The static facts of a run (attached to every row it emits)."""
+    return RunMeta(
+        run_id=run_id,
+        method=spec.method.name,
+        executor=executor,
+        config=spec.cfg,
+        devices=[d.name for d in spec.devices],
+        num_classes=spec.num_classes,
+        train_sizes=[len(p) for p in spec.client_indices],
+        checkpoint=spec.checkpoint,
+        seed=spec.cfg.seed,
+    )
+
+
+def required_successes(fraction: float, selected: int) -> int:
+    """Clients of a cohort of ``selected`` that must succeed: ``ceil(fraction * selected)``.
+
+    Example:
+        >>> required_successes(0.5, 3), required_successes(0.5, 2), required_successes(0.0, 4)
+        (2, 1, 0)
+    """
+    return max(0, math.ceil(fraction * selected - 1e-9))
+
+
+def check_resumable(ckpt: Mapping[str, Any], spec: RunSpec) -> None:
+    """Raise ConfigError unless ``ckpt`` is a checkpoint of the run ``spec`` describes."""
+    name, seed = spec.method.name, spec.cfg.seed
+    if ckpt.get("method") != name or ckpt.get("seed") != seed:
+        raise ConfigError(f"--resume: the checkpoint is of {ckpt.get('method')} seed {ckpt.get('seed')}, "
+                          f"not of {name} seed {seed}")
+    if ckpt.get("config") != to_dict(spec.cfg):
+        raise ConfigError(f"--resume: the checkpoint of {name} seed {seed} was written with another configuration "
+                          "than the one saved in the run folder")
+    if not 0 <= int(ckpt.get("round", -1)) <= spec.cfg.federation.rounds:
+        raise ConfigError(f"--resume: the checkpoint of {name} seed {seed} is at round {ckpt.get('round')}, "
+                          f"outside 0..federation.rounds={spec.cfg.federation.rounds}")
+
+
 class Orchestrator:
     """Runs ``federation.rounds`` rounds of a method on an executor and emits records.
 
@@ -190,52 +235,69 @@ class Orchestrator:
         sinks: receivers of records (reports).
         progress: called after every round with the round record (live display).
         run_id: identifier written into every row (default: a short random id).
+        checkpoint: a file to write the run's checkpoint to after every round
+            (:mod:`sfp_ray.checkpoints`); None writes none.
+        resume: a checkpoint of this run (:func:`sfp_ray.checkpoints.load_checkpoint`) to
+            continue from: the run starts after its round, from its states, with its run id.
+        warn: called with one line per client that failed an attempt, per round that is
+            started over, per server restart (default: the ``sfp_ray`` logger).
+
+    Faults: executors retry a failed client once and report it ``retried`` or ``failed``;
+    failed clients are left out of the round (never averaged). When fewer than
+    ``federation.min_success_fraction`` of the cohort succeed, or the server is lost mid-round
+    (:class:`~sfp_ray.errors.ServerLost`), the round starts over once from the global state
+    of the last finished round (which includes the body for methods whose server trains
+    it); failing that, the run stops with :class:`~sfp_ray.errors.RoundFailed` (or the
+    second ServerLost). The test-only ``SFP_RAY_FAULT`` hook (:mod:`sfp_ray.faults`) is read
+    here and handed to the clients with their tasks.
     """
 
     def __init__(self, spec: RunSpec, executor: Executor, sinks: Sequence[Sink] = (),
-                 progress: Callable[[RoundRecord], None] | None = None, run_id: str | None = None) -> None:
+                 progress: Callable[[RoundRecord], None] | None = None, run_id: str | None = None, *,
+                 checkpoint: str | Path | None = None, resume: Mapping[str, Any] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.executor = executor
         self.sinks = list(sinks)
         self.progress = progress
-        self.meta = RunMeta(
-            run_id=run_id or uuid.uuid4().hex[:8],
-            method=spec.method.name,
-            executor=executor.name,
-            config=spec.cfg,
-            devices=[d.name for d in spec.devices],
-            num_classes=spec.num_classes,
-            train_sizes=[len(p) for p in spec.client_indices],
-            checkpoint=spec.checkpoint,
-            seed=spec.cfg.seed,
-        )
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = dict(resume) if resume is not None else None
+        self.warn = warn if warn is not None else (lambda msg: log.warning("%s", msg))
+        if self.resume is not None:
+            check_resumable(self.resume, spec)
+            run_id = str(self.resume["run_id"])
+        self.meta = run_meta(spec, executor.name, run_id or uuid.uuid4().hex[:8])
 
     def _emit(self, what: str, *args: Any) -> None:
         for s in self.sinks:
             getattr(s, what)(self.meta, *args)
 
+    @property
+    def _who(self) -> str:
+        return f"{self.meta.method} seed {self.meta.seed}"
+
     def run(self) -> RunResult:
-        spec, ex, meta = self.spec, self.executor, self.meta
+        spec, ex, meta, ck = self.spec, self.executor, self.meta, self.resume
         cfg, f = spec.cfg, spec.cfg.federation
+        if ck is not None:  # the executor starts from the checkpoint's global state
+            spec = dataclasses.replace(spec, start_state=(ck["client"], ck["server"]))
         started = ex.start(spec)
         meta.notices.extend(spec.notices + started.notices)
         self._emit("start_run")
         if started.resources:
             self._emit("add_resources", started.resources)
         state: State = started.state
-        client_states: dict[int, dict[str, Any]] = {}
+        client_states: dict[int, dict[str, Any]] = dict(ck["client_states"]) if ck is not None else {}
         rounds: list[RoundRecord] = []
-        totals = {"bytes": 0, "client": 0.0, "server": 0.0, "wall": 0.0, "sim": 0.0}
+        totals = dict(ck["totals"]) if ck is not None else {"bytes": 0, "client": 0.0, "server": 0.0, "wall": 0.0,
+                                                             "sim": 0.0}
+        faults = from_env()
         server_dev = spec.server_device
-        for r in range(1, f.rounds + 1):
+        for r in range(int(ck["round"]) + 1 if ck is not None else 1, f.rounds + 1):
             t0 = time.perf_counter()
-            cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
-            tasks = [ClientTask(round=r, client_id=c, seed=derive_seed(cfg.seed, r, c), device=spec.devices[c],
-                                server_device=server_dev, indices=np.asarray(spec.client_indices[c]),
-                                client_state=client_states.get(c, {})) for c in cohort]
-            outcome = spec.method.run_round(ex, tasks, state)
+            outcome, selected = self._play_round(r, state, client_states, faults)
             state = outcome.state
-            finished = [o for o in outcome.outputs if o.status in ("ok", "retried")]
+            finished = [o for o in outcome.outputs if o.status in FINISHED]
             for o in finished:
                 client_states[o.client_id] = o.client_state
             costs: list[CostRecord] = [c for o in outcome.outputs for c in o.costs]
@@ -271,7 +333,7 @@ class Orchestrator:
                 server_flops_round=t.server_flops, server_flops_total=totals["server"],
                 cum_wall_s=totals["wall"], cum_sim_s=totals["sim"],
                 server_queue_s=sum(o.server_queue_s for o in outcome.outputs), seed=cfg.seed,
-                selected=len(tasks), finished=len(finished), failed=status.count("failed"),
+                selected=selected, finished=len(finished), failed=status.count("failed"),
             )
             rounds.append(rec)
             self._emit("add_costs", costs)
@@ -279,12 +341,70 @@ class Orchestrator:
             self._emit("add_clients", _client_rows(r, outcome.outputs, spec.devices, cfg))
             self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id)
                                          for o in outcome.outputs if o.resources])
-            self._emit("add_round", rec)
+            self._emit("add_round", rec)  # the rows are flushed here, before the checkpoint
+            self._save(r, state, client_states, totals)
             if self.progress is not None:
                 self.progress(rec)
         final = state.tensors()
         self._emit("end_run", final)
         return RunResult(meta, rounds, final, client_states)
+
+    def _play_round(self, r: int, state: State, client_states: Mapping[int, Mapping[str, Any]],
+                    faults: Sequence[Fault]) -> tuple[RoundOutcome, int]:
+        """Run round ``r`` (started over once when too few clients succeed or the server is lost)."""
+        spec = self.spec
+        cfg, f = spec.cfg, spec.cfg.federation
+        cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
+        need = required_successes(f.min_success_fraction, len(cohort))
+        for round_try in (1, 2):
+            tasks = [ClientTask(round=r, client_id=c, seed=derive_seed(cfg.seed, r, c), device=spec.devices[c],
+                                server_device=spec.server_device, indices=np.asarray(spec.client_indices[c]),
+                                client_state=client_states.get(c, {}),
+                                faults=task_faults(faults, round=r, client_id=c, round_try=round_try,
+                                                   first=c == cohort[0])) for c in cohort]
+            try:
+                outcome = spec.method.run_round(self.executor, tasks, state)
+            except ServerLost as e:
+                if round_try == 2:
+                    raise ServerLost(f"{self._who}: {e}, again in the retried round; the run stops (continue it "
+                                     "with --resume)") from e
+                self.warn(f"{self._who}: {e}; round {r} starts over")
+                continue
+            for o in outcome.outputs:
+                self._warn_client(r, o)
+            ok = sum(o.status in FINISHED for o in outcome.outputs)
+            if ok >= need:
+                return outcome, len(tasks)
+            short = (f"round {r}: {ok} of {len(tasks)} clients succeeded, "
+                     f"federation.min_success_fraction={f.min_success_fraction:g} needs {need}")
+            if round_try == 2:
+                first = next((o.error for o in outcome.outputs if o.status == "failed"), "")
+                raise RoundFailed(f"{self._who}: {short}, also when the round was retried; the run stops "
+                                  f"(first error: {first})")
+            self.warn(f"{self._who}: {short}; the round starts over")
+        raise AssertionError("unreachable")
+
+    def _warn_client(self, r: int, o: ClientOutput) -> None:
+        device = self.spec.devices[o.client_id].name
+        if o.status == "retried":
+            self.warn(f"{self._who} round {r}: client {o.client_id} ({device}) succeeded on attempt {o.attempts} "
+                      f"after a failure: {o.error}")
+        elif o.status == "failed":
+            self.warn(f"{self._who} round {r}: client {o.client_id} ({device}) failed {o.attempts} attempts and is "
+                      f"left out of the round: {o.error}")
+
+    def _save(self, r: int, state: State, client_states: Mapping[int, Any], totals: Mapping[str, float]) -> None:
+        """Write the checkpoint of round ``r`` (when the run has a checkpoint file)."""
+        if self.checkpoint is None:
+            return
+        client, server = state.parts()
+        f = self.spec.cfg.federation
+        save_checkpoint(self.checkpoint, {
+            "method": self.meta.method, "seed": self.meta.seed, "run_id": self.meta.run_id,
+            "executor": self.meta.executor, "round": r, "rounds": f.rounds, "finished": r == f.rounds,
+            "client": client, "server": server, "client_states": dict(client_states), "totals": dict(totals),
+            "config": to_dict(self.spec.cfg),
+        })
 
 
 def default_out_dir(base: str | Path = "runs") -> Path:

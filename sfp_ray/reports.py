@@ -7,13 +7,17 @@ column is listed with its unit in ``docs/reports.md``):
 - ``rounds.csv``: one row per round, with cumulative ``bytes_total`` and ``client_flops_total``;
 - ``summary.csv``: one row per method, with ratios to ``fl_full`` when it was run;
 - ``messages.csv``: one row per message (direction, kind, sender, receiver, bytes, tensor shapes);
-- ``clients.csv``: one row per (round, selected client): status, attempts, samples, times;
+- ``clients.csv``: one row per (round, selected client): device, status (``ok``, ``retried``: it
+  succeeded on its second attempt, ``failed``: both attempts failed and it was left out of the
+  round), attempts, error (one line), samples, kept samples, wall and simulated seconds;
 - ``resources.csv``: requested / enforced / observed resources per actor (Ray executor);
 - ``config.yaml``: the resolved configuration, seeds and library versions;
 - ``accuracy_vs_bytes.png``, ``accuracy_vs_sim_time.png``, ``client_flops_by_method.png``.
 
 CSV files are rewritten atomically after every round, so a crash keeps every finished
-round; ``sfp-ray report RUN_DIR`` rebuilds the summary and plots from them.
+round; ``sfp-ray report RUN_DIR`` rebuilds the summary and plots from them, and
+``--resume RUN_DIR`` continues the run (:meth:`ReportSink.resume` takes the rows up again).
+Every row names its ``method`` and ``seed``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pandas as pd
 import torch
 
 from sfp_ray.config import dump_config
-from sfp_ray.errors import DataError
+from sfp_ray.errors import DataError, SfpRayError
 from sfp_ray.methods import REFERENCE_METHOD
 from sfp_ray.records import ClientRecord, CostRecord, MessageRecord, RoundRecord, RunMeta, tally
 from sfp_ray.stats import spread
@@ -91,11 +95,12 @@ class ReportSink:
         for r in records:
             row = {"run_id": meta.run_id, "method": meta.method, "executor": meta.executor}
             row.update(dataclasses.asdict(r))
+            row["seed"] = meta.seed
             self.costs.append(row)
 
     def add_messages(self, meta: RunMeta, records: Sequence[MessageRecord]) -> None:
         for m in records:
-            row = {"run_id": meta.run_id, "method": meta.method}
+            row = {"run_id": meta.run_id, "method": meta.method, "seed": meta.seed}
             row.update(dataclasses.asdict(m))
             self.messages.append(row)
 
@@ -107,16 +112,51 @@ class ReportSink:
 
     def add_resources(self, meta: RunMeta, rows: Sequence[Mapping[str, Any]]) -> None:
         for r in rows:
-            self.resources.append({"run_id": meta.run_id, "method": meta.method, **_flatten(r)})
+            self.resources.append({"run_id": meta.run_id, "method": meta.method, "seed": meta.seed, **_flatten(r)})
 
     def add_round(self, meta: RunMeta, record: RoundRecord) -> None:
         self.rounds.append(dataclasses.asdict(record))
         self.flush()
 
     def end_run(self, meta: RunMeta, final_state: Mapping[str, torch.Tensor]) -> None:
-        torch.save({k: v.detach().cpu() for k, v in final_state.items()},
-                   self.out / f"final_state_{meta.method}_seed{meta.seed}.pt")
+        self.save_final_state(meta, final_state)
         self.finalize()
+
+    def final_state_path(self, meta: RunMeta) -> Path:
+        """``final_state_<method>_seed<seed>.pt`` in the folder."""
+        return self.out / f"final_state_{meta.method}_seed{meta.seed}.pt"
+
+    def save_final_state(self, meta: RunMeta, final_state: Mapping[str, torch.Tensor]) -> None:
+        torch.save({k: v.detach().cpu() for k, v in final_state.items()}, self.final_state_path(meta))
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self, keep_rounds: Mapping[tuple[str, int], int]) -> None:
+        """Take up the rows already in the folder's CSV files, for a resumed invocation.
+
+        ``keep_rounds`` maps each (method, seed) run that will execute again to the last
+        round its checkpoint holds (0 when it has none): that run's rows of later rounds,
+        and its per-actor rows written at start-up, are dropped (it writes them again), so
+        no row is duplicated. Rows of other runs (finished ones) are kept as they are.
+        Numbers are read back exactly (``float_precision="round_trip"``).
+        """
+        targets = {(str(m), int(s)): int(k) for (m, s), k in keep_rounds.items()}
+        for name, rows in (("costs.csv", self.costs), ("rounds.csv", self.rounds), ("messages.csv", self.messages),
+                           ("clients.csv", self.clients), ("resources.csv", self.resources)):
+            p = self.out / name
+            if not p.is_file() or p.stat().st_size == 0:
+                continue
+            df = pd.read_csv(p, float_precision="round_trip", low_memory=False)
+            if df.empty:
+                continue
+            if "seed" not in df or "method" not in df:
+                raise SfpRayError(f"--resume: {p} has no method/seed columns (written by an older sfp-ray?)")
+            keep = pd.Series(True, index=df.index)
+            rnd = df["round"] if "round" in df else pd.Series(float("nan"), index=df.index)
+            for (m, sd), k in targets.items():
+                mine = (df["method"] == m) & (df["seed"] == sd)
+                keep &= ~(mine & (rnd.isna() | (rnd > k)))
+            rows.extend(df[keep].to_dict("records"))
 
     # ------------------------------------------------------------------ files
 

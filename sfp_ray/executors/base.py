@@ -46,6 +46,8 @@ class RunSpec:
     devices: list[Any]  # DeviceProfile per client
     server_device: Any
     notices: list[str] = field(default_factory=list)  # one line per cap applied or fallback taken
+    #: the global state to start from instead of the method's initial one (a resumed run)
+    start_state: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None] | None = None
 
     def workspace(self, parts: Sequence[str], *, meta: bool = False) -> Workspace:
         """A workspace of this run holding ``parts``."""
@@ -56,8 +58,12 @@ class RunSpec:
     def initial_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """The method's global state before round 1: ``(client part, server part or None)``.
 
-        Built from a workspace holding only the parts the state covers.
+        Built from a workspace holding only the parts the state covers; a resumed run
+        starts from its checkpoint's state (``start_state``) instead.
         """
+        if self.start_state is not None:
+            client, server = self.start_state
+            return dict(client), (dict(server) if server is not None else None)
         ws = self.workspace(self.method.state_parts())
         server = self.method.server_names(ws)
         return ws.get_state(self.method.client_names(ws)), (ws.get_state(server) if server else None)
@@ -74,6 +80,10 @@ class State(abc.ABC):
     def tensors(self) -> dict[str, torch.Tensor]:
         """Both parts' values as one name -> tensor mapping in this process."""
 
+    @abc.abstractmethod
+    def parts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """``(client part, server part or None)`` as tensors in this process (checkpoints)."""
+
 
 @dataclass(frozen=True)
 class LocalState(State):
@@ -84,6 +94,9 @@ class LocalState(State):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.client, **(self.server or {})}
+
+    def parts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        return dict(self.client), (dict(self.server) if self.server is not None else None)
 
 
 @dataclass
@@ -115,7 +128,13 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
-        """Run one round's client work from the global ``state``; outputs sorted by client id."""
+        """Run one round's client work from the global ``state``; outputs sorted by client id.
+
+        A client whose attempt fails (its task raises, its process dies, its loss or state
+        is not finite) is tried once more; every output says ``ok``, ``retried`` or
+        ``failed`` (no state then). When the server dies, the executor restarts it and
+        raises :class:`~sfp_ray.errors.ServerLost`: the caller starts the round over.
+        """
 
     @abc.abstractmethod
     def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
@@ -133,6 +152,25 @@ class Executor(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+#: Statuses of a client whose state reached the round's result.
+FINISHED = ("ok", "retried")
+
+
+def failed_output(task: ClientTask, attempts: int, error: str, wall_s: float = 0.0) -> ClientOutput:
+    """The output of a client that failed every attempt: no state, no costs, its error (one line)."""
+    return ClientOutput(client_id=task.client_id, state=None, num_samples=len(task.indices),
+                        client_state=dict(task.client_state), costs=[], messages=[], timeline=[],
+                        train_loss=float("nan"), wall_s=wall_s, status="failed", attempts=attempts, error=error)
+
+
+def settle(out: ClientOutput, attempt: int, errors: Sequence[str]) -> ClientOutput:
+    """Mark a client's output ``ok`` (first attempt) or ``retried`` (with the error that caused the retry)."""
+    out.status = "ok" if attempt == 1 else "retried"
+    out.attempts = attempt
+    out.error = errors[0] if errors else ""
+    return out
 
 
 def aggregation_flops(states: Sequence[Mapping[str, Any]]) -> float:
@@ -162,4 +200,5 @@ def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[
     return fedavg(client, weights, ids), new_server, flops
 
 
-__all__ = ["Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops", "fedavg_parts"]
+__all__ = ["FINISHED", "Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops",
+           "failed_output", "fedavg_parts", "settle"]

@@ -4,17 +4,37 @@ One workspace holding the whole model serves all clients one after another (clie
 download the global state at the start of each round, so nothing but their small
 persistent state, e.g. the kept EL2N indices, lives between rounds, and that travels with
 the tasks); the server role, when the method has one, serves that workspace's body.
+
+A client attempt that raises or returns a non-finite state is tried once more (every
+attempt starts from the same inputs, so a retried client's result is the one it would
+have had). There is no process to lose in-process: an injected ``exit`` fault fails the
+attempt instead, and an injected server ``exit`` replaces the server role with a fresh one
+and raises :class:`~sfp_ray.errors.ServerLost`, as the Ray executor does when its server
+actor dies.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from sfp_ray.costs import FlopMeter
-from sfp_ray.executors.base import Aggregate, Executor, LocalState, RunSpec, Started, State, fedavg_parts
+from sfp_ray.errors import ServerLost
+from sfp_ray.executors.base import (
+    Aggregate,
+    Executor,
+    LocalState,
+    RunSpec,
+    Started,
+    State,
+    failed_output,
+    fedavg_parts,
+    settle,
+)
+from sfp_ray.faults import ATTEMPTS, InjectedFault, InjectedServerLoss, check_finite, one_line, server_fault
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult, evaluate
 from sfp_ray.roles.server import LocalBodyLink, ServerRole
@@ -42,24 +62,53 @@ class SerialExecutor(Executor):
         return Started(LocalState(*spec.initial_state()))
 
     def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
-        spec = self.spec
-        assert spec is not None, "start() first"
+        assert self.spec is not None, "start() first"
         values = LocalState(*_parts(state))
         outputs = []
         for task in sorted(tasks, key=lambda t: t.client_id):
-            link = (LocalBodyLink(self.server, task.client_id, task.round, values.server)
-                    if self.server is not None else None)
-            data = spec.train.subset(task.indices)
-            try:
-                out = self.role.run(task, data, values.client, link, self.meter)
-            except BaseException:
-                if link is not None:
-                    link.abort()
-                raise
-            body = link.finish() if link is not None else None
-            out.state = LocalState(out.state, body)
-            outputs.append(out)
+            errors: list[str] = []
+            t0 = time.perf_counter()
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    out = self._attempt(replace(task, attempt=attempt), values)
+                except InjectedServerLoss as e:
+                    self._restart_server()
+                    raise ServerLost(f"round {task.round}: the server was lost ({one_line(e)}); "
+                                     "it was restarted") from e
+                except Exception as e:  # noqa: BLE001 - any failure of a client's attempt is that client's
+                    errors.append(one_line(e))
+                    continue
+                outputs.append(settle(out, attempt, errors))
+                break
+            else:
+                outputs.append(failed_output(task, ATTEMPTS, errors[-1], time.perf_counter() - t0))
         return outputs
+
+    def _attempt(self, task: ClientTask, values: LocalState) -> ClientOutput:
+        """One attempt of one client; raises when it fails."""
+        spec = self.spec
+        assert spec is not None
+        injected = task.injected()
+        link = (LocalBodyLink(self.server, task.client_id, task.round, values.server, fault=server_fault(injected))
+                if self.server is not None else None)
+        try:
+            if "exit" in injected:  # in-process there is no process to lose: the attempt fails instead
+                raise InjectedFault(f"injected fault (SFP_RAY_FAULT): client {task.client_id} in round {task.round} "
+                                    f"lost its process (simulated: the serial executor runs in-process)")
+            out = self.role.run(task, spec.train.subset(task.indices), values.client, link, self.meter)
+            check_finite(out.state, out.train_loss)
+            body = link.finish() if link is not None else None
+        except BaseException:
+            if link is not None:
+                link.abort()
+            raise
+        out.state = LocalState(out.state, body)
+        return out
+
+    def _restart_server(self) -> None:
+        """A fresh server role in place of a lost one (what a restarted server actor is)."""
+        if self.server is not None:
+            self.server = ServerRole(self.ws.split.body, meter=self.meter, train=self.server.train)
 
     def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
         t0 = time.perf_counter()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
+from sfp_ray.faults import InjectedFault, check_loss, exit_process
 from sfp_ray.records import CostRecord, MessageRecord, Segment, Status
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.server import BodyReply
@@ -55,6 +56,9 @@ class ClientTask:
     ``indices`` are the client's rows of the training set (the executor holds the set);
     ``client_state`` is what the client keeps between rounds (e.g. its kept EL2N indices),
     owned by the orchestrator and sent with every task so any worker can serve any client.
+    ``attempt`` counts the executor's tries of this task in the round (1, then 2 for the
+    retry); ``faults`` holds, per attempt, the fault kinds the test-only ``SFP_RAY_FAULT``
+    hook injects (:mod:`sfp_ray.faults`), empty in normal runs.
     """
 
     round: int
@@ -64,6 +68,12 @@ class ClientTask:
     server_device: Any  # DeviceProfile
     indices: np.ndarray
     client_state: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    faults: tuple[tuple[str, ...], ...] = ()
+
+    def injected(self) -> tuple[str, ...]:
+        """Fault kinds injected into this attempt (testing aid; empty in normal runs)."""
+        return self.faults[self.attempt - 1] if 0 < self.attempt <= len(self.faults) else ()
 
 
 @dataclass
@@ -136,11 +146,17 @@ def model_loss(split: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def run_epochs(data: ArrayDataset, epochs: int, batch_size: int, gen: torch.Generator,
                step: Callable[[torch.Tensor, torch.Tensor], float]) -> float:
-    """``epochs`` shuffled passes of ``step(x, y)`` over ``data``; the mean loss (NaN if none)."""
+    """``epochs`` shuffled passes of ``step(x, y)`` over ``data``; the mean loss (NaN if none).
+
+    A non-finite batch loss stops the client at once (:class:`~sfp_ray.faults.NonFiniteError`):
+    its state would only carry NaNs into the average.
+    """
     losses = []
-    for _ in range(epochs):
-        for idx in batches(len(data), batch_size, gen):
-            losses.append(step(data.images[idx], data.labels[idx]))
+    for e in range(epochs):
+        for b, idx in enumerate(batches(len(data), batch_size, gen)):
+            loss = step(data.images[idx], data.labels[idx])
+            check_loss(loss, f"epoch {e + 1}, batch {b + 1}")
+            losses.append(loss)
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -236,8 +252,18 @@ class ClientRole(abc.ABC):
 
     def run(self, task: ClientTask, data: ArrayDataset, state: Mapping[str, Any], link: BodyLink | None,
             meter: Any) -> ClientOutput:
-        """One round: download ``state`` (the client's part of the global state), train, upload."""
+        """One round: download ``state`` (the client's part of the global state), train, upload.
+
+        Injected faults (``task.injected()``, a testing aid): ``raise`` raises at the start,
+        ``exit`` ends the process at the start, ``nan`` returns a NaN loss and state.
+        """
         t0 = time.perf_counter()
+        injected = task.injected()
+        if "raise" in injected or "exit" in injected:
+            if "exit" in injected:
+                exit_process()
+            raise InjectedFault(f"injected fault (SFP_RAY_FAULT): client {task.client_id} in round {task.round}, "
+                                f"attempt {task.attempt}")
         ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter)
         gen = torch.Generator().manual_seed(task.seed)
         self.ws.set_trainable(self.names)  # another role may share this workspace (serial executor)
@@ -247,6 +273,11 @@ class ClientRole(abc.ABC):
                 ledger.send_state(sub, part=part, direction="down")
         result = self.train(task, data, link, ledger, gen)
         new_state = self.ws.get_state(self.names)
+        loss = result.loss
+        if "nan" in injected and new_state:
+            loss = float("nan")
+            first = next(iter(new_state))
+            new_state[first] = torch.full_like(new_state[first], float("nan"))
         with ledger.phase("upload"):
             for part, sub in self.message_parts(new_state).items():
                 ledger.send_state(sub, part=part, direction="up")
@@ -258,7 +289,7 @@ class ClientRole(abc.ABC):
             costs=ledger.records(),
             messages=ledger.messages,
             timeline=ledger.timeline,
-            train_loss=result.loss,
+            train_loss=loss,
             server_queue_s=ledger.server_queue_s,
             wall_s=time.perf_counter() - t0,
         )

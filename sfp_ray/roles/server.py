@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes, shape_str
+from sfp_ray.faults import InjectedFault, InjectedServerLoss, check_finite
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.tensors import as_tensor
 
@@ -120,7 +121,10 @@ class ServerRole:
             self._copies[(int(client_id), int(round))] = _BodyCopy(module, params, make_optimizer(params, self.train))
 
     def close(self, client_id: int, round: int) -> dict[str, torch.Tensor | np.ndarray]:
-        """The client's trained body copy (names ``body.*``); the copy is dropped."""
+        """The client's trained body copy (names ``body.*``); the copy is dropped.
+
+        Raises :class:`~sfp_ray.faults.NonFiniteError` when the copy holds NaN or inf.
+        """
         with self._lock:
             c = self._copies.pop((int(client_id), int(round)), None)
             pending = [k for k in self._graphs if k[0] == client_id and k[1] == round]
@@ -130,6 +134,7 @@ class ServerRole:
             raise RuntimeError(f"server: {len(pending)} forward passes of client {client_id} in round {round} "
                                f"still await their backward request")
         state = {BODY_PREFIX + n: p.detach().clone() for n, p in c.module.named_parameters()}
+        check_finite(state, what="body state")  # a diverged copy must not reach the average
         return {k: v.numpy() for k, v in state.items()} if self.as_numpy else state
 
     def _copy_of(self, client_id: int, round: int) -> _BodyCopy:
@@ -214,21 +219,30 @@ class LocalBodyLink:
     """In-process :class:`~sfp_ray.roles.client.BodyLink` to a :class:`ServerRole`.
 
     For a trained body, the link opens the client's body copy from ``body_state`` when it
-    is made, and :meth:`finish` hands the trained copy back.
+    is made, and :meth:`finish` hands the trained copy back. ``fault`` (a testing aid,
+    :mod:`sfp_ray.faults`) fails the first request: ``raise`` as a failed request, ``exit``
+    as a server that died (:class:`~sfp_ray.faults.InjectedServerLoss`).
     """
 
     def __init__(self, server: ServerRole, client_id: int, round: int,
-                 body_state: Mapping[str, torch.Tensor] | None = None) -> None:
+                 body_state: Mapping[str, torch.Tensor] | None = None, fault: str | None = None) -> None:
         self.server = server
         self.client_id = client_id
         self.round = round
         self.step = 0
+        self.fault = fault
         self.opened = body_state is not None
         if self.opened:
             server.open(client_id, round, body_state)
 
     def forward(self, acts: torch.Tensor, *, need_grad: bool) -> BodyReply:
         self.step += 1
+        if self.fault is not None:
+            fault, self.fault = self.fault, None
+            where = f"request of client {self.client_id} in round {self.round}"
+            if fault == "exit":
+                raise InjectedServerLoss(f"injected fault (SFP_RAY_FAULT): the server lost its process ({where})")
+            raise InjectedFault(f"injected fault (SFP_RAY_FAULT): the server failed a {where}")
         return self.server.forward((self.client_id, self.round, self.step), acts, need_grad=need_grad)
 
     def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:

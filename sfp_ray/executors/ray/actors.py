@@ -34,6 +34,7 @@ from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
 from sfp_ray.executors.base import State, fedavg_parts
 from sfp_ray.executors.ray.limits import enforce_limits, observe
+from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
 from sfp_ray.roles.client import ClientTask
 from sfp_ray.roles.evaluation import eval_batches
@@ -58,11 +59,14 @@ class RayState(State):
     server: Any = None  # ObjectRef of name -> numpy, or None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        parts = ray.get([r for r in (self.client, self.server) if r is not None])
-        out: dict[str, torch.Tensor] = {}
-        for p in parts:
-            out.update(torch_state(p))
-        return out
+        client, server = self.parts()
+        return {**client, **(server or {})}
+
+    def parts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        if self.server is None:
+            return torch_state(ray.get(self.client)), None
+        client, server = ray.get([self.client, self.server])
+        return torch_state(client), torch_state(server)
 
 
 @dataclass(frozen=True)
@@ -113,20 +117,23 @@ class RayBodyLink:
     trained body copy is the executor's job (it owns the references of body states).
     """
 
-    def __init__(self, server: Any, run_key: str, client_id: int, round: int) -> None:
+    def __init__(self, server: Any, run_key: str, client_id: int, round: int, fault: str | None = None) -> None:
         self.server = server
         self.run_key = run_key
         self.client_id = client_id
         self.round = round
         self.step = 0
+        self.fault = fault  # testing aid: sent with the first request (sfp_ray.faults)
 
     def _key(self) -> tuple[int, int, int]:
         return (self.client_id, self.round, self.step)
 
     def forward(self, acts: torch.Tensor, *, need_grad: bool) -> BodyReply:
         self.step += 1
+        extra = {"fault": self.fault} if self.fault is not None else {}
+        self.fault = None
         return ray.get(self.server.forward.remote(self.run_key, self._key(), acts.detach().cpu().numpy(),
-                                                  need_grad=need_grad, sent_at=time.time()))
+                                                  need_grad=need_grad, sent_at=time.time(), **extra))
 
     def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:
         return ray.get(self.server.backward.remote(self.run_key, self._key(), grad.detach().cpu().numpy(), grad_slice,
@@ -191,15 +198,21 @@ class ClientActor:
                         self.device.name, obs["observed_rss_mb"], self.device.memory_mb)
 
     @ray.method(num_returns=2)
-    def run(self, key: str, task: ClientTask, state: RayState) -> tuple[dict[str, np.ndarray], Any]:
-        """One client's round; returns ``(new client state as numpy, ClientOutput without the state)``."""
+    def run(self, key: str, task: ClientTask, state: RayState, server: Any = None) -> tuple[dict[str, np.ndarray], Any]:
+        """One client's round; returns ``(new client state as numpy, ClientOutput without the state)``.
+
+        ``server`` is the server actor now serving the run's body (the executor passes the
+        live handle: a server actor that died is replaced by a new one). A non-finite state
+        or loss fails the task (:func:`~sfp_ray.faults.check_finite`).
+        """
         h = self.runs[key]
         client_state = ray.get(state.client)
-        server = h.setup.server
-        link = RayBodyLink(server, key, task.client_id, task.round) if server is not None else None
+        link = (RayBodyLink(server, key, task.client_id, task.round, fault=server_fault(task.injected()))
+                if server is not None else None)
         data = h.train.subset(task.indices)
         try:
             out = h.role.run(task, data, client_state, link, h.meter)
+            check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
                 server.release.remote(key, task.client_id, task.round)
@@ -305,7 +318,12 @@ class ServerActor:
             self.roles.pop(key, None)
 
     def forward(self, key: str, req: tuple[int, int, int], acts: np.ndarray, *, need_grad: bool,
-                sent_at: float | None = None) -> BodyReply:
+                sent_at: float | None = None, fault: str | None = None) -> BodyReply:
+        """A body forward request; ``fault`` (testing aid) fails it: ``raise``, or ``exit`` ends this process."""
+        if fault == "exit":
+            exit_process()
+        if fault is not None:
+            raise InjectedFault(f"injected fault (SFP_RAY_FAULT): server, request {req}")
         return self.roles[key].forward(req, acts, need_grad=need_grad, sent_at=sent_at)
 
     def backward(self, key: str, req: tuple[int, int, int], grad: np.ndarray,
@@ -315,8 +333,10 @@ class ServerActor:
     def open(self, key: str, client_id: int, round: int, body_state: Mapping[str, np.ndarray]) -> None:
         self.roles[key].open(client_id, round, body_state)
 
-    def close(self, key: str, client_id: int, round: int) -> dict[str, np.ndarray]:
-        return self.roles[key].close(client_id, round)
+    @ray.method(num_returns=2)
+    def close(self, key: str, client_id: int, round: int) -> tuple[dict[str, np.ndarray], bool]:
+        """``(the client's trained body copy, True)``; both fail when the copy is not finite."""
+        return self.roles[key].close(client_id, round), True
 
     def release(self, key: str, client_id: int, round: int) -> int:
         role = self.roles.get(key)

@@ -21,6 +21,13 @@ Evaluation is split over all client actors (idle at that point of a round), each
 a contiguous run of test batches; the per-batch figures are summed in order, so they equal
 a single pass.
 
+Faults: a client whose task raises, whose actor dies, or whose state is not finite is
+tried once more, on the same slot (its actor restarted by the pool when it died: in pooled
+mode the clients queued behind it are retried too); clients that fail twice are reported
+``failed``. When the server actor dies, the executor restarts it and raises
+:class:`~sfp_ray.errors.ServerLost` so the orchestrator starts the round over. A dead
+aggregator, or a client actor lost during evaluation, is restarted and the call repeated.
+
 Ray must already be running (:func:`~sfp_ray.executors.ray.runtime.start_ray`).
 """
 
@@ -34,10 +41,11 @@ from typing import Any
 
 import ray
 
-from sfp_ray.errors import ClusterError
-from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State
+from sfp_ray.errors import ClusterError, ServerLost
+from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State, failed_output, settle
 from sfp_ray.executors.ray.actors import RayState, RunSetup
 from sfp_ray.executors.ray.pool import ActorPool, route
+from sfp_ray.faults import ATTEMPTS, one_line
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult, combine, num_batches
 from sfp_ray.tensors import numpy_state
@@ -45,6 +53,9 @@ from sfp_ray.tensors import numpy_state
 log = logging.getLogger(__name__)
 
 __all__ = ["RayExecutor"]
+
+#: A client's attempt: its output, or its error as one line.
+Outcome = ClientOutput | str
 
 
 class RayExecutor(Executor):
@@ -99,18 +110,101 @@ class RayExecutor(Executor):
             raise TypeError(f"the Ray executor holds its states in the object store, got {type(state).__name__}")
         ordered = sorted(tasks, key=lambda t: t.client_id)
         self.last_routing = route([(t.client_id, t.device.name) for t in ordered], pool.plan.slot_classes)
-        server = setup.server
+        t0 = time.perf_counter()
+        done: dict[int, ClientOutput] = {}
+        errors: dict[int, list[str]] = {t.client_id: [] for t in ordered}
+        pending = ordered
+        for attempt in range(1, ATTEMPTS + 1):
+            if not pending:
+                break
+            batch = [dataclasses.replace(t, attempt=attempt) for t in pending]
+            results, dead_slots, server_suspect = self._attempt(batch, state)
+            pending = []
+            for t in batch:
+                r = results[t.client_id]
+                if isinstance(r, str):
+                    errors[t.client_id].append(r)
+                    pending.append(t)
+                else:
+                    done[t.client_id] = settle(r, attempt, errors[t.client_id])
+            self._recover(dead_slots, server_suspect, batch[0].round)
+        wall = time.perf_counter() - t0
+        for t in pending:
+            done[t.client_id] = failed_output(t, ATTEMPTS, errors[t.client_id][-1], wall)
+        return [done[t.client_id] for t in ordered]
+
+    def _attempt(self, batch: Sequence[ClientTask], state: RayState) -> tuple[dict[int, Outcome], set[int], bool]:
+        """One attempt of each client of ``batch``, in parallel.
+
+        Returns each client's output (its error as one line when it failed), the slots whose
+        actor died, and whether a failure may be the server's (its actor is then probed).
+        """
+        setup, pool = self.setup, self.pool
+        assert setup is not None and pool is not None
+        server = pool.server if setup.server is not None else None
         trained = server is not None and state.server is not None
+        results: dict[int, Outcome] = {}
+        dead: set[int] = set()
+        suspect = False
+        live = list(batch)
         if trained:  # each client's body copy must exist before its first request
-            ray.get([server.open.remote(setup.key, t.client_id, t.round, state.server) for t in ordered])
-        refs = [pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state) for t in ordered]
-        metas: list[ClientOutput] = ray.get([m for _, m in refs])
-        outputs = []
-        for t, (state_ref, _), m in zip(ordered, refs, metas, strict=True):
-            body_ref = server.close.remote(setup.key, t.client_id, t.round) if trained else None
+            opens = [(t, server.open.remote(setup.key, t.client_id, t.round, state.server)) for t in batch]
+            live = []
+            for t, ref in opens:
+                try:
+                    ray.get(ref)
+                    live.append(t)
+                except ray.exceptions.RayError as e:
+                    results[t.client_id] = _describe(e, "server")
+                    suspect = True
+        refs = {t.client_id: pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
+                for t in live}
+        metas: dict[int, ClientOutput] = {}
+        for t in live:
+            slot = self.last_routing[t.client_id]
+            try:
+                metas[t.client_id] = ray.get(refs[t.client_id][1])
+            except ray.exceptions.RayTaskError as e:  # the task raised; its actor lives on
+                results[t.client_id] = _describe(e)
+                suspect = suspect or server is not None  # a request to a dead server fails the task
+            except ray.exceptions.RayActorError as e:  # the client's actor died
+                results[t.client_id] = _describe(e, f"client actor of slot {slot} ({pool.plan.slot_classes[slot]})")
+                dead.add(slot)
+        closes = {cid: server.close.remote(setup.key, cid, batch[0].round) for cid in metas} if trained else {}
+        for t in live:
+            if t.client_id not in metas:
+                continue
+            body_ref = None
+            if trained:
+                body_ref, ok_ref = closes[t.client_id]
+                try:
+                    ray.get(ok_ref)
+                except ray.exceptions.RayError as e:  # a non-finite body copy, or the server died
+                    results[t.client_id] = _describe(e, "server")
+                    suspect = True
+                    continue
+            m = metas[t.client_id]
             res = dict(m.resources, executor="ray", pooled=not pool.plan.per_client)
-            outputs.append(dataclasses.replace(m, state=RayState(state_ref, body_ref), resources=res))
-        return outputs
+            results[t.client_id] = dataclasses.replace(m, state=RayState(refs[t.client_id][0], body_ref),
+                                                       resources=res)
+        failed = [t for t in batch if isinstance(results[t.client_id], str)]
+        if server is not None and failed:  # drop what the server still holds for them (graphs, body copies)
+            try:
+                ray.get([server.release.remote(setup.key, t.client_id, t.round) for t in failed])
+            except ray.exceptions.RayError:
+                suspect = True
+        return results, dead, suspect
+
+    def _recover(self, dead_slots: set[int], server_suspect: bool, round: int) -> None:
+        """Restart the client actors that died; restart a dead server and raise :class:`ServerLost`."""
+        pool = self.pool
+        assert pool is not None
+        for i in sorted(dead_slots):
+            if not pool.alive(pool.slots[i]):
+                pool.restart_slot(i)
+        if server_suspect and pool.server is not None and not pool.alive(pool.server):
+            pool.restart_server()
+            raise ServerLost(f"round {round}: the server actor died; it was restarted")
 
     def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
         pool = self.pool
@@ -118,9 +212,17 @@ class RayExecutor(Executor):
         outs = sorted(outputs, key=lambda o: o.client_id)
         with_server = outs[0].state.server is not None
         refs = [o.state.client for o in outs] + ([o.state.server for o in outs] if with_server else [])
-        client_ref, server_ref, info_ref = pool.aggregator.aggregate.remote(
-            [o.num_samples for o in outs], [o.client_id for o in outs], with_server, *refs)
-        info = ray.get(info_ref)
+        for attempt in range(1, ATTEMPTS + 1):
+            client_ref, server_ref, info_ref = pool.aggregator.aggregate.remote(
+                [o.num_samples for o in outs], [o.client_id for o in outs], with_server, *refs)
+            try:
+                info = ray.get(info_ref)
+                break
+            except ray.exceptions.RayActorError:  # the aggregator died: a new one averages the same states
+                if attempt == ATTEMPTS:
+                    raise
+                log.warning("the aggregator actor died; restarting it")
+                pool.restart_aggregator()
         return Aggregate(RayState(client_ref, server_ref if with_server else None), info["flops"], info["wall_s"])
 
     def evaluate(self, state: State) -> EvalResult:
@@ -130,8 +232,15 @@ class RayExecutor(Executor):
         total = num_batches(len(spec.test), spec.cfg.train.eval_batch_size)
         shards = min(len(pool.slots), total)
         bounds = [round(i * total / shards) for i in range(shards + 1)] if shards else [0]
-        refs = [pool.slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
-        results = [b for part in ray.get(refs) for b in part]
+        for attempt in range(1, ATTEMPTS + 1):
+            refs = [pool.slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
+            try:
+                results = [b for part in ray.get(refs) for b in part]
+                break
+            except ray.exceptions.RayActorError:  # a client actor died: restart it and evaluate again
+                if attempt == ATTEMPTS:
+                    raise
+                log.warning("a client actor died during evaluation; restarted: %s", ", ".join(pool.heal()))
         return combine(results, len(spec.test), time.perf_counter() - t0)
 
     def resources(self) -> list[dict[str, Any]]:
@@ -149,3 +258,13 @@ class RayExecutor(Executor):
                 self.pool.close()
                 self.pool = None
         self.setup = None
+
+
+def _describe(e: BaseException, who: str | None = None) -> str:
+    """One line for a failed Ray call: the exception a task raised, or which actor died."""
+    if isinstance(e, ray.exceptions.RayTaskError):
+        cause = getattr(e, "cause", None)
+        return one_line(cause) if isinstance(cause, BaseException) else one_line(e)
+    if isinstance(e, ray.exceptions.RayActorError) and who is not None:
+        return f"{type(e).__name__}: the {who} died"
+    return one_line(e)

@@ -23,6 +23,10 @@ in client-id order (:func:`route`); clients sharing a slot run one after another
 actor queue. A pool can serve several runs one after another (``sfp-ray compare`` over
 methods and seeds): actors are started once, each run is set up on them by key, and the
 training data is put into the object store once per dataset.
+
+Recovery: an actor that died is replaced by a new one with the same options, which is set
+up again for every run the pool hosts (:meth:`ActorPool.restart_slot`,
+:meth:`ActorPool.restart_server`, :meth:`ActorPool.heal`); the executor decides when.
 """
 
 from __future__ import annotations
@@ -203,23 +207,33 @@ class ActorPool:
         self.ready_timeout_s = ready_timeout_s
         self._ready: list[dict[str, Any]] | None = None
         self._data: dict[int, tuple[Any, Any]] = {}
+        self._setups: dict[str, RunSetup] = {}  # the runs set up on the actors, to set up again on a restart
+        self.server_max_concurrency = server_max_concurrency
         self.slots: list[Any] = []
         self.server: Any = None
         self.aggregator: Any = None
         self.labels: list[str] = []
         try:
             if plan.server is not None:
-                self.server = ServerActor.options(**plan.server_options, max_concurrency=server_max_concurrency).remote(
-                    plan.server, plan.server.name in plan.gpu_fallback)
+                self.server = self._new_server()
             self.aggregator = AggregatorActor.options(num_cpus=0).remote()
-            for i, c in enumerate(plan.slot_classes):
-                self.slots.append(ClientActor.options(**plan.options[c]).remote(
-                    plan.profiles[c], i, c in plan.gpu_fallback))
+            for i in range(len(plan.slot_classes)):
+                self.slots.append(self._new_slot(i))
         except BaseException:
             self.close()
             raise
         self.labels = ([f"server:{plan.server.name}"] if plan.server is not None else []) + [
             f"client:{c}" for c in plan.slot_classes]
+
+    def _new_server(self) -> Any:
+        plan = self.plan
+        assert plan.server is not None
+        return ServerActor.options(**plan.server_options, max_concurrency=self.server_max_concurrency).remote(
+            plan.server, plan.server.name in plan.gpu_fallback)
+
+    def _new_slot(self, i: int) -> Any:
+        c = self.plan.slot_classes[i]
+        return ClientActor.options(**self.plan.options[c]).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback)
 
     @classmethod
     def for_specs(cls, specs: Sequence[RunSpec], **kwargs: Any) -> ActorPool:
@@ -286,10 +300,79 @@ class ActorPool:
         if setup.server is not None:
             waits.append(self.server.setup.remote(setup))
         ray.get(waits)
+        self._setups[setup.key] = setup
         return setup
+
+    # ------------------------------------------------------------------ recovery
+
+    def alive(self, actor: Any, timeout_s: float = 60.0) -> bool:
+        """Whether ``actor`` answers (False when it died; a busy actor that does not answer in time counts as alive)."""
+        try:
+            ray.get(actor.ready.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return False
+        except ray.exceptions.GetTimeoutError:
+            return True
+        return True
+
+    def _start(self, actor: Any, label: str, setups: Sequence[RunSetup]) -> None:
+        """Wait for a new actor to start and set the given runs up on it."""
+        try:
+            ray.get(actor.ready.remote(), timeout=self.ready_timeout_s)
+            ray.get([actor.setup.remote(s) for s in setups])
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ClusterError(f"could not restart the {label} actor: {first}") from None
+
+    def restart_slot(self, i: int) -> None:
+        """Replace the client actor of slot ``i`` (it died) by a new one hosting the same runs."""
+        old = self.slots[i]
+        try:
+            ray.kill(old)
+        except Exception as e:  # noqa: BLE001 - it is gone already
+            log.debug("ray.kill failed: %s", e)
+        new = self._new_slot(i)
+        self.slots[i] = new
+        self._start(new, f"client:{self.plan.slot_classes[i]} (slot {i})", list(self._setups.values()))
+        log.info("restarted the client actor of slot %d", i)
+
+    def restart_server(self) -> None:
+        """Replace the server actor (it died) by a new one hosting the same runs' bodies."""
+        try:
+            ray.kill(self.server)
+        except Exception as e:  # noqa: BLE001 - it is gone already
+            log.debug("ray.kill failed: %s", e)
+        self.server = self._new_server()
+        self._start(self.server, "server", [s for s in self._setups.values() if s.server is not None])
+        log.info("restarted the server actor")
+
+    def restart_aggregator(self) -> None:
+        """Replace the aggregator actor (it died)."""
+        try:
+            ray.kill(self.aggregator)
+        except Exception as e:  # noqa: BLE001 - it is gone already
+            log.debug("ray.kill failed: %s", e)
+        self.aggregator = AggregatorActor.options(num_cpus=0).remote()
+        self._start(self.aggregator, "aggregator", [])
+
+    def heal(self) -> list[str]:
+        """Restart every actor of the pool that died; the labels of those restarted."""
+        restarted = []
+        if self.server is not None and not self.alive(self.server):
+            self.restart_server()
+            restarted.append("server")
+        for i, a in enumerate(self.slots):
+            if not self.alive(a):
+                self.restart_slot(i)
+                restarted.append(f"client:{self.plan.slot_classes[i]}")
+        if self.aggregator is not None and not self.alive(self.aggregator):
+            self.restart_aggregator()
+            restarted.append("aggregator")
+        return restarted
 
     def drop(self, key: str) -> None:
         """Forget a finished run on every actor."""
+        self._setups.pop(key, None)
         for a in self.actors():
             try:
                 a.drop.remote(key)
@@ -308,3 +391,4 @@ class ActorPool:
                     log.debug("ray.kill failed: %s", e)
         self.server, self.aggregator, self.slots = None, None, []
         self._data.clear()
+        self._setups.clear()
