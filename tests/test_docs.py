@@ -134,7 +134,7 @@ def run_dir(tmp_path_factory):
 
 def test_every_file_of_a_run_folder_is_documented(run_dir):
     _, names = documented_files()
-    files = sorted(p.name for p in run_dir.iterdir())
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert [f for f in files if not _matches(f, names)] == []
     # and the run wrote every documented file but the Ray executor's and the projection's
     expected = [n for n in names if "<" not in n and n not in ("resources.csv", "projection.csv")]
