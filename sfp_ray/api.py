@@ -57,7 +57,7 @@ class Results:
 
         def read(name: str) -> pd.DataFrame:
             p = d / name
-            return pd.read_csv(p) if p.is_file() else pd.DataFrame()
+            return pd.read_csv(p, dtype={"run_id": str}) if p.is_file() else pd.DataFrame()
 
         return cls(d, summarize(costs, rounds, by_seed), by_seed, rounds, costs, read("messages.csv"),
                    read("clients.csv"))

@@ -146,7 +146,7 @@ class ReportSink:
             p = self.out / name
             if not p.is_file() or p.stat().st_size == 0:
                 continue
-            df = pd.read_csv(p, float_precision="round_trip", low_memory=False)
+            df = pd.read_csv(p, float_precision="round_trip", low_memory=False, dtype={"run_id": str})
             if df.empty:
                 continue
             if "seed" not in df or "method" not in df:
@@ -402,7 +402,7 @@ def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"RUN_DIR: {path} not found (is {path.parent} an sfp-ray run folder?)")
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"run_id": str})
     except Exception as e:  # noqa: BLE001  (pandas/pyarrow raise many types for one user error: a bad file)
         raise DataError(f"RUN_DIR: cannot read {path} ({type(e).__name__}: {e})".splitlines()[0]) from e
     missing = [c for c in required if c not in df.columns]

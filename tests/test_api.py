@@ -26,7 +26,7 @@ def test_compare_returns_the_report_as_dataframes(tmp_path):
     assert len(r.clients) == 2 * 2 * 2 * 2 and set(r.clients["status"]) == {"ok"}
     assert not r.messages.empty
     # the same tables as the files
-    pd.testing.assert_frame_equal(r.rounds, pd.read_csv(tmp_path / "rounds.csv"))
+    pd.testing.assert_frame_equal(r.rounds, pd.read_csv(tmp_path / "rounds.csv", dtype={"run_id": str}))
     pd.testing.assert_frame_equal(r.summary.reset_index(drop=True), pd.read_csv(tmp_path / "summary.csv"),
                                   check_dtype=False)
     again = Results.load(tmp_path)
@@ -43,3 +43,13 @@ def test_run_takes_a_config_a_mapping_or_overrides(tmp_path):
         sfp_ray.run(TINY, executor="dask", out=tmp_path / "b")
     with pytest.raises(ConfigError, match="seeds"):
         sfp_ray.run(TINY, seeds=[1, 1], executor="serial", out=tmp_path / "c")
+
+
+def test_a_run_id_of_digits_stays_a_string(tmp_path, monkeypatch):
+    """A random run id can be all digits ("58177546"); read back, it must not turn into a number."""
+    import uuid
+
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("58177546" + "0" * 24))
+    r = sfp_ray.run(TINY, method="fl_linear", executor="serial", out=tmp_path, plots=False)
+    assert set(r.rounds["run_id"]) == {"58177546"} and set(r.costs["run_id"]) == {"58177546"}
+    assert set(pd.read_parquet(tmp_path / "costs.parquet")["run_id"]) == {"58177546"}
