@@ -518,16 +518,27 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def split_assignment(item: str, flag: str, expected: str) -> tuple[str, str]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE)``, with one-line errors naming ``flag`` (``--set``, ``--grid``).
+
+    Example:
+        >>> split_assignment("federation.rounds = 3", "--set", "KEY=VALUE")
+        ('federation.rounds', ' 3')
+    """
+    if "=" not in item:
+        raise ConfigError(f"{flag} {item!r}: expected {expected}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{flag} {item!r}: empty key")
+    return key, raw
+
+
 def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
     """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
     tree: dict[str, Any] = _merge({}, dict(data or {}))
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. federation.rounds=3")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--set {item!r}: empty key")
+        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. federation.rounds=3")
         _set_dotted(tree, key, raw.strip())
     cfg = _from_dict(Config, tree, "")
     validate(cfg)

@@ -67,7 +67,7 @@ import pandas as pd
 import yaml
 
 from sfp_ray.api import ConfigLike, check_out_dir, run_methods, to_config
-from sfp_ray.config import Config, dump_config, set_value, to_dict
+from sfp_ray.config import Config, dump_config, set_value, split_assignment, to_dict
 from sfp_ray.errors import ConfigError, SfpRayError
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """
     grid: dict[str, list[Any]] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. split.head_blocks=0,1,2")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--grid {item!r}: empty key")
+        key, raw = split_assignment(item, "--grid", "KEY=V1,V2,..., e.g. split.head_blocks=0,1,2")
         if key in grid:
             raise ConfigError(f"--grid {key}: given twice; list all its values once, e.g. {key}=V1,V2")
         values = split_values(raw.strip())
