@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
 
+    p = sub.add_parser("timeline", help="plot one round's simulated schedule per client from a run folder",
+                       description="Plot one round of RUN_DIR/timeline.csv: a bar per selected client that ran, a "
+                                   "segment per phase (download, prune, local update, split training, upload; grey: "
+                                   "waiting for the server; hatched: on the server), client labels coloured by "
+                                   "device class.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--round", type=int, default=None, help="round to plot (default: the last)")
+    p.add_argument("--method", default=None, help="method (default: the folder's first)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the method's first)")
+    p.add_argument("--out", metavar="PNG", default=None, help="output file (default: RUN_DIR/timeline.png)")
+
     sub.add_parser("methods", help="list registered methods")
     sub.add_parser("devices", help="list device profiles")
     sub.add_parser("datasets", help="list registered datasets")
@@ -377,6 +388,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from sfp_ray.reports import plot_timeline
+
+    print(plot_timeline(args.run_dir, round=args.round, method=args.method, seed=args.seed, out=args.out))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.command == "methods":
         from sfp_ray.methods import get_method, list_methods
@@ -387,9 +405,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         from sfp_ray.devices import load_catalog
 
         for name, d in load_catalog().items():
+            chances = (f"  online {d.availability:g}" if d.availability < 1 else "") + (
+                f"  dropout {d.dropout:g}" if d.dropout > 0 else "")
             print(f"{name:12} cpus={d.num_cpus:<5} gpus={d.num_gpus:<5} mem={d.memory_mb:>6} MB  "
                   f"{d.peak_flops / 1e9:8.1f} GFLOP/s x{d.efficiency:<4}  up {d.uplink_mbps:>7} / down "
-                  f"{d.downlink_mbps:>7} Mbit/s  {d.latency_ms} ms")
+                  f"{d.downlink_mbps:>7} Mbit/s  {d.latency_ms} ms{chances}")
     else:
         from sfp_ray.data import list_datasets
 
@@ -404,6 +424,7 @@ COMMANDS = {
     "pretrain": cmd_pretrain,
     "project": cmd_project,
     "report": cmd_report,
+    "timeline": cmd_timeline,
     "methods": cmd_list,
     "devices": cmd_list,
     "datasets": cmd_list,

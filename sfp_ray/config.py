@@ -32,6 +32,7 @@ BypassPool = Literal["auto", "model", "avg"]
 PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLICIES
 ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
+CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
 #: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
@@ -84,6 +85,16 @@ class SplitConfig:
     """Pooling of the body-bypassed path (EL2N scoring, local-loss update). ``model``: the model's own;
     ``avg``: the mean of the patch tokens; ``auto``: ``avg`` for a class-token ViT cut at ``head_blocks =
     tail_blocks = 0`` (whose class token never meets the image), ``model`` otherwise."""
+    policy: CutPolicy = "fixed"
+    """``fixed``: every client is cut at ``head_blocks``/``tail_blocks``. ``per_device``: each device class gets
+    its own cut from its profile (memory, FLOP/s, links; see ``docs/heterogeneity.md``), ``head_blocks`` and
+    ``tail_blocks`` each in ``[min_blocks, max_blocks]``; needs a method whose server runs a frozen body."""
+    min_blocks: int = 1
+    """``per_device``: fewest blocks of a client's head and of its tail (1: raw embeddings never leave the
+    device)."""
+    max_blocks: int | None = None
+    """``per_device``: most blocks of a client's head and of its tail; ``null``: up to the model's depth (the
+    server keeps at least one block)."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +214,14 @@ class FederationConfig:
     """Evaluate the global model every this many rounds, and after the last; other rounds report no accuracy."""
     min_success_fraction: float = 0.5
     """Fraction of a round's cohort that must succeed (``ceil(fraction * cohort)`` clients), in [0, 1]; a round
-    short of it starts over once, then the run stops."""
+    short of it starts over once, then the run stops. Clients that are offline, drop out or are late count
+    neither way."""
+    deadline_s: float | None = None
+    """Simulated seconds a round waits for clients; a client finishing later is ``late`` and not averaged.
+    ``null``: no deadline."""
+    over_select: float = 0.0
+    """Select this fraction more clients than ``clients_per_round`` (at most ``num_clients``) and average the
+    first ``clients_per_round`` to finish in simulated time; the others are ``late``."""
 
 
 @dataclass(frozen=True)
@@ -617,6 +635,9 @@ def validate(cfg: Config) -> None:
              f"got {m.global_pool!r}, allowed: {', '.join(repr(g) for g in GLOBAL_POOLS)} or null (the model's own)")
     _require(s.head_blocks >= 0, "split.head_blocks", f"must be >= 0, got {s.head_blocks}")
     _require(s.tail_blocks >= 0, "split.tail_blocks", f"must be >= 0, got {s.tail_blocks}")
+    _require(s.min_blocks >= 0, "split.min_blocks", f"must be >= 0, got {s.min_blocks}")
+    _require(s.max_blocks is None or s.max_blocks >= s.min_blocks, "split.max_blocks",
+             f"must be >= split.min_blocks ({s.min_blocks}) or null, got {s.max_blocks}")
     _require(p.num_tokens >= 0, "prompt.num_tokens", f"must be >= 0 (0 disables prompts), got {p.num_tokens}")
     _require(
         0.0 < pr.keep_ratio <= 1.0,
@@ -659,6 +680,10 @@ def validate(cfg: Config) -> None:
     _require(f.eval_every >= 1, "federation.eval_every", f"must be >= 1, got {f.eval_every}")
     _require(0.0 <= f.min_success_fraction <= 1.0, "federation.min_success_fraction",
              f"must be in [0, 1] (the fraction of a round's clients that must succeed), got {f.min_success_fraction}")
+    _require(f.deadline_s is None or f.deadline_s > 0, "federation.deadline_s",
+             f"must be > 0 simulated seconds or null (no deadline), got {f.deadline_s}")
+    _require(0.0 <= f.over_select <= 10.0, "federation.over_select",
+             f"must be in [0, 10] (0.3: select 30 % more clients), got {f.over_select}")
     if cfg.devices.mix:
         for name, frac in cfg.devices.mix.items():
             _require(frac >= 0, f"devices.mix.{name}", f"fraction must be >= 0, got {frac}")

@@ -8,6 +8,10 @@ A :class:`DeviceProfile` carries two unrelated sets of numbers:
 * A physical model (``peak_flops`` x ``efficiency``, link bandwidths and latency) that turns
   FLOP counts and message sizes into *simulated* seconds.
 
+Two optional probabilities, ``availability`` (a selected client is online in a round) and
+``dropout`` (an online client drops out mid-round), make a class unreliable
+(:mod:`sfp_ray.availability`); the built-in classes are always online and never drop out.
+
 The built-in catalogue lives in ``devices.yaml`` next to this module; a user YAML file with
 the same layout can add classes or replace built-in ones by name (:func:`load_catalog`).
 
@@ -92,6 +96,10 @@ class DeviceProfile:
     downlink_mbps: float
     latency_ms: float
     resources: Mapping[str, float] = field(default_factory=dict)
+    #: probability that a selected client of this class is online in a round
+    availability: float = 1.0
+    #: probability that an online client of this class drops out mid-round
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         # Freeze (and copy) the resources mapping so a profile is immutable and hashable.
@@ -176,7 +184,7 @@ _REQUIRED = (
     "downlink_mbps",
     "latency_ms",
 )
-_OPTIONAL = ("name", "resources")
+_OPTIONAL = ("name", "resources", "availability", "dropout")
 _ALLOWED = frozenset(_REQUIRED + _OPTIONAL)
 
 
@@ -254,6 +262,13 @@ def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
         "must be <= 1 or a whole number (Ray accepts fractional GPUs only up to 1)",
     )
 
+    chances: dict[str, float] = {}
+    for fname, default in (("availability", 1.0), ("dropout", 0.0)):
+        v = _coerce_number(entry.get(fname, default))
+        if not _is_number(v) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise ConfigError(f"{where}: {fname} must be a probability in [0, 1], got {v!r}")
+        chances[fname] = float(v)
+
     raw_res = entry.get("resources") or {}
     if not isinstance(raw_res, Mapping):
         raise ConfigError(
@@ -284,6 +299,7 @@ def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
         downlink_mbps=float(values["downlink_mbps"]),
         latency_ms=float(values["latency_ms"]),
         resources=res,
+        **chances,
     )
 
 

@@ -403,6 +403,19 @@ class ViTBody(nn.Module):
             x = self.blocks[str(i)](x)
         return self.selector(x)
 
+    @staticmethod
+    def from_blocks(blocks: Mapping[str, nn.Module], first: int, last: int, selector: TokenSelector) -> ViTBody:
+        """The body of blocks ``first..last-1`` taken from ``blocks`` (block id -> module, shared, not copied)."""
+        missing = [i for i in range(first, last) if str(i) not in blocks]
+        if missing:
+            raise ValueError(f"body: blocks {missing} are not held here")
+        new = ViTBody.__new__(ViTBody)
+        nn.Module.__init__(new)
+        new.block_ids = list(range(first, last))
+        new.blocks = nn.ModuleDict({str(i): blocks[str(i)] for i in new.block_ids})
+        new.selector = selector
+        return new
+
 
 @dataclass(frozen=True)
 class TokenSelector:
@@ -515,6 +528,7 @@ class SplitViT(nn.Module):
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.num_prompts = head.num_prompts
         self.embed_dim = vit.embed_dim
+        self.thin_selector = body.selector  # what a tail of 0 blocks reads; split_vit sets it
 
     @property
     def head_blocks(self) -> int:
@@ -537,6 +551,17 @@ class SplitViT(nn.Module):
         if self.bypass_pool is not None:
             return self.tail(h, full=True, pool=self.bypass_pool)
         return self.tail(self.body.selector(h))
+
+    def body_for(self, head_blocks: int, tail_blocks: int) -> ViTBody:
+        """The body a client cut at ``head_blocks``/``tail_blocks`` needs, sharing this split's block modules.
+
+        A server holding the widest body of a run (the fewest client blocks) serves every
+        client's cut from it (``split.policy=per_device``).
+        """
+        sel = self.body.selector if tail_blocks == self.tail_blocks else (
+            TokenSelector("all", self.num_prefix_tokens, self.num_prompts) if tail_blocks > 0 else self.thin_selector)
+        blocks = {k: m for part in (self.head, self.body, self.tail) for k, m in part.blocks.items()}
+        return ViTBody.from_blocks(blocks, head_blocks, self.depth - tail_blocks, sel)
 
     def prompt_grad_slice(self) -> slice | None:
         """Tokens of the head output whose gradient the client needs, or None for all.
@@ -632,15 +657,7 @@ def split_vit(
         raise ConfigError(f"split.bypass_pool: got {bypass_pool!r}, allowed: 'auto', 'model', 'avg'")
 
     pool = model.global_pool
-    if tail_blocks > 0 or model.attn_pool is not None or not pool:
-        mode = "all"
-    elif pool == "token":
-        mode = "cls"
-    elif pool in ("avg", "max", "avgmax") and not getattr(model, "pool_include_prefix", False):
-        mode = "patches"
-    else:
-        mode = "all"
-    selector = TokenSelector(mode, model.num_prefix_tokens, num_prompts)
+    selector = token_selector(model, tail_blocks, num_prompts)
 
     trap = pool == "token" and model.cls_token is not None and head_blocks == 0 and tail_blocks == 0
     resolved_bypass: str | None
@@ -669,8 +686,23 @@ def split_vit(
     body = ViTBody(model, head_blocks, depth - tail_blocks, selector)
     tail = ViTTail(model, tail_blocks, num_prompts, deep, selector)
     split = SplitViT(model, head, body, tail, resolved_bypass)
+    split.thin_selector = token_selector(model, 0, num_prompts)
     init_prompts(split, seed)
     return split
+
+
+def token_selector(model: VisionTransformer, tail_blocks: int, num_prompts: int) -> TokenSelector:
+    """Which body-output tokens cross to a tail of ``tail_blocks`` blocks (see :class:`TokenSelector`)."""
+    pool = model.global_pool
+    if tail_blocks > 0 or model.attn_pool is not None or not pool:
+        mode = "all"
+    elif pool == "token":
+        mode = "cls"
+    elif pool in ("avg", "max", "avgmax") and not getattr(model, "pool_include_prefix", False):
+        mode = "patches"
+    else:
+        mode = "all"
+    return TokenSelector(mode, model.num_prefix_tokens, num_prompts)
 
 
 def set_fused_attn(model: nn.Module, enabled: bool) -> int:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from sfp_ray.availability import RoundJudge, cohort_size, draw
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
@@ -38,6 +39,7 @@ from sfp_ray.executors.base import FINISHED, Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
 from sfp_ray.methods import Method, RoundOutcome, get_method
 from sfp_ray.models import check_checkpoint, input_shape, read_checkpoint
+from sfp_ray.placement import CutPlan, plan_cuts, typical_samples
 from sfp_ray.records import (
     EVAL_PHASE,
     NO_CLIENT,
@@ -72,8 +74,12 @@ def sample_cohort(seed: int, round: int, num_clients: int, clients_per_round: in
     return sorted(int(c) for c in rng.choice(num_clients, size=clients_per_round, replace=False))
 
 
+#: Sink methods a sink may leave out.
+OPTIONAL_SINK_METHODS = ("add_timeline",)
+
+
 class Sink(Protocol):
-    """Receives records as they are produced."""
+    """Receives records as they are produced (``add_timeline`` is optional)."""
 
     def start_run(self, meta: RunMeta) -> None: ...
 
@@ -84,6 +90,8 @@ class Sink(Protocol):
     def add_clients(self, meta: RunMeta, records: Sequence[ClientRecord]) -> None: ...
 
     def add_round(self, meta: RunMeta, record: RoundRecord) -> None: ...
+
+    def add_timeline(self, meta: RunMeta, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
     def add_resources(self, meta: RunMeta, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
@@ -135,6 +143,9 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     checkpoint_of = resolve_checkpoint if resolve_checkpoint is not None else _default_checkpoint
     spec = RunSpec(cfg, method, train.num_classes, None, train, test, parts, devices, server_device, notes)
     validate_model(spec)  # before any weights are touched (a pre-training run may follow)
+    spec.cut_plan = _cut_plan(spec)
+    if spec.cut_plan is not None:
+        notes.extend(spec.cut_plan.lines())
     spec.checkpoint = checkpoint_of(cfg)
     if spec.checkpoint is not None:
         ws = spec.workspace(("head", "body", "tail"), meta=True)
@@ -150,6 +161,27 @@ def validate_model(spec: RunSpec) -> None:
     """
     ws = spec.workspace(("head", "body", "tail"), meta=True)
     spec.method.client_role(ws, spec.cfg)
+
+
+def _cut_plan(spec: RunSpec) -> CutPlan | None:
+    """Every client's cut under ``split.policy=per_device`` (:mod:`sfp_ray.placement`); None for a fixed cut."""
+    cfg, method = spec.cfg, spec.method
+    if cfg.split.policy != "per_device":
+        return None
+    server = method.server(cfg)
+    if server is None:
+        spec.notices.append(f"split.policy=per_device: {method.name} trains on the client without a server; "
+                            "the cut does not apply")
+        return None
+    if server.train is not None:
+        raise ConfigError(f"split.policy=per_device: {method.name}'s server trains the body it shares between "
+                          "clients, so every client must be cut alike; use split.policy=fixed")
+    if cfg.prompt.deep and cfg.prompt.num_tokens > 0:
+        raise ConfigError("split.policy=per_device: deep prompts (prompt.deep=true) belong to the blocks of each "
+                          "client's own cut and cannot be averaged across cuts; use prompt.deep=false")
+    depth = spec.workspace(("head",), meta=True).split.depth
+    return plan_cuts(cfg, method, spec.num_classes, spec.devices, spec.server_device,
+                     typical_samples([len(p) for p in spec.client_indices]), depth)
 
 
 def _default_checkpoint(cfg: Config) -> str | None:
@@ -175,16 +207,33 @@ class RunResult:
     client_states: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], devices: Sequence[Any],
-                 cfg: Config) -> list[ClientRecord]:
+def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], spec: RunSpec) -> list[ClientRecord]:
     rows = []
     for o in outcome_outputs:
         kept = o.client_state.get("kept")
+        head, tail = spec.cut_of(o.client_id)
         rows.append(ClientRecord(
-            round=r, client_id=o.client_id, device=devices[o.client_id].name, status=o.status, attempts=o.attempts,
-            error=o.error, samples=o.num_samples, kept=len(kept) if kept is not None else o.num_samples,
-            wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=cfg.split.head_blocks, tail_blocks=cfg.split.tail_blocks))
+            round=r, client_id=o.client_id, device=spec.devices[o.client_id].name, status=o.status,
+            attempts=o.attempts, error=o.error, samples=o.num_samples,
+            kept=len(kept) if kept is not None else o.num_samples, wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=head,
+            tail_blocks=tail))
     return rows
+
+
+def _timeline_rows(r: int, schedule: Mapping[int, Sequence[tuple[str, str, float, float]]],
+                   outputs: Sequence[ClientOutput], spec: RunSpec) -> list[dict[str, Any]]:
+    """Rows of ``timeline.csv``: each client's simulated round, segment by segment (waits as side ``wait``)."""
+    status = {o.client_id: o.status for o in outputs}
+    return [{"round": r, "client_id": c, "device": spec.devices[c].name, "status": status.get(c, ""),
+             "phase": phase, "side": side, "start_s": start, "end_s": end}
+            for c in sorted(schedule) for phase, side, start, end in schedule[c]]
+
+
+def offline_output(task: ClientTask) -> ClientOutput:
+    """The output of a selected client that was offline this round: no work, no costs."""
+    return ClientOutput(client_id=task.client_id, state=None, num_samples=len(task.indices),
+                        client_state=dict(task.client_state), costs=[], messages=[], timeline=[],
+                        train_loss=float("nan"), status="offline", attempts=0, error="offline (simulated)")
 
 
 def run_meta(spec: RunSpec, executor: str, run_id: str) -> RunMeta:
@@ -270,6 +319,8 @@ class Orchestrator:
 
     def _emit(self, what: str, *args: Any) -> None:
         for s in self.sinks:
+            if what in OPTIONAL_SINK_METHODS and not hasattr(s, what):
+                continue
             getattr(s, what)(self.meta, *args)
 
     @property
@@ -295,7 +346,7 @@ class Orchestrator:
         server_dev = spec.server_device
         for r in range(int(ck["round"]) + 1 if ck is not None else 1, f.rounds + 1):
             t0 = time.perf_counter()
-            outcome, selected = self._play_round(r, state, client_states, faults)
+            outcome, selected, judge = self._play_round(r, state, client_states, faults)
             state = outcome.state
             finished = [o for o in outcome.outputs if o.status in FINISHED]
             for o in finished:
@@ -314,8 +365,7 @@ class Orchestrator:
                 acc, loss = ev.accuracy, ev.loss
             else:
                 acc, loss = float("nan"), float("nan")
-            clock = spec.method.round_clock({o.client_id: o.timeline for o in finished})
-            sim = clock.seconds + agg_sim
+            sim = judge.round_seconds(outcome.outputs) + agg_sim
             t = tally(costs)
             wall = time.perf_counter() - t0
             totals["bytes"] += t.bytes
@@ -334,11 +384,17 @@ class Orchestrator:
                 cum_wall_s=totals["wall"], cum_sim_s=totals["sim"],
                 server_queue_s=sum(o.server_queue_s for o in outcome.outputs), seed=cfg.seed,
                 selected=selected, finished=len(finished), failed=status.count("failed"),
+                offline=status.count("offline"), dropped=status.count("dropped"), late=status.count("late"),
             )
+            if not finished:
+                self.warn(f"{self._who} round {r}: no client's state was averaged ({len(outcome.outputs)} selected: "
+                          f"{status.count('offline')} offline, {status.count('dropped')} dropped, "
+                          f"{status.count('late')} late, {status.count('failed')} failed); the global state is kept")
             rounds.append(rec)
             self._emit("add_costs", costs)
             self._emit("add_messages", [m for o in outcome.outputs for m in o.messages])
-            self._emit("add_clients", _client_rows(r, outcome.outputs, spec.devices, cfg))
+            self._emit("add_clients", _client_rows(r, outcome.outputs, spec))
+            self._emit("add_timeline", _timeline_rows(r, judge.schedule, outcome.outputs, spec))
             self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id)
                                          for o in outcome.outputs if o.resources])
             self._emit("add_round", rec)  # the rows are flushed here, before the checkpoint
@@ -350,32 +406,46 @@ class Orchestrator:
         return RunResult(meta, rounds, final, client_states)
 
     def _play_round(self, r: int, state: State, client_states: Mapping[int, Mapping[str, Any]],
-                    faults: Sequence[Fault]) -> tuple[RoundOutcome, int]:
-        """Run round ``r`` (started over once when too few clients succeed or the server is lost)."""
+                    faults: Sequence[Fault]) -> tuple[RoundOutcome, int, RoundJudge]:
+        """Run round ``r`` (started over once when too few clients succeed or the server is lost).
+
+        Returns the outcome (offline clients included), the number of clients selected, and
+        the round's judge (dropouts, deadline, over-selection; :mod:`sfp_ray.availability`).
+        """
         spec = self.spec
         cfg, f = spec.cfg, spec.cfg.federation
-        cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
-        need = required_successes(f.min_success_fraction, len(cohort))
+        cohort = sample_cohort(cfg.seed, r, f.num_clients, cohort_size(f.clients_per_round, f.over_select,
+                                                                        f.num_clients))
+        draws = {c: draw(cfg.seed, r, c, spec.devices[c].availability, spec.devices[c].dropout) for c in cohort}
+        online = [c for c in cohort if draws[c].online]
         for round_try in (1, 2):
             tasks = [ClientTask(round=r, client_id=c, seed=derive_seed(cfg.seed, r, c), device=spec.devices[c],
                                 server_device=spec.server_device, indices=np.asarray(spec.client_indices[c]),
                                 client_state=client_states.get(c, {}),
                                 faults=task_faults(faults, round=r, client_id=c, round_try=round_try,
-                                                   first=c == cohort[0])) for c in cohort]
+                                                   first=c == cohort[0]),
+                                cut=spec.cut_of(c) if spec.cut_plan is not None else None) for c in cohort]
+            judge = RoundJudge({c: draws[c] for c in online}, f.clients_per_round, f.deadline_s,
+                               spec.method.round_clock, sequential=spec.method.sequential)
             try:
-                outcome = spec.method.run_round(self.executor, tasks, state)
+                outcome = spec.method.run_round(self.executor, [t for t in tasks if draws[t.client_id].online], state,
+                                                judge)
             except ServerLost as e:
                 if round_try == 2:
                     raise ServerLost(f"{self._who}: {e}, again in the retried round; the run stops (continue it "
                                      "with --resume)") from e
                 self.warn(f"{self._who}: {e}; round {r} starts over")
                 continue
+            outcome.outputs = sorted(outcome.outputs + [offline_output(t) for t in tasks
+                                                        if not draws[t.client_id].online], key=lambda o: o.client_id)
             for o in outcome.outputs:
                 self._warn_client(r, o)
-            ok = sum(o.status in FINISHED for o in outcome.outputs)
+            status = [o.status for o in outcome.outputs]
+            ok = sum(st in FINISHED or st == "late" for st in status)  # late clients did succeed
+            need = required_successes(f.min_success_fraction, ok + status.count("failed"))
             if ok >= need:
-                return outcome, len(tasks)
-            short = (f"round {r}: {ok} of {len(tasks)} clients succeeded, "
+                return outcome, len(tasks), judge
+            short = (f"round {r}: {ok} of {ok + status.count('failed')} clients succeeded, "
                      f"federation.min_success_fraction={f.min_success_fraction:g} needs {need}")
             if round_try == 2:
                 first = next((o.error for o in outcome.outputs if o.status == "failed"), "")

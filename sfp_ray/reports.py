@@ -9,10 +9,13 @@ column is listed with its unit in ``docs/reports.md``):
 - ``messages.csv``: one row per message (direction, kind, sender, receiver, bytes, tensor shapes);
 - ``clients.csv``: one row per (round, selected client): device, status (``ok``, ``retried``: it
   succeeded on its second attempt, ``failed``: both attempts failed and it was left out of the
-  round), attempts, error (one line), samples, kept samples, wall and simulated seconds;
+  round; ``offline``, ``dropped``, ``late``: see :mod:`sfp_ray.availability`), attempts, error
+  (one line), samples, kept samples, wall and simulated seconds, the client's cut;
 - ``resources.csv``: requested / enforced / observed resources per actor (Ray executor);
+- ``timeline.csv``: each client's simulated round, segment by segment (phase, side, start and end);
 - ``config.yaml``: the resolved configuration, seeds and library versions;
-- ``accuracy_vs_bytes.png``, ``accuracy_vs_sim_time.png``, ``client_flops_by_method.png``.
+- ``accuracy_vs_bytes.png``, ``accuracy_vs_sim_time.png``, ``client_flops_by_method.png``,
+  ``timeline.png`` (the last round's schedule of the first run, :func:`plot_timeline`).
 
 CSV files are rewritten atomically after every round, so a crash keeps every finished
 round; ``sfp-ray report RUN_DIR`` rebuilds the summary and plots from them, and
@@ -82,6 +85,7 @@ class ReportSink:
         self.messages: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []
         self.configs: dict[str, str] = {}
         self.metas: list[RunMeta] = []
 
@@ -114,6 +118,10 @@ class ReportSink:
         for r in rows:
             self.resources.append({"run_id": meta.run_id, "method": meta.method, "seed": meta.seed, **_flatten(r)})
 
+    def add_timeline(self, meta: RunMeta, rows: Sequence[Mapping[str, Any]]) -> None:
+        for r in rows:
+            self.timeline.append({"run_id": meta.run_id, "method": meta.method, "seed": meta.seed, **r})
+
     def add_round(self, meta: RunMeta, record: RoundRecord) -> None:
         self.rounds.append(dataclasses.asdict(record))
         self.flush()
@@ -142,7 +150,8 @@ class ReportSink:
         """
         targets = {(str(m), int(s)): int(k) for (m, s), k in keep_rounds.items()}
         for name, rows in (("costs.csv", self.costs), ("rounds.csv", self.rounds), ("messages.csv", self.messages),
-                           ("clients.csv", self.clients), ("resources.csv", self.resources)):
+                           ("clients.csv", self.clients), ("resources.csv", self.resources),
+                           ("timeline.csv", self.timeline)):
             p = self.out / name
             if not p.is_file() or p.stat().st_size == 0:
                 continue
@@ -187,6 +196,8 @@ class ReportSink:
             _atomic_csv(pd.DataFrame(self.clients), self.out / "clients.csv")
         if self.resources:
             _atomic_csv(pd.DataFrame(self.resources), self.out / "resources.csv")
+        if self.timeline:
+            _atomic_csv(pd.DataFrame(self.timeline), self.out / "timeline.csv")
 
     def finalize(self) -> pd.DataFrame:
         """Write parquet, summary and plots; return the summary."""
@@ -321,6 +332,8 @@ def write_summary(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, *, plots
         _atomic_csv(by_seed, out / "summary_by_seed.csv")
     if plots and not rounds.empty:
         write_plots(out, costs, rounds, summary)
+        if (out / "timeline.csv").is_file():
+            plot_timeline(out)
     return summary
 
 
@@ -376,6 +389,74 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+#: Colours of the timeline plot's phases (waits for the server are grey).
+PHASE_COLOURS = {"download": "#4c72b0", "prune": "#dd8452", "local_update": "#55a868", "local_train": "#55a868",
+                 "split_train": "#c44e52", "upload": "#8172b3", "wait": "#b0b0b0"}
+
+
+def plot_timeline(run_dir: str | os.PathLike, *, round: int | None = None, method: str | None = None,
+                  seed: int | None = None, out: str | os.PathLike | None = None) -> Path:
+    """Plot one round's simulated schedule from ``timeline.csv``: a bar per client, a segment per phase.
+
+    Segments are coloured by phase (grey: waiting for the server), hatched when they run on
+    the server, and the client labels are coloured by device class. Defaults: the first
+    method and seed of the folder, its last round; written to ``timeline.png`` in the folder.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    d = Path(run_dir)
+    path = d / "timeline.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"RUN_DIR: {d} has no timeline.csv (written by runs of sfp-ray 0.x with timelines)")
+    df = pd.read_csv(path)
+    if df.empty:
+        raise DataError(f"{path} has no rows")
+    method = method if method is not None else str(df["method"].iloc[0])
+    df = df[df["method"] == method]
+    if df.empty:
+        raise DataError(f"{path}: no rows of method {method!r}")
+    seed = seed if seed is not None else int(df["seed"].iloc[0])
+    df = df[df["seed"] == seed]
+    round = round if round is not None else int(df["round"].max()) if not df.empty else 0
+    df = df[df["round"] == round]
+    if df.empty:
+        raise DataError(f"{path}: no rows of {method} seed {seed} round {round}")
+    clients = sorted(df["client_id"].unique())
+    devices = sorted(df["device"].unique())
+    cmap = plt.get_cmap("tab10")
+    dev_colour = {dv: cmap(i % 10) for i, dv in enumerate(devices)}
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(clients) + 1.6))
+    for y, c in enumerate(clients):
+        for row in df[df["client_id"] == c].itertuples(index=False):
+            colour = PHASE_COLOURS.get("wait" if row.side == "wait" else row.phase, "#999999")
+            ax.barh(y, row.end_s - row.start_s, left=row.start_s, color=colour, edgecolor="white", linewidth=0.3,
+                    hatch="///" if row.side == "server" else None)
+    status = df.groupby("client_id")["status"].first()
+    device = df.groupby("client_id")["device"].first()
+    ax.set_yticks(range(len(clients)))
+    ax.set_yticklabels([f"{c} {device[c]}" + (f" ({status[c]})" if status[c] not in ("ok", "") else "")
+                        for c in clients])
+    for tick, c in zip(ax.get_yticklabels(), clients, strict=True):
+        tick.set_color(dev_colour[device[c]])
+    ax.invert_yaxis()
+    ax.set_xlabel("simulated seconds in the round")
+    ax.set_title(f"{method} seed {seed}, round {round}: simulated timeline per client (label colour: device)")
+    phases = [p for p in PHASE_COLOURS if p in set(df["phase"]) or (p == "wait" and (df["side"] == "wait").any())]
+    handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in dict.fromkeys(phases)]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="on the server"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    target = Path(out) if out is not None else d / "timeline.png"
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -27,7 +27,7 @@ from sfp_ray.docgen import REGENERATE, config_keys, config_reference_markdown, m
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = ("architecture.md", "methods.md", "configuration.md", "reports.md")
+PAGES = ("architecture.md", "methods.md", "configuration.md", "reports.md", "heterogeneity.md")
 
 #: A run of a few seconds (as in tests/test_api.py).
 TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
@@ -141,8 +141,8 @@ def test_every_file_of_a_run_folder_is_documented(run_dir):
     assert [n for n in expected if n not in files] == []
 
 
-@pytest.mark.parametrize("file", ["summary.csv", "summary_by_seed.csv", "rounds.csv", "clients.csv", "costs.csv",
-                                  "messages.csv"])
+@pytest.mark.parametrize("file", ["summary.csv", "summary_by_seed.csv", "rounds.csv", "clients.csv", "timeline.csv",
+                                  "costs.csv", "messages.csv"])
 def test_csv_columns_are_the_documented_ones(run_dir, file):
     _compare_columns(file, list(pd.read_csv(run_dir / file, nrows=1).columns))
 
@@ -204,7 +204,7 @@ def test_every_docs_path_mentioned_exists():
                *sorted((REPO / "tests").glob("*.py")), *sorted((REPO / "benchmarks").rglob("*.py")),
                *sorted(p for p in (REPO / "cluster").rglob("*") if p.is_file())]
     mentioned = {m for p in sources for m in re.findall(r"docs/[A-Za-z0-9_.-]+\.md", p.read_text(errors="replace"))}
-    assert {f"docs/{p}" for p in PAGES} <= mentioned  # the README lists the four pages
+    assert {f"docs/{p}" for p in PAGES} <= mentioned  # the README lists every page
     assert sorted(m for m in mentioned if not (REPO / m).is_file()) == []
 
 

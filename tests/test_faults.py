@@ -41,9 +41,9 @@ class RecordingSerial(SerialExecutor):
         super().__init__()
         self.averaged: list[list[int]] = []
 
-    def aggregate(self, outputs):  # type: ignore[override]
+    def aggregate(self, outputs, state):  # type: ignore[override]
         self.averaged.append([o.client_id for o in outputs])
-        return super().aggregate(outputs)
+        return super().aggregate(outputs, state)
 
 
 def run_serial(method: str, out, extra: Sequence[str] = ()) -> tuple[RunResult, RecordingSerial, list[str]]:

@@ -83,9 +83,9 @@ class SpyExecutor(SerialExecutor):
         server, tap = self.server, self.tap
         forward, backward = server.forward, server.backward
 
-        def spy_forward(key, acts, *, need_grad, sent_at=None):
+        def spy_forward(key, acts, *, need_grad, sent_at=None, cut=None):
             tap.link.append(Crossing(key[0], "up", "activation", as_tensor(acts).detach().clone()))
-            reply = forward(key, acts, need_grad=need_grad, sent_at=sent_at)
+            reply = forward(key, acts, need_grad=need_grad, sent_at=sent_at, cut=cut)
             tap.link.append(Crossing(key[0], "down", "activation", as_tensor(reply.tensor).detach().clone()))
             return reply
 

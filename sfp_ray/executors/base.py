@@ -27,9 +27,11 @@ from sfp_ray.aggregation import fedavg
 from sfp_ray.config import Config
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import Method
+from sfp_ray.placement import CutPlan, with_cut
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult
 from sfp_ray.roles.workspace import Workspace
+from sfp_ray.tensors import as_tensor
 
 
 @dataclass
@@ -48,10 +50,28 @@ class RunSpec:
     notices: list[str] = field(default_factory=list)  # one line per cap applied or fallback taken
     #: the global state to start from instead of the method's initial one (a resumed run)
     start_state: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None] | None = None
+    #: every client's cut under ``split.policy=per_device`` (None: every client at the configured cut)
+    cut_plan: CutPlan | None = None
 
-    def workspace(self, parts: Sequence[str], *, meta: bool = False) -> Workspace:
-        """A workspace of this run holding ``parts``."""
-        c = self.cfg
+    def cut_of(self, client_id: int) -> tuple[int, int]:
+        """``(head_blocks, tail_blocks)`` of a client."""
+        if self.cut_plan is None:
+            return (self.cfg.split.head_blocks, self.cfg.split.tail_blocks)
+        return self.cut_plan.cuts[client_id]
+
+    @property
+    def global_cut(self) -> tuple[int, int]:
+        """The cut of the global model: evaluation and the global state (every client's trained names)."""
+        return self.cut_plan.global_cut if self.cut_plan is not None else self.cut_of(0)
+
+    @property
+    def server_cut(self) -> tuple[int, int]:
+        """The cut whose body holds every client's body (the server's workspace)."""
+        return self.cut_plan.server_cut if self.cut_plan is not None else self.cut_of(0)
+
+    def workspace(self, parts: Sequence[str], *, meta: bool = False, cut: tuple[int, int] | None = None) -> Workspace:
+        """A workspace of this run holding ``parts``, cut at ``cut`` (default: the global cut)."""
+        c = with_cut(self.cfg, cut if cut is not None else self.global_cut)
         return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
                          seed=c.seed, parts=parts, meta=meta)
 
@@ -137,8 +157,12 @@ class Executor(abc.ABC):
         """
 
     @abc.abstractmethod
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
-        """Sample-count-weighted FedAvg of the outputs' states."""
+    def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
+        """Sample-count-weighted FedAvg of the outputs' states, each name over the clients that hold it.
+
+        ``state`` is the round's global state: under per-device cuts, a name no client of
+        the round holds (a tail block only deeper cuts have) keeps its value from it.
+        """
 
     @abc.abstractmethod
     def evaluate(self, state: State) -> EvalResult:
@@ -184,20 +208,25 @@ def aggregation_flops(states: Sequence[Mapping[str, Any]]) -> float:
 
 
 def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[Mapping[str, Any]],
-                 server: Sequence[Mapping[str, Any]] | None) -> tuple[dict[str, torch.Tensor],
-                                                                   dict[str, torch.Tensor] | None, dict[str, float]]:
+                 server: Sequence[Mapping[str, Any]] | None, previous: Mapping[str, Any] | None = None,
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, float]]:
     """FedAvg of both parts of the clients' states (``weights``: their sample counts).
 
     Returns ``(client part, server part or None, FLOPs per part)``; the server part's
     averaging is charged as part ``body`` (it is the body the server trains), the client
-    part's as ``all``.
+    part's as ``all``. ``previous`` (the global client part) supplies the names that no
+    client holds (per-device cuts); they keep their values.
     """
     flops = {"all": aggregation_flops(client)}
     new_server = None
     if server is not None:
         new_server = fedavg(server, weights, ids)
         flops["body"] = aggregation_flops(server)
-    return fedavg(client, weights, ids), new_server, flops
+    new_client = fedavg(client, weights, ids)
+    if previous is not None:
+        new_client = {k: new_client[k] if k in new_client else as_tensor(v) for k, v in previous.items()} | {
+            k: v for k, v in new_client.items() if k not in previous}
+    return new_client, new_server, flops
 
 
 __all__ = ["FINISHED", "Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops",

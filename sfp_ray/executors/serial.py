@@ -35,7 +35,8 @@ from sfp_ray.executors.base import (
     settle,
 )
 from sfp_ray.faults import ATTEMPTS, InjectedFault, InjectedServerLoss, check_finite, one_line, server_fault
-from sfp_ray.roles.client import ClientOutput, ClientTask
+from sfp_ray.placement import with_cut
+from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask
 from sfp_ray.roles.evaluation import EvalResult, evaluate
 from sfp_ray.roles.server import LocalBodyLink, ServerRole
 from sfp_ray.roles.workspace import PARTS
@@ -54,12 +55,39 @@ class SerialExecutor(Executor):
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         self.spec = spec
-        self.ws = spec.workspace(PARTS)
-        self.role = spec.method.client_role(self.ws, spec.cfg)
+        self.ws = spec.workspace(PARTS)  # the global cut: evaluation, and every client under a fixed cut
+        self.roles: dict[tuple[int, int] | None, ClientRole] = {}
+        if spec.cut_plan is None:
+            self.roles[None] = spec.method.client_role(self.ws, spec.cfg)
         self.meter = FlopMeter()
+        self.meters: dict[tuple[int, int] | None, FlopMeter] = {}
         server = spec.method.server(spec.cfg)
-        self.server = ServerRole(self.ws.split.body, meter=self.meter, train=server.train) if server else None
+        # per-device cuts: the server's frozen body is a workspace of its own (evaluation loads trained tail
+        # blocks into the global one, and the server must keep serving the frozen ones to thinner cuts)
+        self.server_ws = self.ws if spec.cut_plan is None else spec.workspace(("body",), cut=spec.server_cut)
+        self.server = ServerRole(self.server_ws.split.body, meter=self.meter, train=server.train,
+                                 body_of=self._body_of) if server else None
         return Started(LocalState(*spec.initial_state()))
+
+    @property
+    def role(self) -> ClientRole:
+        """The client role of a run with a fixed cut."""
+        return self.roles[None]
+
+    def _body_of(self, cut: tuple[int, int]) -> torch.nn.Module:
+        return self.server_ws.split.body_for(*cut)
+
+    def _role(self, task: ClientTask) -> ClientRole:
+        """The client role of the task's cut (per-device cuts: a workspace of its own per cut)."""
+        spec = self.spec
+        assert spec is not None
+        if spec.cut_plan is None:
+            return self.roles[None]
+        role = self.roles.get(task.cut)
+        if role is None:
+            ws = spec.workspace(spec.method.client_parts, cut=task.cut)
+            role = self.roles[task.cut] = spec.method.client_role(ws, with_cut(spec.cfg, task.cut))
+        return role
 
     def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
         assert self.spec is not None, "start() first"
@@ -89,13 +117,16 @@ class SerialExecutor(Executor):
         spec = self.spec
         assert spec is not None
         injected = task.injected()
-        link = (LocalBodyLink(self.server, task.client_id, task.round, values.server, fault=server_fault(injected))
+        link = (LocalBodyLink(self.server, task.client_id, task.round, values.server, fault=server_fault(injected),
+                              cut=task.cut if spec.cut_plan is not None else None)
                 if self.server is not None else None)
         try:
             if "exit" in injected:  # in-process there is no process to lose: the attempt fails instead
                 raise InjectedFault(f"injected fault (SFP_RAY_FAULT): client {task.client_id} in round {task.round} "
                                     f"lost its process (simulated: the serial executor runs in-process)")
-            out = self.role.run(task, spec.train.subset(task.indices), values.client, link, self.meter)
+            # FLOPs are counted once per shape and cached: every cut needs a meter of its own
+            meter = self.meter if spec.cut_plan is None else self.meters.setdefault(task.cut, FlopMeter())
+            out = self._role(task).run(task, spec.train.subset(task.indices), values.client, link, meter)
             check_finite(out.state, out.train_loss)
             body = link.finish() if link is not None else None
         except BaseException:
@@ -108,14 +139,17 @@ class SerialExecutor(Executor):
     def _restart_server(self) -> None:
         """A fresh server role in place of a lost one (what a restarted server actor is)."""
         if self.server is not None:
-            self.server = ServerRole(self.ws.split.body, meter=self.meter, train=self.server.train)
+            self.server = ServerRole(self.server_ws.split.body, meter=self.meter, train=self.server.train,
+                                     body_of=self._body_of)
 
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
+    def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
+        assert self.spec is not None, "start() first"
         t0 = time.perf_counter()
         states = [_parts(o.state) for o in outputs]
         server = [s[1] for s in states] if states[0][1] is not None else None
+        previous = _parts(state)[0] if self.spec.cut_plan is not None else None
         client, new_server, flops = fedavg_parts([o.num_samples for o in outputs], [o.client_id for o in outputs],
-                                                 [s[0] for s in states], server)
+                                                 [s[0] for s in states], server, previous)
         return Aggregate(LocalState(client, new_server), flops, time.perf_counter() - t0)
 
     def evaluate(self, state: State) -> EvalResult:

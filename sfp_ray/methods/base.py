@@ -20,7 +20,7 @@ method means adding one file under ``sfp_ray/methods/`` that registers its objec
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,7 +48,11 @@ class Runner(Protocol):
 
     def run_clients(self, tasks: Sequence[ClientTask], state: Any) -> list[ClientOutput]: ...
 
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> Any: ...
+    def aggregate(self, outputs: Sequence[ClientOutput], state: Any) -> Any: ...
+
+
+#: Marks a round's outputs ``dropped`` or ``late`` before averaging (see :class:`sfp_ray.availability.RoundJudge`).
+Judge = Callable[[Sequence[ClientOutput]], None]
 
 
 @dataclass
@@ -65,7 +69,8 @@ class RoundPlan(abc.ABC):
     """How a round's clients run and how their states become the next global state."""
 
     @abc.abstractmethod
-    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any) -> RoundOutcome: ...
+    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any, judge: Judge | None = None) -> RoundOutcome:
+        """Run the round; ``judge`` marks outputs dropped or late before anything is averaged."""
 
     @abc.abstractmethod
     def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
@@ -75,12 +80,14 @@ class RoundPlan(abc.ABC):
 class ParallelFedAvg(RoundPlan):
     """Every client starts from the global state; their states are averaged (FedAvg)."""
 
-    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any) -> RoundOutcome:
-        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id)
+    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any, judge: Judge | None = None) -> RoundOutcome:
+        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id) if tasks else []
+        if judge is not None:
+            judge(outputs)
         usable = [o for o in outputs if o.status in ("ok", "retried")]
         if not usable:
             return RoundOutcome(outputs, state)
-        agg = runner.aggregate(usable)
+        agg = runner.aggregate(usable, state)
         return RoundOutcome(outputs, agg.state, agg.flops, agg.wall_s)
 
     def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
@@ -94,11 +101,13 @@ class SequentialRelay(RoundPlan):
     learning, Gupta & Raskar 2018).
     """
 
-    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any) -> RoundOutcome:
+    def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any, judge: Judge | None = None) -> RoundOutcome:
         outputs = []
         current = state
         for task in sorted(tasks, key=lambda t: t.client_id):
             (out,) = runner.run_clients([task], current)
+            if judge is not None:
+                judge([out])
             outputs.append(out)
             if out.status in ("ok", "retried"):
                 current = out.state
@@ -160,8 +169,14 @@ class Method(abc.ABC):
 
     # ------------------------------------------------------------------ round
 
-    def run_round(self, runner: Runner, tasks: Sequence[ClientTask], state: Any) -> RoundOutcome:
-        return self.plan.run(runner, tasks, state)
+    def run_round(self, runner: Runner, tasks: Sequence[ClientTask], state: Any,
+                  judge: Judge | None = None) -> RoundOutcome:
+        return self.plan.run(runner, tasks, state, judge)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the round plan runs clients one after another."""
+        return isinstance(self.plan, SequentialRelay)
 
     def round_clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
         return self.plan.clock(timelines)
@@ -216,6 +231,7 @@ def is_body(name: str) -> bool:
 
 __all__ = [
     "FEDERATED_PHASES",
+    "Judge",
     "SFPROMPT_PHASES",
     "SPLIT_PHASES",
     "Method",

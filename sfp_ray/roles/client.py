@@ -56,6 +56,7 @@ class ClientTask:
     ``indices`` are the client's rows of the training set (the executor holds the set);
     ``client_state`` is what the client keeps between rounds (e.g. its kept EL2N indices),
     owned by the orchestrator and sent with every task so any worker can serve any client.
+    ``cut`` is the client's own cut when cuts differ per device.
     ``attempt`` counts the executor's tries of this task in the round (1, then 2 for the
     retry); ``faults`` holds, per attempt, the fault kinds the test-only ``SFP_RAY_FAULT``
     hook injects (:mod:`sfp_ray.faults`), empty in normal runs.
@@ -70,6 +71,8 @@ class ClientTask:
     client_state: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
     faults: tuple[tuple[str, ...], ...] = ()
+    #: ``(head_blocks, tail_blocks)`` of this client (``split.policy=per_device``); None: the configured cut
+    cut: tuple[int, int] | None = None
 
     def injected(self) -> tuple[str, ...]:
         """Fault kinds injected into this attempt (testing aid; empty in normal runs)."""
@@ -250,6 +253,17 @@ class ClientRole(abc.ABC):
               gen: torch.Generator) -> TrainResult:
         """The method's work between download and upload (phases of its own)."""
 
+    def own_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a global state this client trains (under per-device cuts the global state also holds
+        tail blocks of deeper cuts); every name the client trains must be in it.
+        """
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"the global state lacks {len(missing)} of this client's trainable names, e.g. "
+                           f"{missing[0]!r}")
+        wanted = set(self.names)
+        return {k: v for k, v in state.items() if k in wanted}
+
     def run(self, task: ClientTask, data: ArrayDataset, state: Mapping[str, Any], link: BodyLink | None,
             meter: Any) -> ClientOutput:
         """One round: download ``state`` (the client's part of the global state), train, upload.
@@ -267,6 +281,7 @@ class ClientRole(abc.ABC):
         ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter)
         gen = torch.Generator().manual_seed(task.seed)
         self.ws.set_trainable(self.names)  # another role may share this workspace (serial executor)
+        state = self.own_state(state)
         with ledger.phase("download"):
             self.ws.load_state(state)
             for part, sub in self.message_parts(state).items():

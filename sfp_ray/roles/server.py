@@ -75,13 +75,19 @@ class ServerRole:
         as_numpy: reply with numpy arrays (for Ray) instead of tensors.
         train: ``None`` for a frozen body (SFPrompt); a ``TrainConfig`` to train per-client
             body copies (split-learning baselines, see the module docstring).
+        body_of: for per-device cuts (frozen body only), a function giving the body of a
+            client's cut ``(head_blocks, tail_blocks)``, sharing ``body``'s blocks
+            (:meth:`~sfp_ray.models.SplitViT.body_for`); requests then name their cut.
     """
 
     body: torch.nn.Module
     meter: FlopMeter = field(default_factory=FlopMeter)
     as_numpy: bool = False
     train: Any = None  # TrainConfig | None
-    _graphs: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: ``(head_blocks, tail_blocks) -> body`` for clients cut elsewhere than ``body`` (per-device cuts)
+    body_of: Any = None
+    _bodies: dict[tuple[int, int], torch.nn.Module] = field(default_factory=dict)
+    _graphs: dict[Hashable, tuple[torch.Tensor, torch.Tensor, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _copies: dict[tuple[int, int], _BodyCopy] = field(default_factory=dict)
 
@@ -144,26 +150,38 @@ class ServerRole:
             raise KeyError(f"server: no body copy for client {client_id} in round {round}; call open first")
         return c
 
-    def _body_for(self, key: tuple[int, int, int]) -> torch.nn.Module:
-        return self._copy_of(key[0], key[1]).module if self.trains_body else self.body
+    def _body_for(self, key: tuple[int, int, int], cut: tuple[int, int] | None = None) -> torch.nn.Module:
+        if self.trains_body:
+            return self._copy_of(key[0], key[1]).module
+        if cut is None or self.body_of is None:
+            return self.body
+        cut = (int(cut[0]), int(cut[1]))
+        with self._lock:
+            body = self._bodies.get(cut)
+            if body is None:
+                body = self._bodies[cut] = self.body_of(cut)
+                for p in body.parameters():
+                    p.requires_grad_(False)
+        return body
 
     # ------------------------------------------------------------- requests
 
     def forward(self, key: tuple[int, int, int], acts: torch.Tensor | np.ndarray, *, need_grad: bool,
-                sent_at: float | None = None) -> BodyReply:
-        """Body forward on smashed activations; keep the graph when ``need_grad``."""
+                sent_at: float | None = None, cut: tuple[int, int] | None = None) -> BodyReply:
+        """Body forward on smashed activations (of a client cut at ``cut``); keep the graph when ``need_grad``."""
         queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
-        body = self._body_for(key)
+        body = self._body_for(key, cut)
         x = as_tensor(acts)
         t0 = time.perf_counter()
         if need_grad:
             x = x.detach().requires_grad_(True)
-            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True), lambda: body(x))
+            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True, cut), lambda: body(x))
             with self._lock:
-                self._graphs[key] = (x, out)
+                self._graphs[key] = (x, out, cut)
         else:
             with torch.no_grad():
-                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False), lambda: body(x))
+                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False, cut),
+                                            lambda: body(x))
         return self._reply(out, flops, time.perf_counter() - t0, queue_s)
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
@@ -180,7 +198,7 @@ class ServerRole:
             graph = self._graphs.pop(key, None)
         if graph is None:
             raise KeyError(f"server: no stored forward pass for request {key}")
-        x, out = graph
+        x, out, cut = graph
         g = as_tensor(grad_out)
         t0 = time.perf_counter()
         if self.trains_body:
@@ -196,7 +214,7 @@ class ServerRole:
             bc.opt.step()
             bc.opt.zero_grad(set_to_none=True)
         else:
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape)),
+            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), cut),
                                        lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
@@ -225,8 +243,10 @@ class LocalBodyLink:
     """
 
     def __init__(self, server: ServerRole, client_id: int, round: int,
-                 body_state: Mapping[str, torch.Tensor] | None = None, fault: str | None = None) -> None:
+                 body_state: Mapping[str, torch.Tensor] | None = None, fault: str | None = None,
+                 cut: tuple[int, int] | None = None) -> None:
         self.server = server
+        self.cut = cut
         self.client_id = client_id
         self.round = round
         self.step = 0
@@ -243,7 +263,7 @@ class LocalBodyLink:
             if fault == "exit":
                 raise InjectedServerLoss(f"injected fault (SFP_RAY_FAULT): the server lost its process ({where})")
             raise InjectedFault(f"injected fault (SFP_RAY_FAULT): the server failed a {where}")
-        return self.server.forward((self.client_id, self.round, self.step), acts, need_grad=need_grad)
+        return self.server.forward((self.client_id, self.round, self.step), acts, need_grad=need_grad, cut=self.cut)
 
     def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:
         return self.server.backward((self.client_id, self.round, self.step), grad, grad_slice)

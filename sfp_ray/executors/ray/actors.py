@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from sfp_ray.executors.base import State, fedavg_parts
 from sfp_ray.executors.ray.limits import enforce_limits, observe
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
+from sfp_ray.placement import with_cut
 from sfp_ray.roles.client import ClientTask
 from sfp_ray.roles.evaluation import eval_batches
 from sfp_ray.roles.server import BodyReply, ServerRole
@@ -86,11 +87,22 @@ class RunSetup:
     test: tuple[Any, Any]
     dataset: tuple[int, str, tuple[str, ...]]
     server: Any = None  # ServerActor handle when the method has a server
+    #: per-device cuts: ``(global cut, server cut)``; None: every client at the configured cut
+    cuts: tuple[tuple[int, int], tuple[int, int]] | None = None
 
-    def workspace(self, parts: Sequence[str]) -> Workspace:
-        c = self.cfg
+    def workspace(self, parts: Sequence[str], cut: tuple[int, int] | None = None) -> Workspace:
+        """A workspace holding ``parts`` at ``cut`` (default: the global cut)."""
+        c = with_cut(self.cfg, cut if cut is not None else self.global_cut)
         return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
                          seed=c.seed, parts=parts)
+
+    @property
+    def global_cut(self) -> tuple[int, int]:
+        return self.cuts[0] if self.cuts is not None else (self.cfg.split.head_blocks, self.cfg.split.tail_blocks)
+
+    @property
+    def server_cut(self) -> tuple[int, int]:
+        return self.cuts[1] if self.cuts is not None else self.global_cut
 
 
 def _dataset(refs: tuple[Any, Any], meta: tuple[int, str, tuple[str, ...]]) -> ArrayDataset:
@@ -117,8 +129,10 @@ class RayBodyLink:
     trained body copy is the executor's job (it owns the references of body states).
     """
 
-    def __init__(self, server: Any, run_key: str, client_id: int, round: int, fault: str | None = None) -> None:
+    def __init__(self, server: Any, run_key: str, client_id: int, round: int, fault: str | None = None,
+                 cut: tuple[int, int] | None = None) -> None:
         self.server = server
+        self.cut = cut
         self.run_key = run_key
         self.client_id = client_id
         self.round = round
@@ -130,7 +144,9 @@ class RayBodyLink:
 
     def forward(self, acts: torch.Tensor, *, need_grad: bool) -> BodyReply:
         self.step += 1
-        extra = {"fault": self.fault} if self.fault is not None else {}
+        extra: dict[str, Any] = {"fault": self.fault} if self.fault is not None else {}
+        if self.cut is not None:
+            extra["cut"] = self.cut
         self.fault = None
         return ray.get(self.server.forward.remote(self.run_key, self._key(), acts.detach().cpu().numpy(),
                                                   need_grad=need_grad, sent_at=time.time(), **extra))
@@ -142,14 +158,37 @@ class RayBodyLink:
 
 @dataclass
 class _Hosted:
-    """One run hosted by a client actor."""
+    """One run hosted by a client actor: a client role per cut it served, and the global-cut workspace."""
 
     setup: RunSetup
-    ws: Workspace
-    role: Any
+    roles: dict[tuple[int, int], Any]
     meter: FlopMeter
     train: ArrayDataset
     test: ArrayDataset | None = None
+    eval_ws: Workspace | None = None
+    #: a FLOP meter per cut (counts are cached per shape, and shapes do not tell cuts apart)
+    meters: dict[tuple[int, int], FlopMeter] = field(default_factory=dict)
+
+    def meter_of(self, cut: tuple[int, int] | None) -> FlopMeter:
+        return self.meter if cut is None else self.meters.setdefault(tuple(cut), FlopMeter())
+
+    def role(self, cut: tuple[int, int] | None) -> Any:
+        """The client role of ``cut`` (None: the run's configured cut), built on first use."""
+        cut = tuple(cut) if cut is not None else self.setup.global_cut
+        role = self.roles.get(cut)
+        if role is None:
+            ws = self.setup.workspace(self.setup.method.client_parts, cut)
+            role = self.roles[cut] = self.setup.method.client_role(ws, with_cut(self.setup.cfg, cut))
+        return role
+
+    def global_workspace(self) -> Workspace:
+        """The workspace evaluation uses (the global cut, every part)."""
+        if self.eval_ws is None:
+            cut = self.setup.global_cut
+            role = self.roles.get(cut)
+            self.eval_ws = role.ws if role is not None else self.setup.workspace((), cut)
+        self.eval_ws.hold(PARTS)
+        return self.eval_ws
 
 
 @ray.remote
@@ -182,9 +221,10 @@ class ClientActor:
         """Build the workspace and client role of a run (idempotent)."""
         if setup.key in self.runs:
             return
-        ws = setup.workspace(setup.method.client_parts)
-        role = setup.method.client_role(ws, setup.cfg)
-        self.runs[setup.key] = _Hosted(setup, ws, role, FlopMeter(), _dataset(setup.train, setup.dataset))
+        hosted = _Hosted(setup, {}, FlopMeter(), _dataset(setup.train, setup.dataset))
+        if setup.cuts is None:
+            hosted.role(None)  # built now, so set-up errors surface at set-up
+        self.runs[setup.key] = hosted
         self._check_memory()
 
     def drop(self, key: str) -> None:
@@ -207,18 +247,20 @@ class ClientActor:
         """
         h = self.runs[key]
         client_state = ray.get(state.client)
-        link = (RayBodyLink(server, key, task.client_id, task.round, fault=server_fault(task.injected()))
+        cut = task.cut if h.setup.cuts is not None else None
+        role = h.role(cut)
+        link = (RayBodyLink(server, key, task.client_id, task.round, fault=server_fault(task.injected()), cut=cut)
                 if server is not None else None)
         data = h.train.subset(task.indices)
         try:
-            out = h.role.run(task, data, client_state, link, h.meter)
+            out = role.run(task, data, client_state, link, h.meter_of(cut))
             check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
                 server.release.remote(key, task.client_id, task.round)
             raise
         res = {k: v for k, v in self.info.items()}
-        res.update(observe(self.device, _tensor_device(h.ws)))
+        res.update(observe(self.device, _tensor_device(role.ws)))
         return numpy_state(out.state), replace(out, state=None, resources=res)
 
     def evaluate(self, key: str, state: RayState, start: int, stop: int) -> list[tuple[int, float, float]]:
@@ -226,9 +268,9 @@ class ClientActor:
         h = self.runs[key]
         if h.test is None:
             h.test = _dataset(h.setup.test, h.setup.dataset)
-        h.ws.hold(PARTS)
-        h.ws.load_state(state.tensors())
-        return eval_batches(h.ws.split, h.test, h.setup.cfg.train.eval_batch_size, h.meter, start=start, stop=stop)
+        ws = h.global_workspace()
+        ws.load_state(state.tensors())
+        return eval_batches(ws.split, h.test, h.setup.cfg.train.eval_batch_size, h.meter, start=start, stop=stop)
 
     def resources(self) -> dict[str, Any]:
         """Requested / enforced / observed resources now."""
@@ -308,23 +350,25 @@ class ServerActor:
         with self._lock:
             if setup.key in self.roles:
                 return
-            ws = setup.workspace(("body",))
+            ws = setup.workspace(("body",), setup.server_cut)
             spec = setup.method.server(setup.cfg)
+            body_of = (lambda cut: ws.split.body_for(*cut)) if setup.cuts is not None else None
             self.roles[setup.key] = ServerRole(ws.split.body, meter=ExclusiveCountingMeter(), as_numpy=True,
-                                               train=spec.train if spec is not None else None)
+                                               train=spec.train if spec is not None else None, body_of=body_of)
 
     def drop(self, key: str) -> None:
         with self._lock:
             self.roles.pop(key, None)
 
     def forward(self, key: str, req: tuple[int, int, int], acts: np.ndarray, *, need_grad: bool,
-                sent_at: float | None = None, fault: str | None = None) -> BodyReply:
+                sent_at: float | None = None, fault: str | None = None,
+                cut: tuple[int, int] | None = None) -> BodyReply:
         """A body forward request; ``fault`` (testing aid) fails it: ``raise``, or ``exit`` ends this process."""
         if fault == "exit":
             exit_process()
         if fault is not None:
             raise InjectedFault(f"injected fault (SFP_RAY_FAULT): server, request {req}")
-        return self.roles[key].forward(req, acts, need_grad=need_grad, sent_at=sent_at)
+        return self.roles[key].forward(req, acts, need_grad=need_grad, sent_at=sent_at, cut=cut)
 
     def backward(self, key: str, req: tuple[int, int, int], grad: np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -361,17 +405,20 @@ class AggregatorActor:
     """
 
     @ray.method(num_returns=3)
-    def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool,
+    def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool, with_previous: bool,
                   *states: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
         """``(averaged client part, averaged server part or None, {"flops": {part: flops}, "wall_s"})``.
 
         ``states`` holds the client parts, then (``with_server``) the server parts, in the
-        order of ``client_ids``.
+        order of ``client_ids``, then (``with_previous``) the previous global client part,
+        whose names no client holds keep their values (per-device cuts).
         """
         t0 = time.perf_counter()
         n = len(client_ids)
+        previous = states[-1] if with_previous else None
+        server_states = states[n:2 * n] if with_server else None
         # states are read-only views into the object store; fedavg only reads them
-        client, server, flops = fedavg_parts(weights, client_ids, states[:n], states[n:] if with_server else None)
+        client, server, flops = fedavg_parts(weights, client_ids, states[:n], server_states, previous)
         return (numpy_state(client), numpy_state(server) if server is not None else None,
                 {"flops": flops, "wall_s": time.perf_counter() - t0})
 

@@ -206,15 +206,18 @@ class RayExecutor(Executor):
             pool.restart_server()
             raise ServerLost(f"round {round}: the server actor died; it was restarted")
 
-    def aggregate(self, outputs: Sequence[ClientOutput]) -> Aggregate:
-        pool = self.pool
-        assert pool is not None, "start() first"
+    def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
+        pool, spec = self.pool, self.spec
+        assert pool is not None and spec is not None, "start() first"
         outs = sorted(outputs, key=lambda o: o.client_id)
         with_server = outs[0].state.server is not None
+        with_previous = spec.cut_plan is not None and isinstance(state, RayState)
         refs = [o.state.client for o in outs] + ([o.state.server for o in outs] if with_server else [])
+        if with_previous:
+            refs.append(state.client)
         for attempt in range(1, ATTEMPTS + 1):
             client_ref, server_ref, info_ref = pool.aggregator.aggregate.remote(
-                [o.num_samples for o in outs], [o.client_id for o in outs], with_server, *refs)
+                [o.num_samples for o in outs], [o.client_id for o in outs], with_server, with_previous, *refs)
             try:
                 info = ray.get(info_ref)
                 break

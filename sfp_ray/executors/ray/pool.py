@@ -295,7 +295,8 @@ class ActorPool:
             key=uuid.uuid4().hex[:12], cfg=spec.cfg, method=spec.method, num_classes=spec.num_classes,
             checkpoint=spec.checkpoint, train=self.data_refs(train), test=self.data_refs(spec.test),
             dataset=(train.num_classes, train.name, tuple(train.class_names)),
-            server=self.server if spec.method.server(spec.cfg) is not None else None)
+            server=self.server if spec.method.server(spec.cfg) is not None else None,
+            cuts=(spec.global_cut, spec.server_cut) if spec.cut_plan is not None else None)
         waits = [a.setup.remote(setup) for a in self.slots]
         if setup.server is not None:
             waits.append(self.server.setup.remote(setup))
