@@ -176,3 +176,28 @@ def test_bad_probabilities_and_settings_are_rejected(tmp_path):
         load_config(overrides=["federation.deadline_s=0"])
     with pytest.raises(ConfigError, match="federation.over_select"):
         load_config(overrides=["federation.over_select=-0.5"])
+
+
+def test_timeline_csv_and_plot_show_each_clients_round(tmp_path, capsys):
+    from sfp_ray.cli import main
+
+    _, _, clients, rounds, _ = _run(tmp_path, ["federation.rounds=2", f"devices.catalog={catalog(tmp_path, 0.5, 0.0)}",
+                                               "seed=1"])
+    tl = pd.read_csv(tmp_path / "run" / "timeline.csv")
+    ran = clients[clients.status != "offline"]
+    assert set(zip(tl["round"], tl.client_id)) == set(zip(ran["round"], ran.client_id))
+    assert not set(zip(tl["round"], tl.client_id)) & set(zip(clients[clients.status == "offline"]["round"],
+                                                            clients[clients.status == "offline"].client_id))
+    # each client's segments tile its round, and its last one ends when its round ends on the clock
+    for (r, c), g in tl.groupby(["round", "client_id"]):
+        g = g.sort_values("start_s")
+        assert (g.start_s.to_numpy()[1:] >= g.end_s.to_numpy()[:-1] - 1e-9).all()
+        busy = (g[g.side != "wait"].end_s - g[g.side != "wait"].start_s).sum()
+        own = clients[(clients["round"] == r) & (clients.client_id == c)].sim_s.iloc[0]
+        assert busy == pytest.approx(own, rel=1e-6)
+    assert tl.groupby("round").end_s.max().to_numpy() == pytest.approx(rounds.sim_s.to_numpy(), rel=0.05)
+    png = tmp_path / "r1.png"
+    assert main(["timeline", str(tmp_path / "run"), "--round", "1", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    assert main(["timeline", str(tmp_path), "--round", "1"]) == 2
+    assert "has no timeline.csv" in capsys.readouterr().err
