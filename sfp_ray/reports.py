@@ -413,7 +413,8 @@ def plot_timeline(run_dir: str | os.PathLike, *, round: int | None = None, metho
     d = Path(run_dir)
     path = d / "timeline.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"RUN_DIR: {d} has no timeline.csv (run folders from before timelines were recorded have none)")
+        raise FileNotFoundError(f"RUN_DIR: {d} has no timeline.csv (folders from before timelines were recorded "
+                                "have none)")
     df = pd.read_csv(path)
     if df.empty:
         raise DataError(f"{path} has no rows")
