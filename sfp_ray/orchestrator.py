@@ -215,7 +215,8 @@ def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], spec: RunSpec)
         rows.append(ClientRecord(
             round=r, client_id=o.client_id, device=spec.devices[o.client_id].name, status=o.status,
             attempts=o.attempts, error=o.error, samples=o.num_samples,
-            kept=len(kept) if kept is not None else o.num_samples, wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=head,
+            kept=0 if o.status == "offline" else len(kept) if kept is not None else o.num_samples,
+            wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=head,
             tail_blocks=tail))
     return rows
 
