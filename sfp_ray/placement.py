@@ -13,9 +13,8 @@ class:
    training batch keeps for its backward pass (measured on the ``meta`` device);
 2. **time**: a cut's simulated round time on that device is
    ``client FLOPs / achieved FLOP/s + bytes up / uplink + bytes down / downlink +
-   server FLOPs x clients_per_round / server FLOP/s`` (the server's FIFO queue serves the
-   whole cohort, so a client's body work waits behind the others'; link latency is the same
-   at every cut and is left out);
+   messages x latency + server FLOPs x clients_per_round / server FLOP/s`` (the server's
+   FIFO queue serves the whole cohort, so a client's body work waits behind the others');
 3. **the round's time**: a synchronous round lasts as long as its slowest client, so the
    round time to minimise is ``T = max over the run's device classes of their fastest
    feasible cut``; no choice of cuts makes a round shorter;
@@ -56,6 +55,8 @@ class CutCost:
     bytes_up: float
     bytes_down: float
     memory_bytes: int
+    #: messages per round (each pays the link's one-way latency)
+    messages: float = 0.0
 
     @property
     def cut(self) -> tuple[int, int]:
@@ -92,7 +93,8 @@ def candidate_cuts(depth: int, min_blocks: int, max_blocks: int | None) -> list[
 
 def round_seconds(c: CutCost, device: object, server: object, cohort: int) -> float:
     """Simulated round time of one client of ``device`` at cut ``c`` (see the module docstring, step 2)."""
-    link = c.bytes_up * 8 / (device.uplink_mbps * 1e6) + c.bytes_down * 8 / (device.downlink_mbps * 1e6)
+    link = (c.bytes_up * 8 / (device.uplink_mbps * 1e6) + c.bytes_down * 8 / (device.downlink_mbps * 1e6)
+            + c.messages * device.latency_ms / 1000)
     return device.compute_seconds(c.client_flops) + link + server.compute_seconds(c.server_flops) * cohort
 
 
@@ -203,7 +205,7 @@ def _exact_terms(cfg: Config, method: object, num_classes: int, samples: int, cu
     row = method.project(CostContext(ws, c, *batch(1), samples))
     mem = _memory_terms(ws, method.client_names(ws), c, *batch(c.train.batch_size))
     return [float(row["client_flops"]), float(row["server_flops"]), float(row["bytes_up"]), float(row["bytes_down"]),
-            *map(float, mem)]
+            *map(float, mem), float(row.get("messages_per_round", 0.0))]
 
 
 def cut_costs(cfg: Config, method: object, num_classes: int, samples: int,
@@ -238,7 +240,7 @@ def cut_costs(cfg: Config, method: object, num_classes: int, samples: int,
             v = [b + (h - a) * sh + (t - a) * st for b, sh, st in zip(base, slope_h, slope_t, strict=True)]
         else:
             v = terms((h, t))
-        out.append(CutCost(h, t, v[0], v[1], v[2], v[3], int(round(v[4] + max(v[5], v[6])))))
+        out.append(CutCost(h, t, v[0], v[1], v[2], v[3], int(round(v[4] + max(v[5], v[6]))), v[7]))
     return out
 
 

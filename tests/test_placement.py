@@ -159,6 +159,11 @@ def test_per_device_run_gives_classes_their_own_cuts_and_costs(tmp_path):
     per_client = r2.groupby(["cls", "side"]).flops.sum() / r2.groupby(["cls", "side"]).client_id.nunique()
     assert per_client["laptop", "client"] > per_client["rpi4", "client"], per_client
     assert per_client["laptop", "server"] < per_client["rpi4", "server"], per_client
+    # the cost model's message count (each message pays the link's latency in the rule) is what a client sent
+    cfg = get_method("sfprompt").resolve(load_config(overrides=TINY))
+    (thin,) = cut_costs(cfg, get_method("sfprompt"), 3, 8, [(1, 1)])
+    sent = r2[r2.cls == "rpi4"].groupby("client_id").messages.sum()
+    assert len(sent) and (sent == thin.messages).all(), (sent, thin.messages)
 
 
 def test_per_device_matches_between_the_serial_and_the_ray_executor(tmp_path, ray_session):

@@ -22,6 +22,7 @@ Registered: ``sfprompt`` and the ablations ``sfprompt_no_prune`` (``pruning.keep
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from sfp_ray.roles.client import (
     forward_pass,
     optimizer_step,
     run_epochs,
+    split_by_part,
     tail_loss,
 )
 from sfp_ray.roles.optim import make_optimizer
@@ -216,6 +218,9 @@ class SFPrompt(Method):
             f_hb = ctx.flops(lambda: h.backward(gx, retain_graph=True))
         e = t.split_epochs
         split_client = kept * e * (f_head + f_tail + f_hb)
+        # one message per state part each way, and per split batch: activations up and down (+ gradients)
+        messages = 2 * len(split_by_part(dict.fromkeys(names))) + e * math.ceil(kept / t.batch_size) * (
+            4 if has_p else 2)
         state = ctx.state_bytes(sorted(names))
         share = self.scoring_share(ctx)
         extra_local = (local_scoring - local) if local_scoring else 0
@@ -231,6 +236,7 @@ class SFPrompt(Method):
             "split_bytes_per_sample": up + down,
             "state_bytes": state,
             "split_epochs": e,
+            "messages_per_round": messages,
         }
 
 
