@@ -351,3 +351,12 @@ def test_split_learning_ray_matches_serial(ray_session, method: str) -> None:
             rs.bytes_round, rs.client_flops_round, rs.server_flops_round)
         assert rr.sim_s == pytest.approx(rs.sim_s, rel=1e-12)
         assert rr.test_accuracy == rs.test_accuracy and rr.test_loss == pytest.approx(rs.test_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sfl", "sl"])
+def test_a_cut_that_leaves_the_server_no_block_is_a_one_line_error(method: str) -> None:
+    from sfp_ray.errors import ConfigError
+
+    cfg = load_config(overrides=[*TINY, "model.depth=2", "split.head_blocks=1", "split.tail_blocks=1"])
+    with pytest.raises(ConfigError, match="leaves no block of the 2 to it"):
+        prepare_run(cfg, method)

@@ -45,6 +45,10 @@ class SplitLearningClient(SplitClientRole):
         if ws.split.num_prompts:
             raise ConfigError(f"prompt.num_tokens: {cfg.method} trains no prompts, got "
                               f"{ws.split.num_prompts}; set prompt.num_tokens=0")
+        if not ws.split.body.block_ids:
+            raise ConfigError(f"split.head_blocks + split.tail_blocks: {cfg.method} trains the body on the server, "
+                              f"and the cut {ws.split.head_blocks} + {ws.split.tail_blocks} leaves no block of the "
+                              f"{ws.split.depth} to it; cut fewer blocks to the client")
         super().__init__(ws, cfg, split_learning_names(ws))
 
     def train(self, task: ClientTask, data: ArrayDataset, link: BodyLink | None, ledger: Ledger,
