@@ -90,7 +90,8 @@ def _split(item: str) -> tuple[str, Any]:
 def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides: Sequence[str] = (),
                 seeds: Sequence[int] | None = None, executor: str = "ray", address: str | None = None,
                 out: str | os.PathLike | None = None, plots: bool = True,
-                progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None) -> Results:
+                progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None,
+                threads: int | None = None) -> Results:
     """Run every method once per seed on the same data and devices; write the report to ``out``.
 
     The folder also receives ``checkpoint/``: the plan of this call and, after every round,
@@ -109,6 +110,8 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         progress: called with every round record.
         echo: called with one-line notices (caps applied, fallbacks taken, where the report
             goes) and warnings (clients that failed, rounds started over).
+        threads: torch threads of the serial executor (default: the counts the Ray
+            executor's actors use, so that the two executors compute the same floats).
     """
     from sfp_ray.methods import get_method
     from sfp_ray.orchestrator import default_out_dir
@@ -124,7 +127,8 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
     folder = check_out_dir(Path(out) if out is not None else default_out_dir())
-    return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False)
+    return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False,
+                    threads=threads)
 
 
 def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: Sequence[str] = (),
@@ -192,9 +196,10 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
              folder: Path, plots: bool, progress: Callable[[Any], None] | None,
-             echo: Callable[[str], None] | None, *, resuming: bool) -> Results:
+             echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None) -> Results:
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
+    from sfp_ray.methods import get_method
     from sfp_ray.orchestrator import Orchestrator, check_resumable, prepare_run, run_meta
     from sfp_ray.pretrain import resolve_checkpoint
     from sfp_ray.reports import ReportSink
@@ -209,27 +214,29 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
             ck_cache[key] = resolve_checkpoint(c, log_fn=say)
         return ck_cache[key]
 
-    # everything is validated (and data loaded, the backbone pre-trained) before any run starts
-    specs = [prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s in seeds for m in methods]
-    for note in dict.fromkeys(n for s in specs for n in s.notices):
-        say(f"notice: {note}")
-    ckpts: list[dict[str, Any] | None] = [None] * len(specs)
-    sink = ReportSink(folder, plots=plots)
-    if resuming:
-        for i, spec in enumerate(specs):
-            ckpts[i] = checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, spec.method.name,
-                                                                               spec.cfg.seed))
-            if ckpts[i] is not None:
-                check_resumable(ckpts[i], spec)
-        sink.resume({(s.method.name, s.cfg.seed): int(ck["round"]) if ck is not None else 0
-                     for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]})
-        say(f"resuming the run in {folder}")
-    else:
-        checkpoints.clear(folder)
-        checkpoints.write_plan(folder, methods, seeds, executor, cfg)
-        say(f"writing the report to {folder}")
-    todo = [s for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]]
-    with _executors(executor, todo, cfg, address, say) as make:
+    pairs = [(int(s), get_method(m).name) for s in seeds for m in methods]
+    ckpts: list[dict[str, Any] | None] = [
+        checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
+    pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
+    with _executors(executor, cfg, address, say, threads) as pool:
+        # the Ray executor's actors start now and import torch while the data loads here
+        pool.start(pending)
+        # everything is validated (and data loaded, the backbone pre-trained) before any run starts
+        specs = share_datasets([prepare_run(cfg.replace(seed=s), m, resolve_checkpoint=resolve) for s, m in pairs])
+        for note in dict.fromkeys(n for s in specs for n in s.notices):
+            say(f"notice: {note}")
+        sink = ReportSink(folder, plots=plots)
+        if resuming:
+            for spec, ck in zip(specs, ckpts):
+                if ck is not None:
+                    check_resumable(ck, spec)
+            sink.resume({(s.method.name, s.cfg.seed): int(ck["round"]) if ck is not None else 0
+                         for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]})
+            say(f"resuming the run in {folder}")
+        else:
+            checkpoints.clear(folder)
+            checkpoints.write_plan(folder, methods, seeds, executor, cfg)
+            say(f"writing the report to {folder}")
         for spec, ck in zip(specs, ckpts):
             f, name, seed = spec.cfg.federation, spec.method.name, spec.cfg.seed
             if ck is not None and ck["finished"]:
@@ -245,33 +252,80 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
                 f"{f.rounds} rounds, {executor} executor, data {spec.cfg.data.name} "
                 f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
             path = checkpoints.checkpoint_path(folder, name, seed)
-            with make() as ex:
+            with pool.executor() as ex:
                 Orchestrator(spec, ex, [sink], progress=progress, checkpoint=path, resume=ck, warn=warn).run()
     sink.finalize()
     return Results.load(folder)
 
 
-class _executors:
-    """Context manager yielding an executor factory; owns the Ray instance and actor pool it starts."""
+def share_datasets(specs: Sequence[Any]) -> list[Any]:
+    """The specs, with equal datasets replaced by one object (runs over seeds load the same data).
 
-    def __init__(self, kind: str, specs: Sequence[Any], cfg: Config, address: str | None,
-                 say: Callable[[str], None]) -> None:
-        self.kind, self.specs, self.cfg, self.address, self.say = kind, specs, cfg, address, say
+    The Ray pool puts each dataset object into the object store once, so this puts the
+    training set there once for a whole ``compare`` instead of once per run.
+    """
+    import torch
+
+    seen: list[Any] = []
+
+    def same(a: Any, b: Any) -> bool:
+        return (a is b or (a.name, a.num_classes, tuple(a.class_names)) == (b.name, b.num_classes, tuple(b.class_names))
+                and a.images.shape == b.images.shape and a.labels.shape == b.labels.shape
+                and torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images))
+
+    for spec in specs:
+        for attr in ("train", "test"):
+            ds = getattr(spec, attr)
+            match = next((d for d in seen if same(d, ds)), None)
+            if match is None:
+                seen.append(ds)
+            else:
+                setattr(spec, attr, match)
+    return list(specs)
+
+
+class _executors:
+    """Context manager owning the Ray instance and actor pool it starts; makes an executor per run."""
+
+    def __init__(self, kind: str, cfg: Config, address: str | None, say: Callable[[str], None],
+                 threads: int | None = None) -> None:
+        self.kind, self.cfg, self.address, self.say, self.threads = kind, cfg, address, say, threads
         self.started = False
         self.pool: Any = None
 
-    def __enter__(self) -> Callable[[], Any]:
-        if self.kind == "serial" or not self.specs:  # nothing left to run needs no Ray
-            from sfp_ray.executors.serial import SerialExecutor
+    def __enter__(self) -> _executors:
+        return self
 
-            return SerialExecutor
-        from sfp_ray.executors.ray import ActorPool, RayExecutor, start_ray
+    def start(self, pending: Sequence[tuple[int, str]]) -> None:
+        """Start Ray and the actors for the runs ``(seed, method)`` still to do (Ray executor; none: nothing)."""
+        if self.kind != "ray" or not pending:  # nothing left to run needs no Ray
+            return
+        from sfp_ray.executors.ray import ActorPool, start_ray
+        from sfp_ray.methods import get_method
+        from sfp_ray.orchestrator import run_devices
 
+        resolved = [get_method(m).resolve(self.cfg.replace(seed=s)) for s, m in pending]
+        devices, server = run_devices(resolved[0])  # the pool is planned for the first run, as the runs share it
+        needs_server = any(get_method(m).server(c) is not None for (_, m), c in zip(pending, resolved))
+        caps = [c.ray.max_actors for c in resolved if c.ray.max_actors is not None]
         self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
-        self.pool = ActorPool.for_specs(self.specs)
+        self.pool = ActorPool.for_devices(devices, server if needs_server else None,
+                                          max_actors=min(caps) if caps else None,
+                                          server_max_concurrency=self.cfg.ray.server_max_concurrency)
         for note in self.pool.plan.notices:
             self.say(f"notice: {note}")
-        return lambda: RayExecutor(self.pool)
+
+    def executor(self) -> Any:
+        """A new executor for one run (on the pool's actors with the Ray executor)."""
+        if self.pool is not None:
+            from sfp_ray.executors.ray import RayExecutor
+
+            return RayExecutor(self.pool)
+        if self.kind == "ray":
+            raise RuntimeError("start() the Ray executor's pool first")
+        from sfp_ray.executors.serial import SerialExecutor
+
+        return SerialExecutor(self.threads)
 
     def __exit__(self, *exc: Any) -> None:
         if self.pool is not None:
@@ -309,4 +363,4 @@ def check_out_dir(path: Path) -> Path:
     return path
 
 
-__all__ = ["Results", "check_out_dir", "compare", "resume", "run", "run_methods", "to_config"]
+__all__ = ["Results", "check_out_dir", "compare", "resume", "run", "run_methods", "share_datasets", "to_config"]

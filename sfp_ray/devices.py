@@ -108,6 +108,20 @@ class DeviceProfile:
         )
 
     @property
+    def torch_threads(self) -> int:
+        """torch intra-op threads of the actor emulating this device: ``max(1, floor(num_cpus))``.
+
+        The Ray actor enforces it (:mod:`sfp_ray.executors.ray.limits`); the serial executor
+        uses the same count so that both compute the same floats.
+
+        Example:
+            >>> from sfp_ray.devices import get_device
+            >>> get_device("rpi4").torch_threads, get_device("edge_server").torch_threads
+            (1, 1)
+        """
+        return max(1, math.floor(self.num_cpus))
+
+    @property
     def effective_flops(self) -> float:
         """Achieved FLOP/s of the physical device: ``peak_flops * efficiency``."""
         return self.peak_flops * self.efficiency

@@ -33,7 +33,7 @@ from sfp_ray.availability import RoundJudge, cohort_size, draw
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
-from sfp_ray.devices import assign_devices, get_device, load_catalog
+from sfp_ray.devices import DeviceProfile, assign_devices, get_device, load_catalog
 from sfp_ray.errors import ConfigError, RoundFailed, ServerLost
 from sfp_ray.executors.base import FINISHED, Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
@@ -132,14 +132,7 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
                          f"(largest: {largest}); every client keeps all it was given")
         parts = [np.sort(rng.choice(p, size=d.samples_per_client, replace=False)) if len(p) > d.samples_per_client
                  else p for p in parts]
-    catalog = load_catalog(cfg.devices.catalog)
-    names = assign_devices(f.num_clients, cfg.devices.mix, cfg.seed, catalog)
-    devices = [get_device(n, catalog) for n in names]
-    try:
-        server_device = get_device(cfg.devices.server, catalog)
-    except ConfigError:
-        raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
-                          f"{', '.join(catalog)}") from None
+    devices, server_device = run_devices(cfg)
     checkpoint_of = resolve_checkpoint if resolve_checkpoint is not None else _default_checkpoint
     spec = RunSpec(cfg, method, train.num_classes, None, train, test, parts, devices, server_device, notes)
     validate_model(spec)  # before any weights are touched (a pre-training run may follow)
@@ -151,6 +144,22 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
         ws = spec.workspace(("head", "body", "tail"), meta=True)
         check_checkpoint(ws.vit, read_checkpoint(spec.checkpoint), spec.checkpoint)
     return spec
+
+
+def run_devices(cfg: Config) -> tuple[list[DeviceProfile], DeviceProfile]:
+    """Every client's device profile (drawn from ``devices.mix`` and the seed) and the server's.
+
+    Needs no data: the Ray executor plans its actors from it while the data loads.
+    """
+    catalog = load_catalog(cfg.devices.catalog)
+    names = assign_devices(cfg.federation.num_clients, cfg.devices.mix, cfg.seed, catalog)
+    devices = [get_device(n, catalog) for n in names]
+    try:
+        server_device = get_device(cfg.devices.server, catalog)
+    except ConfigError:
+        raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
+                          f"{', '.join(catalog)}") from None
+    return devices, server_device
 
 
 def validate_model(spec: RunSpec) -> None:

@@ -307,8 +307,14 @@ class CellOutput:
 
 
 def run_cell(job: CellJob, out: str | os.PathLike) -> CellOutput:
-    """Run a cell's methods and seeds with the serial executor into the run folder ``out``."""
+    """Run a cell's methods and seeds with the serial executor into the run folder ``out``.
+
+    The serial executor computes with the torch threads of this process (the Ray task's
+    CPUs, see :mod:`sfp_ray.executors.ray.sweep`).
+    """
     import socket
+
+    import torch
 
     notices: list[str] = []
 
@@ -317,7 +323,8 @@ def run_cell(job: CellJob, out: str | os.PathLike) -> CellOutput:
             notices.append(msg[len("notice: "):])
 
     t0 = time.time()
-    run_methods(job.methods, job.cfg, seeds=job.seeds, executor="serial", out=out, plots=job.plots, echo=echo)
+    run_methods(job.methods, job.cfg, seeds=job.seeds, executor="serial", out=out, plots=job.plots, echo=echo,
+                threads=torch.get_num_threads())
     return CellOutput(list(dict.fromkeys(notices)), t0, time.time(), os.getpid(), socket.gethostname())
 
 

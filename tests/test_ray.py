@@ -101,7 +101,7 @@ def run_serial(spec) -> RunResult:
     old = torch.get_num_threads()
     try:
         with fused_attn_off():
-            return Orchestrator(spec, SerialExecutor(num_threads=1)).run()
+            return Orchestrator(spec, SerialExecutor()).run()  # the actors' thread count (one, for these classes)
     finally:
         torch.set_num_threads(old)
 
@@ -139,6 +139,50 @@ def assert_same_run(serial: RunResult, ray_res: RunResult, tol: float = 1e-5) ->
 
 
 # --------------------------------------------------------------------------- pure functions
+
+
+def test_the_serial_executor_takes_the_thread_count_of_the_actors(tmp_path):
+    from sfp_ray.executors.serial import mirrored_threads
+
+    spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2"]),
+                       "sfprompt")
+    assert mirrored_threads(spec) == (1, None)  # rpi4/phone/laptop clients, edge_server server: one thread each
+    catalog = tmp_path / "devices.yaml"
+    catalog.write_text("devices:\n  workstation:\n    description: test\n    num_cpus: 4\n    num_gpus: 0\n    memory_mb: 16384\n    peak_flops: 1.0e+12\n"
+                       "    efficiency: 0.3\n    uplink_mbps: 100\n    downlink_mbps: 100\n    latency_ms: 5\n")
+    spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2",
+                                              f"devices.catalog={catalog}", "devices.mix={workstation: 1.0}",
+                                              "devices.server=workstation"]), "sfprompt")
+    assert mirrored_threads(spec) == (4, None)
+    spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2",
+                                              f"devices.catalog={catalog}", "devices.mix={workstation: 1.0}"]),
+                       "sfprompt")
+    threads, note = mirrored_threads(spec)
+    assert threads == 1 and "[1, 4] torch threads" in note and "not bit for bit" in note
+    # fl_* methods have no server: only the clients' classes count
+    spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2",
+                                              f"devices.catalog={catalog}", "devices.mix={workstation: 1.0}"]),
+                       "fl_full")
+    assert mirrored_threads(spec) == (4, None)
+
+
+def test_the_aggregator_actor_averages_numpy_states_without_torch(ray_session):
+    import ray
+
+    from sfp_ray.executors.ray.aggregator import AggregatorActor
+
+    agg = AggregatorActor.options(num_cpus=0).remote()
+    try:
+        a = {"tail.w": np.float32([1.0, 2.0]), "prompt": np.float32([0.0])}
+        b = {"tail.w": np.float32([4.0, 8.0]), "prompt": np.float32([3.0])}
+        refs = [ray.put(b), ray.put(a)]  # given in another order than their ids
+        client, server, info = ray.get(agg.aggregate.remote([2, 1], [1, 0], False, False, *refs))
+        assert client["tail.w"].tolist() == [3.0, 6.0] and client["prompt"].tolist() == [2.0]
+        assert client["tail.w"].dtype == np.float32 and server is None and info["flops"] == {"all": 12.0}
+        loaded = ray.get(agg.modules.remote())
+        assert "torch" not in loaded and "timm" not in loaded and "sfp_ray.aggregation" in loaded
+    finally:
+        ray.kill(agg)
 
 
 def test_plan_slots_proportional_with_one_per_class():

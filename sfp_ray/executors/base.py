@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfp_ray.aggregation import fedavg
+from sfp_ray.aggregation import aggregation_flops, average_parts, to_arrays
 from sfp_ray.config import Config
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import Method
@@ -31,7 +31,7 @@ from sfp_ray.placement import CutPlan, with_cut
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult
 from sfp_ray.roles.workspace import Workspace
-from sfp_ray.tensors import as_tensor
+from sfp_ray.tensors import as_tensor, as_view
 
 
 @dataclass
@@ -197,36 +197,31 @@ def settle(out: ClientOutput, attempt: int, errors: Sequence[str]) -> ClientOutp
     return out
 
 
-def aggregation_flops(states: Sequence[Mapping[str, Any]]) -> float:
-    """FedAvg arithmetic: one multiply and one add per element per client (2 FLOPs).
-
-    Example:
-        >>> aggregation_flops([{"tail.w": np.zeros(3), "tail.b": np.zeros(2)}] * 2)
-        20.0
-    """
-    return float(sum(2 * int(np.prod(np.shape(v))) for s in states for v in s.values()))
-
-
 def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[Mapping[str, Any]],
                  server: Sequence[Mapping[str, Any]] | None, previous: Mapping[str, Any] | None = None,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, float]]:
-    """FedAvg of both parts of the clients' states (``weights``: their sample counts).
+    """:func:`~sfp_ray.aggregation.average_parts` for states of torch tensors; returns tensors.
 
-    Returns ``(client part, server part or None, FLOPs per part)``; the server part's
-    averaging is charged as part ``body`` (it is the body the server trains), the client
-    part's as ``all``. ``previous`` (the global client part) supplies the names that no
-    client holds (per-device cuts); they keep their values.
+    Returns ``(client part, server part or None, FLOPs per part)`` (see ``average_parts``).
     """
-    flops = {"all": aggregation_flops(client)}
-    new_server = None
-    if server is not None:
-        new_server = fedavg(server, weights, ids)
-        flops["body"] = aggregation_flops(server)
-    new_client = fedavg(client, weights, ids)
-    if previous is not None:
-        new_client = {k: new_client[k] if k in new_client else as_tensor(v) for k, v in previous.items()} | {
-            k: v for k, v in new_client.items() if k not in previous}
-    return new_client, new_server, flops
+    def dtypes(states: Sequence[Mapping[str, Any]]) -> dict[str, torch.dtype]:
+        out: dict[str, torch.dtype] = {}  # the first holder's (in id order), float32 for a non-float one
+        for i in sorted(range(len(states)), key=lambda j: ids[j]):
+            for k, v in states[i].items():
+                if k not in out:
+                    dt = as_view(v).dtype
+                    out[k] = dt if dt.is_floating_point else torch.float32
+        return out
+
+    def back(arrays: Mapping[str, np.ndarray], types: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(types[k]) if k in types else as_tensor(v) for k, v in arrays.items()}
+
+    new_client, new_server, flops = average_parts(
+        weights, ids, [to_arrays(s) for s in client], [to_arrays(s) for s in server] if server is not None else None,
+        to_arrays(previous) if previous is not None else None)
+    prev_types = {k: as_view(v).dtype for k, v in previous.items()} if previous is not None else {}
+    return (back(new_client, {**prev_types, **dtypes(client)}),
+            back(new_server, dtypes(server)) if new_server is not None and server is not None else None, flops)
 
 
 __all__ = ["FINISHED", "Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops",

@@ -43,7 +43,15 @@ from sfp_ray.roles.workspace import PARTS
 
 
 class SerialExecutor(Executor):
-    """Runs every role in this process, clients in ascending id order."""
+    """Runs every role in this process, clients in ascending id order.
+
+    Args:
+        num_threads: torch intra-op threads. Default: the count the Ray executor's actors
+            use (:attr:`~sfp_ray.devices.DeviceProfile.torch_threads` of the run's device
+            classes), so that the two executors compute the same floats. A matrix product
+            splits its work by thread count, so another count changes results in the last
+            bits, and over rounds in the last digits of accuracy.
+    """
 
     name = "serial"
 
@@ -52,8 +60,12 @@ class SerialExecutor(Executor):
         self.spec: RunSpec | None = None
 
     def start(self, spec: RunSpec) -> Started:
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        notices = []
+        threads = self.num_threads
+        if threads is None:
+            threads, note = mirrored_threads(spec)
+            notices += [note] if note else []
+        torch.set_num_threads(threads)
         self.spec = spec
         self.ws = spec.workspace(PARTS)  # the global cut: evaluation, and every client under a fixed cut
         self.roles: dict[tuple[int, int] | None, ClientRole] = {}
@@ -67,7 +79,7 @@ class SerialExecutor(Executor):
         self.server_ws = self.ws if spec.cut_plan is None else spec.workspace(("body",), cut=spec.server_cut)
         self.server = ServerRole(self.server_ws.split.body, meter=self.meter, train=server.train,
                                  body_of=self._body_of) if server else None
-        return Started(LocalState(*spec.initial_state()))
+        return Started(LocalState(*spec.initial_state()), notices=notices)
 
     @property
     def role(self) -> ClientRole:
@@ -158,6 +170,25 @@ class SerialExecutor(Executor):
         return evaluate(self.ws.split, self.spec.test, self.spec.cfg.train.eval_batch_size, self.meter)
 
 
+def mirrored_threads(spec: RunSpec) -> tuple[int, str | None]:
+    """The torch threads that reproduce the Ray executor's arithmetic, and a notice when none can.
+
+    Every client actor computes with its device class's thread count, the server actor with
+    the server class's. When the run's classes agree (the built-in catalogue: one thread each),
+    that count reproduces the Ray run bit for bit; otherwise the serial executor uses the
+    smallest and says that the executors then agree to rounding only.
+    """
+    counts = {d.torch_threads for d in spec.devices}
+    if spec.method.server(spec.cfg):
+        counts.add(spec.server_device.torch_threads)
+    threads = min(counts)
+    if len(counts) == 1:
+        return threads, None
+    return threads, (f"serial executor: the device classes of this run compute with {sorted(counts)} torch threads "
+                     f"on Ray; the serial executor uses {threads} for all, so the two executors agree to float "
+                     "rounding, not bit for bit")
+
+
 def _parts(state: State) -> tuple[dict, dict | None]:
     """Both parts of a state as tensors (a state from another executor is fetched)."""
     if isinstance(state, LocalState):
@@ -165,4 +196,4 @@ def _parts(state: State) -> tuple[dict, dict | None]:
     raise TypeError(f"the serial executor holds its states in-process, got {type(state).__name__}")
 
 
-__all__ = ["SerialExecutor"]
+__all__ = ["SerialExecutor", "mirrored_threads"]

@@ -3,8 +3,8 @@
 No algorithm lives here. :class:`ClientActor` hosts the clients of one or more runs: per
 run it builds a :class:`~sfp_ray.roles.workspace.Workspace` holding only the parts the
 method's client needs and the method's client role, and calls the role's ``run``.
-:class:`ServerActor` wraps one :class:`~sfp_ray.roles.server.ServerRole` per run.
-:class:`AggregatorActor` calls :func:`sfp_ray.aggregation.fedavg`.
+:class:`ServerActor` wraps one :class:`~sfp_ray.roles.server.ServerRole` per run. The
+aggregator actor lives in :mod:`.aggregator` (it imports no torch).
 
 Data crosses actor boundaries as numpy arrays (Ray moves them zero-copy through the object
 store); torch tensors exist only inside an actor. Large inputs (the training images, the
@@ -32,7 +32,7 @@ import torch
 from sfp_ray.config import Config
 from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
-from sfp_ray.executors.base import State, fedavg_parts
+from sfp_ray.executors.base import State
 from sfp_ray.executors.ray.limits import enforce_limits, observe
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
@@ -45,7 +45,7 @@ from sfp_ray.tensors import as_view, numpy_state, torch_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AggregatorActor", "ClientActor", "ExclusiveCountingMeter", "RayBodyLink", "RayState", "RunSetup",
+__all__ = ["ClientActor", "ExclusiveCountingMeter", "RayBodyLink", "RayState", "RunSetup",
            "ServerActor"]
 
 
@@ -391,37 +391,3 @@ class ServerActor:
 
     def resources(self) -> dict[str, Any]:
         return dict(self.info, **observe(self.device))
-
-
-# --------------------------------------------------------------------------- aggregator
-
-
-@ray.remote
-class AggregatorActor:
-    """Sample-count-weighted FedAvg of client states that arrive as object refs.
-
-    Pass the states' object refs as *top-level* arguments: Ray then resolves them here,
-    zero-copy from the object store, and they never pass through the driver.
-    """
-
-    @ray.method(num_returns=3)
-    def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool, with_previous: bool,
-                  *states: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
-        """``(averaged client part, averaged server part or None, {"flops": {part: flops}, "wall_s"})``.
-
-        ``states`` holds the client parts, then (``with_server``) the server parts, in the
-        order of ``client_ids``, then (``with_previous``) the previous global client part,
-        whose names no client holds keep their values (per-device cuts).
-        """
-        t0 = time.perf_counter()
-        n = len(client_ids)
-        previous = states[-1] if with_previous else None
-        server_states = states[n:2 * n] if with_server else None
-        # states are read-only views into the object store; fedavg only reads them
-        client, server, flops = fedavg_parts(weights, client_ids, states[:n], server_states, previous)
-        return (numpy_state(client), numpy_state(server) if server is not None else None,
-                {"flops": flops, "wall_s": time.perf_counter() - t0})
-
-    def ready(self) -> dict[str, Any]:
-        ctx = ray.get_runtime_context()
-        return {"role": "aggregator", "node_id": ctx.get_node_id(), "pid": os.getpid()}

@@ -90,7 +90,7 @@ def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool 
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "gpu_fallback": bool(gpu_fallback),
     }
-    threads = max(1, math.floor(device.num_cpus))
+    threads = device.torch_threads
     torch.set_num_threads(threads)
     out["enforced_threads"] = threads
     cpus = _assigned_cpu_ids()

@@ -43,7 +43,8 @@ import ray
 from sfp_ray.devices import DeviceProfile, device_resource
 from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.executors.base import RunSpec
-from sfp_ray.executors.ray.actors import AggregatorActor, ClientActor, RunSetup, ServerActor
+from sfp_ray.executors.ray.actors import ClientActor, RunSetup, ServerActor
+from sfp_ray.executors.ray.aggregator import AggregatorActor
 from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes
 
 log = logging.getLogger(__name__)
@@ -238,15 +239,25 @@ class ActorPool:
     @classmethod
     def for_specs(cls, specs: Sequence[RunSpec], **kwargs: Any) -> ActorPool:
         """A pool planned for the runs ``specs`` on the connected cluster."""
-        if not ray.is_initialized():
-            raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
         first = specs[0]
         servers = [s.server_device for s in specs if s.method.server(s.cfg) is not None]
         caps = [s.cfg.ray.max_actors for s in specs if s.cfg.ray.max_actors is not None]
-        plan = plan_pool(first.devices, servers[0] if servers else None, cluster_nodes(),
-                         max_actors=min(caps) if caps else None)
+        return cls.for_devices(first.devices, servers[0] if servers else None, max_actors=min(caps) if caps else None,
+                               server_max_concurrency=first.cfg.ray.server_max_concurrency, **kwargs)
+
+    @classmethod
+    def for_devices(cls, clients: Sequence[DeviceProfile], server: DeviceProfile | None, *,
+                    max_actors: int | None = None, server_max_concurrency: int = 8, **kwargs: Any) -> ActorPool:
+        """A pool planned for clients of these device profiles (and a server) on the connected cluster.
+
+        The actors start at once, in the background: a caller can go on loading data while
+        they import torch.
+        """
+        if not ray.is_initialized():
+            raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
+        plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors)
         return cls(plan, ready_timeout_s=kwargs.pop("ready_timeout_s", 300.0),
-                   server_max_concurrency=first.cfg.ray.server_max_concurrency, **kwargs)
+                   server_max_concurrency=server_max_concurrency, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,58 @@
+"""The aggregator actor: FedAvg of client states in the object store, without torch.
+
+It averages numpy arrays (:func:`sfp_ray.aggregation.average_parts`), so its process imports
+numpy and Ray only: no torch, no timm. That saves the ~0.7 GB and the seconds of imports
+that every torch actor costs (``benchmarks/results/ray_overhead.md``); a test checks that
+the module stays free of torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+
+from sfp_ray.aggregation import average_parts
+
+
+@ray.remote
+class AggregatorActor:
+    """Sample-count-weighted FedAvg of client states that arrive as object refs.
+
+    Pass the states' object refs as *top-level* arguments: Ray then resolves them here,
+    zero-copy from the object store, and they never pass through the driver.
+    """
+
+    @ray.method(num_returns=3)
+    def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool, with_previous: bool,
+                  *states: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+        """``(averaged client part, averaged server part or None, {"flops": {part: flops}, "wall_s"})``.
+
+        ``states`` holds the client parts, then (``with_server``) the server parts, in the
+        order of ``client_ids``, then (``with_previous``) the previous global client part,
+        whose names no client holds keep their values (per-device cuts).
+        """
+        t0 = time.perf_counter()
+        n = len(client_ids)
+        previous = states[-1] if with_previous else None
+        server_states = states[n:2 * n] if with_server else None
+        # states are read-only views into the object store; the average only reads them
+        client, server, flops = average_parts(weights, client_ids, states[:n], server_states, previous)
+        return client, server, {"flops": flops, "wall_s": time.perf_counter() - t0}
+
+    def ready(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"role": "aggregator", "node_id": ctx.get_node_id(), "pid": os.getpid()}
+
+    def modules(self) -> list[str]:
+        """Names of the modules loaded in this process (tests check that torch is not among them)."""
+        import sys
+
+        return sorted(sys.modules)
+
+
+__all__ = ["AggregatorActor"]
