@@ -1,114 +1,220 @@
-"""Ray executor overhead: wall time of the Ray executor / the serial executor on the same run.
+"""Ray executor overhead: whole processes, round loops, per-round framework overhead, memory.
 
-The same SFPrompt run (default model and offline backbone, Fashion-MNIST target task,
-8 clients all taking part in every round, Raspberry Pi 4 profiles at 0.25 CPU each, the
-server on a ``laptop`` profile so no GPU is needed) runs under both executors, alternating
-``--repeats`` times so that both see the same machine load; the ratio is taken per pair.
-Memory per client actor is the peak RSS each actor reports (``resources.csv`` rows).
+The same runs go through ``sfp-ray run`` twice, as whole processes launched from here:
+once with the Ray executor (the default: client actors sized from the machine, no
+``ray.*`` key) and once with the serial executor at as many torch threads as the machine
+has cores (``--executor serial --threads N``: the fastest in-process reference). Pairs
+alternate which goes first, ``--pairs`` times, so both see the same machine load; ratios
+are taken per pair. The runs are the default configuration (the demo's) for each method
+in ``--methods``.
 
-Writes ``benchmarks/results/ray_overhead.csv`` and ``ray_overhead.md``.
-Run: ``.venv/bin/python benchmarks/ray_overhead.py [--repeats 2] [--set KEY=VALUE ...]``.
+Measured per run:
+
+* ``total_s``: launch to exit of the process (start-up, imports, data, Ray and actors,
+  rounds, report files, shut-down);
+* ``rounds_s``: the sum of the rounds' wall time (``rounds.csv``);
+* per Ray round, the **framework overhead**: round wall minus evaluation wall minus
+  aggregation wall minus the busiest client actor's compute (the sum of the wall time of
+  the client tasks it ran, measured inside the actor). What is left is what the framework
+  adds: scheduling, moving states, the driver's bookkeeping, report rows and the
+  checkpoint written every round;
+* memory of every actor at start (``resources.csv``: RSS, PSS, USS), the client actors'
+  peak RSS over their tasks, and two floors measured in fresh processes: ``import torch``
+  plus one Adam step (what any torch trainer costs), and the imports of a client actor.
+
+Writes ``benchmarks/results/ray_overhead.csv`` (per run), ``ray_overhead_rounds.csv`` (per
+Ray round) and ``ray_overhead.md``.
+Run: ``.venv/bin/python benchmarks/ray_overhead.py [--pairs 3] [--methods sfprompt,fl_full] [--set KEY=VALUE ...]``.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see sfp_ray/cli.py
-
 import argparse
+import os
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from sfp_ray.config import load_config
-from sfp_ray.executors.ray import RayExecutor, start_ray
-from sfp_ray.executors.serial import SerialExecutor
-from sfp_ray.orchestrator import Orchestrator, prepare_run
-
 HERE = Path(__file__).parent
-BASE = [
-    "federation.num_clients=8", "federation.clients_per_round=8", "federation.rounds=3",
-    "data.samples_per_client=400", "devices.mix={rpi4: 1.0}", "devices.server=laptop", "ray.num_cpus=4",
-]
+ROOT = HERE.parent
+SFP = [sys.executable, "-m", "sfp_ray"]
+
+FLOOR_TORCH = """
+import psutil, torch
+m = torch.nn.Linear(4, 4); o = torch.optim.Adam(m.parameters())
+m(torch.randn(2, 4)).sum().backward(); o.step()
+mi = psutil.Process().memory_full_info(); print(mi.rss / 2**20, mi.uss / 2**20)
+"""
+FLOOR_ACTOR = """
+import psutil, sfp_ray.executors.ray.actors
+mi = psutil.Process().memory_full_info(); print(mi.rss / 2**20, mi.uss / 2**20)
+"""
 
 
-def one(spec, executor) -> tuple[float, float, object]:
+def floor(code: str) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    rss, uss = (float(x) for x in out.stdout.split())
+    return rss, uss
+
+
+def one(method: str, executor: str, overrides: list[str], threads: int, out: Path) -> dict:
+    cmd = [*SFP, "--quiet", "run", "--method", method, "--no-plots", "--out", str(out), "--executor", executor]
+    if executor == "serial":
+        cmd += ["--threads", str(threads)]
+    for o in overrides:
+        cmd += ["--set", o]
     t0 = time.perf_counter()
-    with executor:
-        res = Orchestrator(spec, executor).run()
-        rows = executor.resources() if isinstance(executor, RayExecutor) else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     total = time.perf_counter() - t0
-    loop = sum(r.wall_s for r in res.rounds)
-    return total, loop, (res, rows)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    rounds = pd.read_csv(out / "rounds.csv")
+    return {"method": method, "executor": executor, "total_s": total, "rounds_s": float(rounds["wall_s"].sum()),
+            "outside_rounds_s": total - float(rounds["wall_s"].sum()),
+            "final_accuracy": float(rounds["test_accuracy"].iloc[-1]),
+            "final_loss": float(rounds["test_loss"].iloc[-1])}
+
+
+def round_overheads(out: Path) -> pd.DataFrame:
+    """Per round of a Ray run folder: round wall, eval, aggregation, busiest actor, overhead."""
+    rounds = pd.read_csv(out / "rounds.csv")
+    costs = pd.read_csv(out / "costs.csv")
+    clients = pd.read_csv(out / "clients.csv")
+    res = pd.read_csv(out / "resources.csv")
+    tasks = res[res["round"].notna()][["round", "client_id", "slot"]].drop_duplicates(["round", "client_id"],
+                                                                                   keep="last")
+    done = clients.merge(tasks, on=["round", "client_id"], how="left")
+    rows = []
+    for _, r in rounds.iterrows():
+        rd = int(r["round"])
+        c = costs[costs["round"] == rd]
+        ev = float(c.loc[c["phase"] == "eval", "wall_s"].sum())
+        agg = float(c.loc[c["phase"] == "aggregate", "wall_s"].sum())
+        busy = done[done["round"] == rd].groupby("slot")["wall_s"].sum()
+        busiest = float(busy.max()) if len(busy) else 0.0
+        over = float(r["wall_s"]) - ev - agg - busiest
+        rows.append({"round": rd, "wall_s": float(r["wall_s"]), "eval_s": ev, "aggregate_s": agg,
+                     "busiest_actor_s": busiest, "overhead_s": over, "overhead_pct": 100 * over / float(r["wall_s"])})
+    return pd.DataFrame(rows)
+
+
+def memory_rows(out: Path) -> pd.DataFrame:
+    res = pd.read_csv(out / "resources.csv")
+    start = res[res["round"].isna()].copy()
+    peaks = res[res["round"].notna()].groupby("slot")["observed_peak_rss_mb"].max()
+    start["peak_rss_over_tasks_mb"] = start["slot"].map(peaks)
+    return start[["label", "role", "observed_rss_mb", "observed_pss_mb", "observed_uss_mb",
+                  "peak_rss_over_tasks_mb"]].drop_duplicates("label")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--methods", default="sfprompt,fl_full")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
-    cfg = load_config(overrides=BASE + args.overrides)
-    spec = prepare_run(cfg, "sfprompt")
-    started = start_ray(spec.cfg.ray, "local")
-    rows, mem = [], []
+    threads = os.cpu_count() or 1
+    methods = [m for m in args.methods.split(",") if m]
+    work = Path(tempfile.mkdtemp(prefix="sfp-ray-overhead-"))
+    torch_floor, actor_floor = floor(FLOOR_TORCH), floor(FLOOR_ACTOR)
+    load = os.getloadavg()
+    rows, per_round, memory = [], [], []
     try:
-        for rep in range(args.repeats):
-            s_total, s_loop, (s_res, _) = one(spec, SerialExecutor(num_threads=2))
-            r_total, r_loop, (r_res, res_rows) = one(spec, RayExecutor())
-            for rr in res_rows:
-                if str(rr.get("label", "")).startswith("client"):
-                    mem.append(rr.get("observed_peak_rss_mb", float("nan")))
-            rows.append({
-                "repeat": rep, "clients": cfg.federation.num_clients, "rounds": cfg.federation.rounds,
-                "serial_total_s": s_total, "ray_total_s": r_total, "serial_rounds_s": s_loop, "ray_rounds_s": r_loop,
-                "ratio_total": r_total / s_total, "ratio_rounds": r_loop / s_loop,
-                "serial_final_acc": s_res.rounds[-1].test_accuracy, "ray_final_acc": r_res.rounds[-1].test_accuracy,
-            })
-            print(f"repeat {rep}: serial {s_total:.1f} s (rounds {s_loop:.1f}), ray {r_total:.1f} s (rounds "
-                  f"{r_loop:.1f}) -> ratio {r_total / s_total:.2f} total, {r_loop / s_loop:.2f} rounds",
-                  file=sys.stderr)
+        for pair in range(args.pairs):
+            for method in methods:
+                order = ["ray", "serial"] if pair % 2 == 0 else ["serial", "ray"]
+                for pos, ex in enumerate(order):
+                    out = work / f"{method}-{ex}-{pair}"
+                    r = one(method, ex, args.overrides, threads, out)
+                    r.update(pair=pair, position=pos)
+                    rows.append(r)
+                    print(f"pair {pair} {method} {ex}: {r['total_s']:.1f} s (rounds {r['rounds_s']:.1f} s)",
+                          file=sys.stderr)
+                    if ex == "ray":
+                        ro = round_overheads(out)
+                        ro.insert(0, "pair", pair)
+                        ro.insert(0, "method", method)
+                        per_round.append(ro)
+                        if pair == 0:
+                            m = memory_rows(out)
+                            m.insert(0, "method", method)
+                            memory.append(m)
+                    shutil.rmtree(out, ignore_errors=True)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     df = pd.DataFrame(rows)
+    rounds = pd.concat(per_round, ignore_index=True)
+    mem = pd.concat(memory, ignore_index=True)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
     df.to_csv(res / "ray_overhead.csv", index=False)
-    mem = [m for m in mem if m == m]
-    cmd = "python benchmarks/ray_overhead.py " + f"--repeats {args.repeats} " + " ".join(
-        f"--set {o}" for o in args.overrides)
-    md = [
-        "# Ray executor overhead", "",
-        f"Command: `{cmd.strip()}` on this project's 2-core machine (shared; noisy).",
-        f"Run: SFPrompt, {cfg.federation.num_clients} clients per round, {cfg.federation.rounds} rounds, "
-        f"{cfg.data.samples_per_client} samples per client, rpi4 profiles (0.25 CPU ticket, 1 torch thread per actor), "
-        "server on a laptop profile; serial executor with 2 torch threads.", "",
-        "| repeat | serial s | ray s | ratio (incl. actor start) | serial rounds s | ray rounds s | ratio (rounds) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for _, r in df.iterrows():
-        md.append(f"| {int(r['repeat'])} | {r['serial_total_s']:.1f} | {r['ray_total_s']:.1f} | "
-                  f"{r['ratio_total']:.2f} | {r['serial_rounds_s']:.1f} | {r['ray_rounds_s']:.1f} | "
-                  f"{r['ratio_rounds']:.2f} |")
-    start = statistics.median(df["ray_total_s"] - df["ray_rounds_s"])
-    md += ["", f"Median ratio: {statistics.median(df['ratio_total']):.2f}x including Ray actor start-up (target "
-           f"<= 1.3x), {statistics.median(df['ratio_rounds']):.2f}x for the round loop alone (target <= 1.1x); "
-           f"outside the rounds the Ray run spends {start:.1f} s (median: starting Ray and the actors, setting "
-           "the run up on them) against the serial run's "
-           f"{statistics.median(df['serial_total_s'] - df['serial_rounds_s']):.1f} s.",
-           f"Peak RSS per client actor: median {statistics.median(mem):.0f} MB, max {max(mem):.0f} MB "
-           f"({len(mem)} actor reports; includes shared library pages)." if mem else "No actor memory reports.",
-           f"Final accuracy: serial {df['serial_final_acc'].iloc[-1]:.4f}, ray {df['ray_final_acc'].iloc[-1]:.4f}."]
-    (res / "ray_overhead.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    rounds.to_csv(res / "ray_overhead_rounds.csv", index=False)
+    write_markdown(res / "ray_overhead.md", args, df, rounds, mem, torch_floor, actor_floor, threads, load)
+    print((res / "ray_overhead.md").read_text())
     return 0
+
+
+def write_markdown(path: Path, args: argparse.Namespace, df: pd.DataFrame, rounds: pd.DataFrame, mem: pd.DataFrame,
+                   torch_floor: tuple[float, float], actor_floor: tuple[float, float], threads: int,
+                   load: tuple[float, float, float]) -> None:
+    import ray
+    import torch
+
+    cmd = f"python benchmarks/ray_overhead.py --pairs {args.pairs} --methods {args.methods}" + "".join(
+        f" --set {o}" for o in args.overrides)
+    md = ["# Ray executor overhead", "",
+          f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M')}), {threads} cores, "
+          f"{platform.platform()}, ray {ray.__version__}, torch {torch.__version__}; load average before "
+          f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (a shared machine).", "",
+          f"Work: `sfp-ray run --method M` on the default configuration{' plus the --set keys' if args.overrides else ''}"
+          " (10 clients x 64 Fashion-MNIST images, all of them every round, 8 rounds, evaluation on 1,000 test images "
+          "every round), as whole processes. Ray: the default executor, no `ray.*` key (on this machine: 3 "
+          "device-slot actors, one per device class, a server actor for SFPrompt's body, an aggregator actor). "
+          f"Serial: `--executor serial --threads {threads}` (the in-process reference at full speed; its default, "
+          "one thread like the actors, gives the Ray run's numbers bit for bit and is slower).", "",
+          "## Time (median over pairs; ratio = Ray / serial, per pair)", "",
+          "| method | serial total s | Ray total s | ratio total (target <= 1.3) | serial rounds s | Ray rounds s | "
+          "ratio rounds (target <= 1.1) | Ray outside rounds s | serial outside rounds s |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, g in df.groupby("method", sort=False):
+        s, r = g[g.executor == "serial"].set_index("pair"), g[g.executor == "ray"].set_index("pair")
+        rt, rr = (r["total_s"] / s["total_s"]), (r["rounds_s"] / s["rounds_s"])
+        md.append(f"| {method} | {s['total_s'].median():.1f} | {r['total_s'].median():.1f} | {rt.median():.2f} "
+                  f"({rt.min():.2f}-{rt.max():.2f}) | {s['rounds_s'].median():.1f} | {r['rounds_s'].median():.1f} | "
+                  f"{rr.median():.2f} ({rr.min():.2f}-{rr.max():.2f}) | {r['outside_rounds_s'].median():.1f} | "
+                  f"{s['outside_rounds_s'].median():.1f} |")
+    md += ["", "## Per-round framework overhead (Ray runs)", "",
+           "Round wall minus evaluation, aggregation and the busiest client actor's task time "
+           "(`ray_overhead_rounds.csv`; target <= 1 % of the round).", "",
+           "| method | rounds | median round s | median overhead s | median overhead % | max overhead % |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for method, g in rounds.groupby("method", sort=False):
+        md.append(f"| {method} | {len(g)} | {g['wall_s'].median():.2f} | {g['overhead_s'].median():.3f} | "
+                  f"{g['overhead_pct'].median():.1f} | {g['overhead_pct'].max():.1f} |")
+    md += ["", "## Memory (first pair's Ray runs, MiB)", "",
+           f"Floors in fresh processes: `import torch` + one Adam step: RSS {torch_floor[0]:.0f}, USS "
+           f"{torch_floor[1]:.0f}; the imports of a client actor (torch, timm, Ray, sfp_ray): RSS "
+           f"{actor_floor[0]:.0f}, USS {actor_floor[1]:.0f}.", "",
+           "| method | actor | RSS at start | PSS at start | USS at start | peak RSS over its tasks |",
+           "|---|---|---:|---:|---:|---:|"]
+    for _, m in mem.iterrows():
+        peak = "" if pd.isna(m["peak_rss_over_tasks_mb"]) else f"{m['peak_rss_over_tasks_mb']:.0f}"
+        md.append(f"| {m['method']} | {m['label']} | {m['observed_rss_mb']:.0f} | {m['observed_pss_mb']:.0f} | "
+                  f"{m['observed_uss_mb']:.0f} | {peak} |")
+    acc = df.pivot_table(index=["method", "pair"], columns="executor", values="final_accuracy")
+    same = bool((acc["ray"] == acc["serial"]).all())
+    md += ["", f"Final accuracy: Ray and serial ({threads} threads) "
+           f"{'equal in every pair' if same else 'differ in the last digits (thread counts differ)'}: "
+           + ", ".join(f"{m} {a:.4f} / {b:.4f}" for (m, _), a, b in zip(acc.index, acc["ray"], acc["serial"])) + "."]
+    path.write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

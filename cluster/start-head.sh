@@ -116,6 +116,12 @@ print(json.dumps(res))
 PY
 )" || exit 2
 
+# --- worker priority ------------------------------------------------------------------------
+# Ray starts worker processes at nice 15; actors emulating devices should not lose the CPU to any
+# other process on the node (an actor at nice 15 next to a busy nice-0 process gets ~1/28 of its
+# share). RAY_worker_niceness set in the environment is kept.
+export RAY_worker_niceness="${RAY_worker_niceness:-0}"
+
 # --- token authentication ----------------------------------------------------------------
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 TOKEN_WHERE=""
@@ -159,6 +165,7 @@ NODE_NAME="head-$PORT"
 
 if [[ -n "${SFP_DRY_RUN:-}" ]]; then
     echo "RAY_AUTH_MODE=$RAY_AUTH_MODE"
+    echo "RAY_worker_niceness=$RAY_worker_niceness"
     printf '%q ' "${CMD[@]}" --block
     echo
     echo "pid file: $(node_pidfile "$NODE_NAME")"

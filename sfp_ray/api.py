@@ -134,7 +134,7 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
 def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: Sequence[str] = (),
            methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, executor: str | None = None,
            address: str | None = None, plots: bool = True, progress: Callable[[Any], None] | None = None,
-           echo: Callable[[str], None] | None = None) -> Results:
+           echo: Callable[[str], None] | None = None, threads: int | None = None) -> Results:
     """Continue an interrupted :func:`run_methods` call in its folder ``run_dir``.
 
     The methods, seeds and configuration are the ones saved in ``run_dir/checkpoint/run.yaml``.
@@ -145,7 +145,8 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
 
     ``config``, ``overrides``, ``methods`` and ``seeds``, when given, must agree with the
     saved run: anything that differs raises :class:`~sfp_ray.errors.ConfigError`.
-    ``executor`` defaults to the one the run was started with.
+    ``executor`` defaults to the one the run was started with; ``threads`` is the serial
+    executor's torch thread count (see :func:`run_methods`).
     """
     from sfp_ray.checkpoints import read_plan
 
@@ -170,7 +171,8 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     kind = executor if executor is not None else plan.executor
     _check_executor(kind)
     check_out_dir(folder)
-    return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True)
+    return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
+                    threads=threads)
 
 
 def _check_executor(executor: str) -> None:

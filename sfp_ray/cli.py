@@ -3,9 +3,9 @@
 ::
 
     sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--seeds 0,1,2]
-                     [--executor ray|serial] [--address ADDR] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
     sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
-                     [--executor ray|serial] [--address ADDR] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
     sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
                      [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
                      [--cell-cpus N] [--out DIR]
@@ -68,6 +68,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="ADDR", default=None,
                    help="Ray cluster to join: 'auto' or HOST:PORT; default starts a private local Ray "
                         "(ray.address in the config)")
+    p.add_argument("--threads", metavar="N", type=int, default=None,
+                   help="torch threads of the serial executor; default: those of the client actors (one for the "
+                        "built-in device classes), so that serial and Ray runs give the same numbers bit for bit")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the interrupted run in RUN_DIR from its checkpoints: methods, seeds and "
@@ -239,6 +242,15 @@ def _progress(total_rounds: int, quiet: bool, with_seed: bool):
 # --------------------------------------------------------------------------- run / compare
 
 
+def _threads(args: argparse.Namespace) -> int | None:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: give a whole number >= 1, got {args.threads}")
+    if args.threads is not None and (args.executor or "ray") == "ray" and args.resume is None:
+        raise ConfigError("--threads sets the serial executor's torch threads; with the Ray executor each actor takes "
+                          "its device class's (add --executor serial)")
+    return args.threads
+
+
 def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     from sfp_ray.api import run_methods
     from sfp_ray.orchestrator import default_out_dir
@@ -246,7 +258,7 @@ def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     seeds = parse_seeds(args.seeds, cfg.seed)
     args.run_dir = Path(args.out) if args.out else default_out_dir()
     res = run_methods(methods, cfg, seeds=seeds, executor=args.executor or "ray", address=args.address,
-                      out=args.run_dir, plots=not args.no_plots,
+                      out=args.run_dir, plots=not args.no_plots, threads=_threads(args),
                       progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1), echo=_say)
     return _print_results(res, len(seeds))
 
@@ -262,7 +274,7 @@ def _resume(args: argparse.Namespace, methods: list[str] | None) -> int:
     plan = read_plan(folder)
     seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else None
     res = resume(folder, args.config, overrides=args.overrides, methods=methods, seeds=seeds, executor=args.executor,
-                 address=args.address, plots=not args.no_plots,
+                 address=args.address, plots=not args.no_plots, threads=_threads(args),
                  progress=_progress(plan.config.federation.rounds, args.quiet, len(plan.seeds) > 1), echo=_say)
     return _print_results(res, len(plan.seeds))
 

@@ -113,6 +113,8 @@ def test_head_defaults_token_auth_on_and_no_dashboard():
     r = _run("start-head.sh")
     assert r.returncode == 0, r.stderr
     assert "RAY_AUTH_MODE=token" in r.stdout
+    assert "RAY_worker_niceness=0" in r.stdout  # actors at the driver's priority, not Ray's nice 15
+    assert _run("start-head.sh", RAY_worker_niceness="5").stdout.count("RAY_worker_niceness=5") == 1
     assert "--include-dashboard=false" in r.stdout and "--dashboard-host" not in r.stdout
     assert "--block" in r.stdout  # one process to stop by PID
 

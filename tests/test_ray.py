@@ -377,7 +377,12 @@ def test_sfprompt_ray_matches_serial(ray_session):
     # each client ran in its own actor and reported requested / enforced / observed resources
     rows = [r for r in sink.resources if "round" in r]  # per client and round (the rest: per actor at start)
     assert len(rows) == 8 and len({r["actor_id"] for r in rows}) == 4
-    assert [r["label"] for r in sink.resources if "round" not in r] == ["server:edge_server"] + ["client:rpi4"] * 4
+    start = [r for r in sink.resources if "round" not in r]
+    assert [r["label"] for r in start] == ["server:edge_server"] + ["client:rpi4"] * 4 + ["aggregator"]
+    # memory at start: a torch actor maps more than it owns alone; the torch-free aggregator holds far less
+    for r in start:
+        assert 0 < r["observed_uss_mb"] <= r["observed_rss_mb"] and 0 < r["observed_pss_mb"] <= r["observed_rss_mb"]
+    assert start[-1]["observed_rss_mb"] < 0.5 * start[1]["observed_rss_mb"]
     for r in rows:
         assert r["requested_num_cpus"] == 0.25 and r["assigned_num_cpus"] == 0.25
         assert r["enforced_threads"] == 1 == r["observed_threads"]

@@ -215,7 +215,7 @@ class ClientActor:
 
     def ready(self) -> dict[str, Any]:
         """Resources at start-up (called once to wait until the actor is placed)."""
-        return dict(self.info, **observe(self.device))
+        return dict(self.info, **observe(self.device, full=True))
 
     def setup(self, setup: RunSetup) -> None:
         """Build the workspace and client role of a run (idempotent)."""
@@ -274,7 +274,7 @@ class ClientActor:
 
     def resources(self) -> dict[str, Any]:
         """Requested / enforced / observed resources now."""
-        return dict(self.info, **observe(self.device))
+        return dict(self.info, **observe(self.device, full=True))
 
 
 # --------------------------------------------------------------------------- server
@@ -343,7 +343,7 @@ class ServerActor:
         self._lock = threading.Lock()
 
     def ready(self) -> dict[str, Any]:
-        return dict(self.info, **observe(self.device))
+        return dict(self.info, **observe(self.device, full=True))
 
     def setup(self, setup: RunSetup) -> None:
         """Build the body of a run (idempotent)."""
@@ -390,4 +390,4 @@ class ServerActor:
         return self.roles[key].pending()
 
     def resources(self) -> dict[str, Any]:
-        return dict(self.info, **observe(self.device))
+        return dict(self.info, **observe(self.device, full=True))

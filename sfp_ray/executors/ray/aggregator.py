@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from sfp_ray.aggregation import average_parts
+from sfp_ray.executors.ray.procmem import process_memory_mb
 
 
 @ray.remote
@@ -45,8 +46,14 @@ class AggregatorActor:
         return client, server, {"flops": flops, "wall_s": time.perf_counter() - t0}
 
     def ready(self) -> dict[str, Any]:
+        """Where it runs and its memory (a resources.csv row)."""
         ctx = ray.get_runtime_context()
-        return {"role": "aggregator", "node_id": ctx.get_node_id(), "pid": os.getpid()}
+        return {"role": "aggregator", "slot": -1, **process_memory_mb(), "node_id": ctx.get_node_id(),
+                "actor_id": ctx.get_actor_id() or "", "pid": os.getpid()}
+
+    def resources(self) -> dict[str, Any]:
+        """The same as :meth:`ready`, now."""
+        return self.ready()
 
     def modules(self) -> list[str]:
         """Names of the modules loaded in this process (tests check that torch is not among them)."""

@@ -247,10 +247,11 @@ class RayExecutor(Executor):
         return combine(results, len(spec.test), time.perf_counter() - t0)
 
     def resources(self) -> list[dict[str, Any]]:
-        """One row per actor now (server first, then the slots): requested vs enforced vs observed."""
+        """One row per actor now (server, slots, aggregator): requested vs enforced vs observed."""
         assert self.pool is not None, "start() first"
-        rows = ray.get([a.resources.remote() for a in self.pool.actors()])
-        return [dict(r, label=lb, executor="ray") for r, lb in zip(rows, self.pool.labels, strict=True)]
+        rows = ray.get([a.resources.remote() for a in [*self.pool.actors(), self.pool.aggregator]])
+        labels = [*self.pool.labels, "aggregator"]
+        return [dict(r, label=lb, executor="ray") for r, lb in zip(rows, labels, strict=True)]
 
     def close(self) -> None:
         """End this run on the pool (and the pool itself when this executor started it)."""

@@ -26,6 +26,8 @@ from typing import Any
 import ray
 import torch
 
+from sfp_ray.executors.ray.procmem import process_memory_mb
+
 _MIB = 2**20
 
 
@@ -123,8 +125,12 @@ def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool 
     return out
 
 
-def observe(device: Any, tensor_device: str | None = None) -> dict[str, Any]:
-    """What this process actually uses now: threads, affinity, memory, GPU, node and pid."""
+def observe(device: Any, tensor_device: str | None = None, *, full: bool = False) -> dict[str, Any]:
+    """What this process actually uses now: threads, affinity, memory, GPU, node and pid.
+
+    ``full`` adds the proportional and unique set sizes (``observed_pss_mb``,
+    ``observed_uss_mb``; :mod:`.procmem`), which cost a read of ``/proc/self/smaps``.
+    """
     ctx = ray.get_runtime_context() if ray.is_initialized() else None
     rss = _rss_mb()
     peak = max(_peak_rss_mb(), rss)
@@ -133,6 +139,7 @@ def observe(device: Any, tensor_device: str | None = None) -> dict[str, Any]:
         "observed_affinity": _fmt_cpus(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "",
         "observed_rss_mb": round(rss, 1),
         "observed_peak_rss_mb": round(peak, 1),
+        "observed_nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else float("nan"),
         "memory_cap_exceeded": bool(device.memory_mb > 0 and peak > device.memory_mb),
         "cuda_available": torch.cuda.is_available(),
         "observed_gpu_mem_mb": (torch.cuda.max_memory_allocated() / _MIB) if torch.cuda.is_available()
@@ -141,6 +148,9 @@ def observe(device: Any, tensor_device: str | None = None) -> dict[str, Any]:
         "actor_id": (ctx.get_actor_id() or "") if ctx is not None else "",
         "pid": os.getpid(),
     }
+    if full:
+        mem = process_memory_mb()
+        out["observed_pss_mb"], out["observed_uss_mb"] = mem["observed_pss_mb"], mem["observed_uss_mb"]
     if tensor_device is not None:
         out["tensor_device"] = tensor_device
     return out

@@ -265,14 +265,14 @@ class ActorPool:
         return ([self.server] if self.server is not None else []) + self.slots
 
     def wait_ready(self) -> list[dict[str, Any]]:
-        """Wait until every actor is placed and started; its resource rows (once)."""
+        """Wait until every actor is placed and started; their resource rows (once; the aggregator's last)."""
         if self._ready is not None:
             return self._ready
         actors = self.actors()
-        refs = [a.ready.remote() for a in actors]
+        refs = [a.ready.remote() for a in actors] + [self.aggregator.ready.remote()]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout_s)
         if pending:
-            waiting = Counter(self.labels[refs.index(r)] for r in pending)
+            waiting = Counter([*self.labels, "aggregator"][refs.index(r)] for r in pending)
             self.close()
             raise ClusterError(
                 f"{len(pending)} of {len(refs)} actors were not placed/started within {self.ready_timeout_s:g} s "
@@ -284,7 +284,7 @@ class ActorPool:
             self.close()
             raise
         self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client)
-                       for r, lb in zip(rows, self.labels, strict=True)]
+                       for r, lb in zip(rows, [*self.labels, "aggregator"], strict=True)]
         return self._ready
 
     def data_refs(self, data: Any) -> tuple[Any, Any]:

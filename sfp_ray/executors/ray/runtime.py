@@ -107,6 +107,10 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
             3 s (checked before anything touches Ray, so it fails fast and leaves an
             already running instance alone), or ``"auto"`` finds no running cluster.
 
+    A local instance starts its workers at niceness 0 instead of Ray's default 15
+    (``RAY_worker_niceness``; ``resources.csv`` records each actor's ``observed_nice``); the
+    cluster scripts do the same for the nodes they start.
+
     Token authentication (cluster/README.md §2) is left as Ray sets it: Ray 2.60 enables it
     for instances made by ``ray.init()``; to join a cluster started with ``ray start``
     (whose scripts export ``RAY_AUTH_MODE=token``) from another machine, export
@@ -123,6 +127,11 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
         log.info("Ray is already initialised in this process; reusing it (address %r not applied)", addr)
         return False
     if addr == "local":
+        # Ray starts its workers at nice 15 (its raylet's worker_niceness); next to any other busy
+        # process on the machine an actor at nice 15 gets ~1/28 of a core's share and a run crawls
+        # (benchmarks/results/ray_overhead.md). The actors emulate devices, not background jobs:
+        # start them at the driver's priority. An explicit RAY_worker_niceness is kept.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kwargs: dict[str, Any] = {
             "address": "local",
             "num_cpus": _whole(cfg_ray.num_cpus) if cfg_ray.num_cpus is not None else os.cpu_count(),
