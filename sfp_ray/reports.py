@@ -88,6 +88,10 @@ class ReportSink:
         self.timeline: list[dict[str, Any]] = []
         self.configs: dict[str, str] = {}
         self.metas: list[RunMeta] = []
+        # per CSV file: rows already in it, and its columns (flush appends what is new)
+        self._written: dict[str, int] = {}
+        self._columns: dict[str, list[str]] = {}
+        self._colset: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ sink protocol
 
@@ -187,17 +191,37 @@ class ReportSink:
         return _order(pd.DataFrame(self.rounds), ROUND_COLUMNS)
 
     def flush(self) -> None:
-        """Rewrite the CSV files with every record so far (atomically)."""
-        _atomic_csv(self.cost_frame(), self.out / "costs.csv")
-        _atomic_csv(self.round_frame(), self.out / "rounds.csv")
-        if self.messages:
-            _atomic_csv(pd.DataFrame(self.messages), self.out / "messages.csv")
-        if self.clients:
-            _atomic_csv(pd.DataFrame(self.clients), self.out / "clients.csv")
-        if self.resources:
-            _atomic_csv(pd.DataFrame(self.resources), self.out / "resources.csv")
-        if self.timeline:
-            _atomic_csv(pd.DataFrame(self.timeline), self.out / "timeline.csv")
+        """Write the records added since the last flush to the CSV files.
+
+        A file is appended to (one write of the new rows), so a round costs the same
+        whatever the run's length; it is rewritten whole, atomically, the first time and
+        whenever new rows bring a column the file lacks. ``costs.csv`` and ``rounds.csv``
+        exist (with their header) from the first flush on.
+        """
+        self._write("costs.csv", self.costs, COST_COLUMNS, always=True)
+        self._write("rounds.csv", self.rounds, ROUND_COLUMNS, always=True)
+        self._write("messages.csv", self.messages)
+        self._write("clients.csv", self.clients)
+        self._write("resources.csv", self.resources)
+        self._write("timeline.csv", self.timeline)
+
+    def _write(self, name: str, rows: list[dict[str, Any]], first: list[str] | None = None, *,
+               always: bool = False) -> None:
+        done = self._written.get(name, 0)
+        if done == len(rows) and (done or not always or name in self._columns):
+            return
+        path = self.out / name
+        cols = self._columns.get(name)
+        new = rows[done:]
+        if done and cols is not None and all(k in self._colset[name] for r in new for k in r):
+            with path.open("a", encoding="utf-8", newline="") as f:
+                f.write(pd.DataFrame(new, columns=cols).to_csv(index=False, header=False))
+        else:
+            df = pd.DataFrame(rows)
+            df = _order(df, first) if first is not None else df
+            _atomic_csv(df, path)
+            self._columns[name], self._colset[name] = list(df.columns), set(df.columns)
+        self._written[name] = len(rows)
 
     def finalize(self) -> pd.DataFrame:
         """Write parquet, summary and plots; return the summary."""

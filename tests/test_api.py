@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 import pytest
 
@@ -53,3 +55,32 @@ def test_a_run_id_of_digits_stays_a_string(tmp_path, monkeypatch):
     r = sfp_ray.run(TINY, method="fl_linear", executor="serial", out=tmp_path, plots=False)
     assert set(r.rounds["run_id"]) == {"58177546"} and set(r.costs["run_id"]) == {"58177546"}
     assert set(pd.read_parquet(tmp_path / "costs.parquet")["run_id"]) == {"58177546"}
+
+
+def test_the_report_appends_each_rounds_rows_and_rewrites_for_a_new_column(tmp_path):
+    """flush() writes only what is new (a long run's rounds cost the same), and reads back like one write."""
+    from sfp_ray.reports import ReportSink
+
+    sink = ReportSink(tmp_path, plots=False)
+    sink.flush()
+    assert (tmp_path / "costs.csv").is_file() and (tmp_path / "rounds.csv").is_file()  # headers from the start
+    assert not (tmp_path / "clients.csv").exists()
+    sink.clients += [{"round": 1, "client_id": c, "status": "ok", "wall_s": 0.1 * c} for c in range(3)]
+    sink.flush()
+    before = (tmp_path / "clients.csv").stat().st_mtime_ns
+    sink.clients += [{"round": 2, "client_id": 0, "status": "failed", "wall_s": float("nan")}]
+    sink.flush()  # appended: the first rows are untouched
+    text = (tmp_path / "clients.csv").read_text()
+    assert text.count("client_id") == 1 and len(text.splitlines()) == 5
+    assert (tmp_path / "clients.csv").stat().st_mtime_ns >= before
+    sink.clients += [{"round": 2, "client_id": 1, "status": "ok", "wall_s": 0.5, "error": "first attempt failed"}]
+    sink.flush()  # a new column: the file is rewritten with it
+    df = pd.read_csv(tmp_path / "clients.csv")
+    assert list(df.columns) == ["round", "client_id", "status", "wall_s", "error"]
+    pd.testing.assert_frame_equal(df, pd.read_csv(io.StringIO(pd.DataFrame(sink.clients).to_csv(index=False))))
+    sink.clients += [{"round": 3, "client_id": 2, "status": "ok", "wall_s": 0.25}]  # a missing key: left empty
+    sink.flush()
+    df = pd.read_csv(tmp_path / "clients.csv")
+    assert len(df) == 6 and pd.isna(df["error"].iloc[-1]) and df["wall_s"].iloc[-1] == 0.25
+    sink.flush()  # nothing new: nothing written
+    assert len(pd.read_csv(tmp_path / "clients.csv")) == 6
