@@ -85,7 +85,9 @@ def run_cell(cell: Cell, seed: int, executor: str) -> tuple[dict, list[dict]]:
 
     out = CACHE / "runs" / cell.name.replace("/", "+") / f"seed{seed}"
     t0 = time.perf_counter()
-    r = sfp_ray.run(list(cell.overrides), method="sfprompt", seeds=[seed], executor=executor, out=out, plots=False)
+    # lr 1e-3, as when the committed results were made (train.lr now defaults to the method's own tuned rate)
+    r = sfp_ray.run(["train.lr=0.001", *cell.overrides], method="sfprompt", seeds=[seed], executor=executor, out=out,
+                    plots=False)
     rounds = pd.read_csv(out / "rounds.csv").sort_values("round")
     clients = pd.read_csv(out / "clients.csv")
     costs = pd.read_csv(out / "costs.csv")

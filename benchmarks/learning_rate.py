@@ -33,6 +33,7 @@ ROUNDS = 12
 #: which methods run at which rate: fl_full around its best (it diverges above 1e-3),
 #: the prompt methods around theirs
 GRID: dict[float, tuple[str, ...]] = {
+    1e-4: ("fl_full",),
     3e-4: ("fl_full",),
     1e-3: ("sfprompt", "sfprompt_no_prune", "fl_full"),
     2e-3: ("sfprompt", "sfprompt_no_prune"),

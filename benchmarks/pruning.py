@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     res.mkdir(parents=True, exist_ok=True)
     runs_csv = res / "pruning_runs.csv"
     runs = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame()
-    base = list(args.overrides)
+    # every method at lr 1e-3, as when the committed results were made (train.lr now defaults to each
+    # method's own tuned rate: benchmarks/learning_rate.py)
+    base = ["train.lr=0.001", *args.overrides]
     keeps = {float(k) for k in args.keeps.split(",")} if args.keeps else None
     todo = [(a, k, s) for a, k in cells(arms) for s in seeds if keeps is None or a.group != "policy" or k in keeps]
     todo.sort(key=lambda c: priority(c[0], c[1]))  # stable: seeds stay in order within a cell

@@ -412,7 +412,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from sfp_ray.methods import get_method, list_methods
 
         for m in list_methods():
-            print(f"{m:20} {get_method(m).description}")
+            meth = get_method(m)
+            print(f"{m:20} lr {meth.default_lr:<7g} {meth.description}")
     elif args.command == "devices":
         from sfp_ray.devices import load_catalog
 

@@ -151,8 +151,10 @@ class TrainConfig:
     """Epochs of split training through the server's body (SFPrompt phase 2, ``sfl``, ``sl``); 0 skips it."""
     batch_size: int = 16
     """Training mini-batch size (samples)."""
-    lr: float = 1e-3
-    """Learning rate (> 0)."""
+    lr: float | None = None
+    """Learning rate (> 0); ``null``: the method's own rate, tuned on the default task by
+    ``benchmarks/learning_rate.py`` (``sfp-ray methods`` lists it: 3e-3 for the SFPrompt family,
+    3e-4 for ``fl_full``, 1e-3 for the others, not tuned). A value given here applies to every method."""
     optimizer: Optimizer = "adam"
     """``sgd`` (with ``train.momentum``), ``adam`` or ``adamw``; a fresh optimizer per phase and round."""
     weight_decay: float = 0.0
@@ -650,7 +652,7 @@ def validate(cfg: Config) -> None:
     _require(t.split_epochs >= 0, "train.split_epochs", f"must be >= 0, got {t.split_epochs}")
     _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _require(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
-    _require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _require(t.lr is None or t.lr > 0, "train.lr", f"must be > 0 (or null: the method's own), got {t.lr}")
     _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _require(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1), got {t.momentum}")
     _require(d.alpha > 0, "data.alpha", f"must be > 0, got {d.alpha}")

@@ -399,3 +399,16 @@ def test_unknown_method_lists_registered_names() -> None:
         assert name in msg
     with pytest.raises(ConfigError, match="fl_full"):
         prepare_run(tiny_config(), "no_such_method")
+
+
+def test_each_method_trains_at_its_own_rate_unless_train_lr_is_set():
+    from sfp_ray.config import load_config
+    from sfp_ray.methods import get_method, list_methods
+
+    cfg = load_config()
+    assert cfg.train.lr is None  # the default: every method's own
+    rates = {m: get_method(m).resolve(cfg).train.lr for m in list_methods()}
+    assert rates["fl_full"] == 3e-4 and rates["fl_linear"] == 1e-3
+    assert {rates[m] for m in list_methods() if m.startswith("sfprompt")} == {3e-3}  # ablations share SFPrompt's
+    given = load_config(overrides=["train.lr=0.01"])
+    assert {get_method(m).resolve(given).train.lr for m in list_methods()} == {0.01}

@@ -124,6 +124,8 @@ class Method(abc.ABC):
         name: registry name (``--method``).
         description: one line for listings.
         overrides: dotted settings the method forces (see :meth:`resolve`).
+        default_lr: the learning rate it trains with when ``train.lr`` is null (the default),
+            tuned per method on the default task (``benchmarks/results/learning_rate.md``).
     """
 
     #: phase names its cost rows may carry
@@ -133,17 +135,21 @@ class Method(abc.ABC):
     #: how a round runs
     plan: RoundPlan = ParallelFedAvg()
 
-    def __init__(self, name: str, description: str, overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, description: str, overrides: Mapping[str, Any] | None = None, *,
+                 default_lr: float = 1e-3) -> None:
         self.name = name
         self.description = description
         self.overrides = dict(overrides or {})
+        self.default_lr = float(default_lr)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
     def resolve(self, cfg: Config) -> Config:
-        """The configuration this method runs with (its forced settings applied)."""
-        return cfg.replace(method=self.name, **self.overrides)
+        """The configuration this method runs with: its forced settings, and its own learning rate
+        when ``train.lr`` is null."""
+        lr = {"train.lr": self.default_lr} if cfg.train.lr is None else {}
+        return cfg.replace(method=self.name, **lr, **self.overrides)
 
     # ------------------------------------------------------------------ state
 

@@ -63,8 +63,8 @@ class FederatedMethod(Method):
     client_parts = PARTS
 
     def __init__(self, name: str, description: str, select: Callable[[str], bool],
-                 overrides: dict[str, Any] | None = None) -> None:
-        super().__init__(name, description, overrides)
+                 overrides: dict[str, Any] | None = None, *, default_lr: float = 1e-3) -> None:
+        super().__init__(name, description, overrides, default_lr=default_lr)
         self.select = select
 
     def client_names(self, ws: Workspace) -> list[str]:
@@ -85,8 +85,10 @@ class FederatedMethod(Method):
 
 
 def register(register_method: Any) -> None:
+    # fl_full's rate: the best of 1e-4..1e-2 on the default task (benchmarks/results/learning_rate.md);
+    # fl_prompt and fl_linear keep 1e-3 (not tuned)
     register_method(FederatedMethod("fl_full", "FedAvg, full fine-tuning on every client", lambda n: True,
-                                    {"prompt.num_tokens": 0}))
+                                    {"prompt.num_tokens": 0}, default_lr=3e-4))
     register_method(FederatedMethod("fl_prompt", "FedAvg of prompts + classifier, frozen model on clients (VPT in FL)",
                                     lambda n: is_prompt(n) or is_classifier(n)))
     register_method(FederatedMethod("fl_linear", "FedAvg of the classifier only", is_classifier,
