@@ -43,7 +43,7 @@ def tiny_config(**overrides: Any) -> Config:
         "model": {"checkpoint": None, "img_size": IMG, "patch_size": PATCH, "depth": DEPTH,
                   "embed_dim": DIM, "num_heads": 2},
         "federation": {"num_clients": 3, "clients_per_round": 2, "rounds": 1},
-        "train": {"batch_size": 16},
+        "train": {"batch_size": 16, "lr": 1e-3},  # one rate for every method here (roles are built directly)
         "prompt": {"num_tokens": 3},
         "split": {"head_blocks": 1, "tail_blocks": 1},
         "devices": {"mix": {"rpi4": 1.0}},

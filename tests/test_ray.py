@@ -453,7 +453,7 @@ def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
 
 def test_jetson_slots_schedule_on_a_logical_gpu_and_compute_on_cpu(pooled):
     _, _, ex, sink = pooled
-    rows = [r for r in sink.resources if r["device"] == "jetson" and "round" in r]
+    rows = [r for r in sink.resources if r.get("device") == "jetson" and "round" in r]
     assert rows
     for r in rows:
         assert r["requested_num_gpus"] == 0.25 and r["assigned_num_gpus"] == 0.25

@@ -182,7 +182,8 @@ def _tail(log: Path, n: int = 15) -> str:
 def run_sfp_ray(args: argparse.Namespace, sets: list[str], work_dir: Path, pair: int) -> dict[str, Any]:
     run_dir = work_dir / f"sfp-ray-{pair}"
     log = work_dir / f"sfp-ray-{pair}.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE", FLWR_TELEMETRY_ENABLED="0")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE", FLWR_TELEMETRY_ENABLED="0",
+               RAY_worker_niceness="0")
     t0, t1, rc = run_process(sfp_ray_command(sys.executable, run_dir, sets), env, log, args.timeout)
     if rc != 0:
         raise SystemExit(f"compare_flower: sfp-ray run failed (exit {rc}), log {log}:\n{_tail(log)}")
@@ -205,7 +206,9 @@ def flower_command(args: argparse.Namespace, work: Path, data_dir: Path, out: Pa
 
 def flower_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return dict(env, OMP_WAIT_POLICY="PASSIVE", FLWR_TELEMETRY_ENABLED="0")
+    # Ray starts workers at nice 15 unless told otherwise; sfp-ray's local Ray starts them at 0.
+    # Both frameworks get 0 here, so that neither's actors lose the CPU to the other's leftovers.
+    return dict(env, OMP_WAIT_POLICY="PASSIVE", FLWR_TELEMETRY_ENABLED="0", RAY_worker_niceness="0")
 
 
 def run_flower(args: argparse.Namespace, work: Path, data_dir: Path, work_dir: Path, pair: int) -> dict[str, Any]:
@@ -299,8 +302,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, spec: dict[str,
         f"{spec['batch_size']}, {spec['local_epochs']} local epoch(s); a fresh optimizer per client per round.",
         f"- Resources: a private local Ray instance with {args.cpus} CPUs; trainers of 1 CPU each ({args.cpus} at a "
         "time), one torch thread per trainer; the evaluation uses one torch thread (sfp-ray: its server actor, "
-        "no CPU ticket; Flower: the ServerApp in the driver process). `OMP_WAIT_POLICY=PASSIVE` and "
-        "`FLWR_TELEMETRY_ENABLED=0` for both.",
+        "no CPU ticket; Flower: the ServerApp in the driver process). `OMP_WAIT_POLICY=PASSIVE`, "
+        "`FLWR_TELEMETRY_ENABLED=0` and `RAY_worker_niceness=0` (Ray workers at the driver's priority, sfp-ray's "
+        "default; Ray's own is 15) for both.",
         f"- sfp-ray settings: `{' '.join('--set ' + s for s in sets)}` (plus `--no-plots`).",
         "", "## Columns", "",
         "All from the launch of the process, measured by this script. `startup_s`: launch to the start of round 1 "
