@@ -23,16 +23,28 @@ A round then goes:
 Late and dropped clients are never averaged. :class:`RoundJudge` applies these rules to a
 round's outputs (it is handed to the method's round plan, which averages what is left)
 and says how long the server waited (:meth:`RoundJudge.round_seconds`).
+
+Instead of the ``availability`` probability, a FedScale-format client behaviour trace
+(``federation.availability_trace``, :func:`load_trace`) can say who is online: client ``c``
+follows the trace's ``c mod n``-th entry (entries in key order) and is online in a round when
+the round's simulated start time, modulo the entry's ``finish_time``, falls in one of its
+``[active[i], inactive[i]]`` windows (FedScale's rule; Lai et al., ICML 2022).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from sfp_ray.errors import ConfigError
 from sfp_ray.records import Segment
 
 #: Statuses of a client whose state is averaged.
@@ -64,6 +76,122 @@ def draw(seed: int, round: int, client_id: int, availability: float, dropout: fl
     online = bool(u_online < availability)
     drops = online and bool(u_drop < dropout)
     return Draw(online, drops, float(u_point) if drops else 1.0)
+
+
+def draw_traced(seed: int, round: int, client_id: int, online: bool, dropout: float) -> Draw:
+    """The draws of a client whose being online a trace decides: the dropout draw as :func:`draw`'s.
+
+    Example:
+        >>> draw_traced(0, 1, 2, False, 1.0)
+        Draw(online=False, drops=False, point=1.0)
+        >>> draw_traced(0, 1, 2, True, 1.0).drops
+        True
+    """
+    d = draw(seed, round, client_id, 1.0, dropout)
+    return Draw(online, d.drops and online, d.point if online else 1.0)
+
+
+@dataclass(frozen=True)
+class ClientTrace:
+    """One client's behaviour in a FedScale trace: online during ``[active[i], inactive[i]]``, repeating every
+    ``finish_time`` seconds."""
+
+    active: tuple[float, ...]
+    inactive: tuple[float, ...]
+    finish_time: float
+
+    def online(self, t: float) -> bool:
+        """Whether the client is online at ``t`` seconds.
+
+        Example:
+            >>> c = ClientTrace(active=(0.0, 100.0), inactive=(50.0, 150.0), finish_time=200.0)
+            >>> [c.online(t) for t in (25, 75, 120, 175, 225)]
+            [True, False, True, False, True]
+        """
+        x = math.fmod(float(t), self.finish_time)
+        return any(a <= x <= b for a, b in zip(self.active, self.inactive))
+
+
+@dataclass(frozen=True)
+class AvailabilityTrace:
+    """A client behaviour trace: client ``c`` follows entry ``c mod len(entries)`` (entries in key order)."""
+
+    path: str
+    entries: tuple[ClientTrace, ...]
+
+    def online(self, client_id: int, t: float) -> bool:
+        return self.entries[int(client_id) % len(self.entries)].online(t)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: containers, numbers, strings and numpy scalars; never a class or a function."""
+
+    _ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; a trace holds plain data only")
+
+
+def load_trace(path: str | Path) -> AvailabilityTrace:
+    """Read a FedScale client behaviour trace (``federation.availability_trace``).
+
+    The file maps client keys to entries with ``active`` and ``inactive`` (equally long lists
+    of seconds, ``active[i] <= inactive[i]``) and ``finish_time`` (> 0 s, the period); other
+    fields (FedScale's ``duration``, ``model``) are ignored. Formats by suffix: ``.json``,
+    ``.yaml``/``.yml``, else a pickle as FedScale ships it (``client_behave_trace``), read
+    with an unpickler that builds plain data only.
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong.
+    """
+    p = Path(path).expanduser()
+    where = f"federation.availability_trace: {p}"
+    if not p.is_file():
+        raise ConfigError(f"{where}: no such file")
+    raw = p.read_bytes()
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(raw)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        else:
+            data = _PlainUnpickler(io.BytesIO(raw)).load()
+    except Exception as e:  # noqa: BLE001 - any parse failure is the file's
+        raise ConfigError(f"{where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                          ) from None
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"{where}: expected a non-empty mapping of client -> trace entry, got "
+                          f"{type(data).__name__}")
+    try:
+        keys = sorted(data)
+    except TypeError:
+        keys = sorted(data, key=str)
+    entries = []
+    for k in keys:
+        e = data[k]
+        at = f"{where}: client {k!r}"
+        if not isinstance(e, Mapping) or not {"active", "inactive", "finish_time"} <= set(e):
+            raise ConfigError(f"{at}: an entry needs 'active', 'inactive' and 'finish_time'")
+        try:
+            active = tuple(float(x) for x in e["active"])
+            inactive = tuple(float(x) for x in e["inactive"])
+            finish = float(e["finish_time"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{at}: 'active' and 'inactive' must be lists of seconds, 'finish_time' a number"
+                              ) from None
+        if not active or len(active) != len(inactive):
+            raise ConfigError(f"{at}: 'active' and 'inactive' must be equally long and not empty "
+                              f"({len(active)} vs {len(inactive)})")
+        if not all(math.isfinite(x) for x in (*active, *inactive, finish)) or finish <= 0:
+            raise ConfigError(f"{at}: times must be finite and 'finish_time' > 0, got finish_time={finish}")
+        if any(a > b for a, b in zip(active, inactive)):
+            raise ConfigError(f"{at}: every active[i] must be <= inactive[i]")
+        entries.append(ClientTrace(active, inactive, finish))
+    return AvailabilityTrace(str(p), tuple(entries))
 
 
 def cohort_size(clients_per_round: int, over_select: float, num_clients: int) -> int:
@@ -201,4 +329,5 @@ class RoundJudge:
         return float(end)
 
 
-__all__ = ["AVERAGED", "Draw", "RoundJudge", "cohort_size", "draw", "phase_fractions", "truncate"]
+__all__ = ["AVERAGED", "AvailabilityTrace", "ClientTrace", "Draw", "RoundJudge", "cohort_size", "draw", "draw_traced",
+           "load_trace", "phase_fractions", "truncate"]

@@ -224,6 +224,11 @@ class FederationConfig:
     over_select: float = 0.0
     """Select this fraction more clients than ``clients_per_round`` (at most ``num_clients``) and average the
     first ``clients_per_round`` to finish in simulated time; the others are ``late``."""
+    availability_trace: str | None = None
+    """A FedScale client behaviour trace (pickle as FedScale ships it, or JSON/YAML of the same mapping:
+    client -> ``active``/``inactive`` second lists and ``finish_time``): client ``c`` follows entry
+    ``c mod n`` and is online when the round's simulated start falls in one of its windows; replaces the
+    device classes' ``availability`` (their ``dropout`` still applies). ``null``: no trace."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from sfp_ray.availability import RoundJudge, cohort_size, draw
+from sfp_ray.availability import RoundJudge, cohort_size, draw, draw_traced, load_trace
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
@@ -139,6 +139,10 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     spec.cut_plan = _cut_plan(spec)
     if spec.cut_plan is not None:
         notes.extend(spec.cut_plan.lines())
+    if f.availability_trace is not None:
+        spec.trace = load_trace(f.availability_trace)
+        notes.append(f"federation.availability_trace: {len(spec.trace.entries)} client traces; client c follows "
+                     f"entry c mod {len(spec.trace.entries)} (the device classes' availability is not used)")
     spec.checkpoint = checkpoint_of(cfg)
     if spec.checkpoint is not None:
         ws = spec.workspace(("head", "body", "tail"), meta=True)
@@ -356,7 +360,7 @@ class Orchestrator:
         server_dev = spec.server_device
         for r in range(int(ck["round"]) + 1 if ck is not None else 1, f.rounds + 1):
             t0 = time.perf_counter()
-            outcome, selected, judge = self._play_round(r, state, client_states, faults)
+            outcome, selected, judge = self._play_round(r, state, client_states, faults, float(totals["sim"]))
             state = outcome.state
             finished = [o for o in outcome.outputs if o.status in FINISHED]
             for o in finished:
@@ -416,8 +420,11 @@ class Orchestrator:
         return RunResult(meta, rounds, final, client_states)
 
     def _play_round(self, r: int, state: State, client_states: Mapping[int, Mapping[str, Any]],
-                    faults: Sequence[Fault]) -> tuple[RoundOutcome, int, RoundJudge]:
+                    faults: Sequence[Fault], start_s: float = 0.0) -> tuple[RoundOutcome, int, RoundJudge]:
         """Run round ``r`` (started over once when too few clients succeed or the server is lost).
+
+        ``start_s`` is the simulated time at which the round starts (an availability trace is
+        read there).
 
         Returns the outcome (offline clients included), the number of clients selected, and
         the round's judge (dropouts, deadline, over-selection; :mod:`sfp_ray.availability`).
@@ -426,7 +433,11 @@ class Orchestrator:
         cfg, f = spec.cfg, spec.cfg.federation
         cohort = sample_cohort(cfg.seed, r, f.num_clients, cohort_size(f.clients_per_round, f.over_select,
                                                                         f.num_clients))
-        draws = {c: draw(cfg.seed, r, c, spec.devices[c].availability, spec.devices[c].dropout) for c in cohort}
+        if spec.trace is not None:
+            draws = {c: draw_traced(cfg.seed, r, c, spec.trace.online(c, start_s), spec.devices[c].dropout)
+                     for c in cohort}
+        else:
+            draws = {c: draw(cfg.seed, r, c, spec.devices[c].availability, spec.devices[c].dropout) for c in cohort}
         online = [c for c in cohort if draws[c].online]
         for round_try in (1, 2):
             tasks = [ClientTask(round=r, client_id=c, seed=derive_seed(cfg.seed, r, c), device=spec.devices[c],

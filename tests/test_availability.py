@@ -201,3 +201,89 @@ def test_timeline_csv_and_plot_show_each_clients_round(tmp_path, capsys):
     assert png.stat().st_size > 1000
     assert main(["timeline", str(tmp_path), "--round", "1"]) == 2
     assert "has no timeline.csv" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- FedScale-format traces
+
+
+def _trace_entries() -> dict[int, dict]:
+    # client 0 is never online in the first 1000 s; client 1 always; client 2 online for the first 2 s of every 4
+    return {1: {"active": [1000.0], "inactive": [1001.0], "finish_time": 5000.0, "duration": 7, "model": "x"},
+            2: {"active": [0], "inactive": [1e9], "finish_time": 1e9},
+            3: {"active": [0.0], "inactive": [2.0], "finish_time": 4.0}}
+
+
+def test_a_trace_window_decides_who_is_online(tmp_path):
+    import json
+    import pickle
+
+    from sfp_ray.availability import load_trace
+
+    pkl = tmp_path / "client_behave_trace"
+    pkl.write_bytes(pickle.dumps(_trace_entries()))
+    js = tmp_path / "trace.json"
+    js.write_text(json.dumps({str(k): v for k, v in _trace_entries().items()}))
+    for path in (pkl, js):
+        tr = load_trace(path)
+        assert len(tr.entries) == 3
+        # entries in key order; client c follows entry c mod 3
+        assert [tr.online(0, t) for t in (0, 999, 1000.5, 6000.5)] == [False, False, True, True]
+        assert all(tr.online(1, t) for t in (0, 3.5, 1e6)) and tr.online(4, 3.5)
+        assert [tr.online(2, t) for t in (0, 1.9, 2.5, 3.9, 4.5, 6.5)] == [True, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("data, match", [
+    ({1: {"active": [0], "finish_time": 1}}, "needs 'active', 'inactive' and 'finish_time'"),
+    ({1: {"active": [0, 5], "inactive": [1], "finish_time": 9}}, "equally long"),
+    ({1: {"active": [3], "inactive": [1], "finish_time": 9}}, r"active\[i\] must be <= inactive\[i\]"),
+    ({1: {"active": [0], "inactive": [1], "finish_time": 0}}, "'finish_time' > 0"),
+    ({1: {"active": ["a"], "inactive": [1], "finish_time": 9}}, "lists of seconds"),
+    ([1, 2], "expected a non-empty mapping"),
+])
+def test_a_bad_trace_is_one_line_naming_the_file(tmp_path, data, match):
+    import pickle
+
+    from sfp_ray.availability import load_trace
+
+    p = tmp_path / "trace.pkl"
+    p.write_bytes(pickle.dumps(data))
+    with pytest.raises(ConfigError, match=match) as e:
+        load_trace(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_trace_that_pickles_an_object_is_refused_unrun(tmp_path):
+    import pickle
+
+    from sfp_ray.availability import load_trace
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(pickle.dumps({1: Boom()}))
+    with pytest.raises(ConfigError, match="builtins.print; a trace holds plain data only"):
+        load_trace(p)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_trace(tmp_path / "missing.pkl")
+
+
+def test_a_run_with_a_trace_leaves_its_offline_clients_out(tmp_path):
+    import pickle
+
+    p = tmp_path / "client_behave_trace"
+    p.write_bytes(pickle.dumps(_trace_entries()))
+    spec, res, clients, rounds, _ = _run(tmp_path, [f"federation.availability_trace={p}", "federation.rounds=2"])
+    assert spec.trace is not None and any("availability_trace" in n for n in spec.notices)
+    status = clients.set_index(["round", "client_id"])["status"]
+    # clients 0 and 3 follow entry 0 (offline until 1000 s); 1 and 4 entry 1 (always online)
+    assert all(status[(r, c)] == "offline" for r in (1, 2) for c in (0, 3))
+    assert all(status[(r, c)] == "ok" for r in (1, 2) for c in (1, 4))
+    # round 1 starts at simulated 0 s, when entry 2 is online
+    assert status[(1, 2)] == "ok" and status[(1, 5)] == "ok"
+    # round 2 starts when round 1 ended on the simulated clock: entry 2's window decides
+    start2 = float(rounds.set_index("round").loc[1, "sim_s"])
+    online2 = (start2 % 4.0) <= 2.0
+    assert status[(2, 2)] == ("ok" if online2 else "offline")
+    assert (rounds.offline == [2 + 0, 2 + (0 if online2 else 2)]).all()

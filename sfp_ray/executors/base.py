@@ -52,6 +52,8 @@ class RunSpec:
     start_state: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None] | None = None
     #: every client's cut under ``split.policy=per_device`` (None: every client at the configured cut)
     cut_plan: CutPlan | None = None
+    #: who is online when (``federation.availability_trace``; None: the device classes' ``availability``)
+    trace: Any = None
 
     def cut_of(self, client_id: int) -> tuple[int, int]:
         """``(head_blocks, tail_blocks)`` of a client."""
