@@ -49,9 +49,10 @@ from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes
 
 log = logging.getLogger(__name__)
 
-#: Planning estimate of one client actor's resident memory (torch, timm, a small ViT), MiB.
-#: Measured at ~500-600 MB on CPU builds of torch 2.14; it only bounds how many slots the
-#: pool starts, it is never requested from Ray.
+#: Planning estimate of one client actor's own memory (torch, timm, a small ViT), MiB. With
+#: torch 2.14.1's CUDA build an actor's unique set size is ~430 MiB at start and its PSS ~490
+#: (benchmarks/results/ray_overhead.md); the rest of its ~780 MiB RSS is shared libraries.
+#: It only bounds how many slots the pool starts, it is never requested from Ray.
 ACTOR_MEMORY_MB = 600
 
 __all__ = ["ACTOR_MEMORY_MB", "ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"]
