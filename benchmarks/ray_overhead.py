@@ -33,7 +33,6 @@ import argparse
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,7 +173,8 @@ def write_markdown(path: Path, args: argparse.Namespace, df: pd.DataFrame, round
           f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M')}), {threads} cores, "
           f"{platform.platform()}, ray {ray.__version__}, torch {torch.__version__}; load average before "
           f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (a shared machine).", "",
-          f"Work: `sfp-ray run --method M` on the default configuration{' plus the --set keys' if args.overrides else ''}"
+          "Work: `sfp-ray run --method M` on the default configuration"
+          f"{' plus the --set keys' if args.overrides else ''}"
           " (10 clients x 64 Fashion-MNIST images, all of them every round, 8 rounds, evaluation on 1,000 test images "
           "every round), as whole processes. Ray: the default executor, no `ray.*` key (on this machine: 3 "
           "device-slot actors, one per device class, a server actor for SFPrompt's body, an aggregator actor). "

@@ -94,7 +94,8 @@ def draw_traced(seed: int, round: int, client_id: int, online: bool, dropout: fl
 @dataclass(frozen=True)
 class ClientTrace:
     """One client's behaviour in a FedScale trace: online during ``[active[i], inactive[i]]``, repeating every
-    ``finish_time`` seconds."""
+    ``finish_time`` seconds.
+    """
 
     active: tuple[float, ...]
     inactive: tuple[float, ...]

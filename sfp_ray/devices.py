@@ -109,7 +109,7 @@ class DeviceProfile:
 
     @property
     def torch_threads(self) -> int:
-        """torch intra-op threads of the actor emulating this device: ``max(1, floor(num_cpus))``.
+        """Torch intra-op threads of the actor emulating this device: ``max(1, floor(num_cpus))``.
 
         The Ray actor enforces it (:mod:`sfp_ray.executors.ray.limits`); the serial executor
         uses the same count so that both compute the same floats.

@@ -148,7 +148,8 @@ def test_the_serial_executor_takes_the_thread_count_of_the_actors(tmp_path):
                        "sfprompt")
     assert mirrored_threads(spec) == (1, None)  # rpi4/phone/laptop clients, edge_server server: one thread each
     catalog = tmp_path / "devices.yaml"
-    catalog.write_text("devices:\n  workstation:\n    description: test\n    num_cpus: 4\n    num_gpus: 0\n    memory_mb: 16384\n    peak_flops: 1.0e+12\n"
+    catalog.write_text("devices:\n  workstation:\n    description: test\n    num_cpus: 4\n    num_gpus: 0\n"
+                       "    memory_mb: 16384\n    peak_flops: 1.0e+12\n"
                        "    efficiency: 0.3\n    uplink_mbps: 100\n    downlink_mbps: 100\n    latency_ms: 5\n")
     spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2",
                                               f"devices.catalog={catalog}", "devices.mix={workstation: 1.0}",

@@ -147,7 +147,8 @@ class Method(abc.ABC):
 
     def resolve(self, cfg: Config) -> Config:
         """The configuration this method runs with: its forced settings, and its own learning rate
-        when ``train.lr`` is null."""
+        when ``train.lr`` is null.
+        """
         lr = {"train.lr": self.default_lr} if cfg.train.lr is None else {}
         return cfg.replace(method=self.name, **lr, **self.overrides)
 

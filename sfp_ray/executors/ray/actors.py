@@ -18,7 +18,6 @@ requested vs enforced vs observed resources.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
