@@ -253,18 +253,23 @@ def test_a_bad_trace_is_one_line_naming_the_file(tmp_path, data, match):
 
 
 def test_a_trace_that_pickles_an_object_is_refused_unrun(tmp_path):
+    import os
     import pickle
 
     from sfp_ray.availability import load_trace
 
+    marker = tmp_path / "still-here"
+    marker.write_text("")
+
     class Boom:
         def __reduce__(self):
-            return (print, ("executed",))
+            return (os.remove, (str(marker),))  # what a hostile pickle would run on load
 
     p = tmp_path / "evil.pkl"
     p.write_bytes(pickle.dumps({1: Boom()}))
-    with pytest.raises(ConfigError, match="builtins.print; a trace holds plain data only"):
+    with pytest.raises(ConfigError, match=r"it refers to \S*remove; a trace holds plain data only"):
         load_trace(p)
+    assert marker.exists()  # refused, not run
     with pytest.raises(ConfigError, match="no such file"):
         load_trace(tmp_path / "missing.pkl")
 
