@@ -23,8 +23,11 @@ Measured per run:
   plus one Adam step (what any torch trainer costs), and the imports of a client actor.
 
 Writes ``benchmarks/results/ray_overhead.csv`` (per run), ``ray_overhead_rounds.csv`` (per
-Ray round) and ``ray_overhead.md``.
-Run: ``.venv/bin/python benchmarks/ray_overhead.py [--pairs 3] [--methods sfprompt,fl_full] [--set KEY=VALUE ...]``.
+Ray round) and ``ray_overhead.md``. ``--work peer`` runs the Flower peer benchmark's work
+instead (``fl_full``, 8 clients x 256 images, a 12-block ViT, 3 rounds:
+``benchmarks/peers``) into ``ray_overhead_peer.*``.
+Run: ``.venv/bin/python benchmarks/ray_overhead.py [--pairs 3] [--methods sfprompt,fl_full] [--work default|peer]
+[--set KEY=VALUE ...]``.
 """
 
 from __future__ import annotations
@@ -118,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--methods", default="sfprompt,fl_full")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    ap.add_argument("--work", choices=["default", "peer"], default="default",
+                    help="default: the default configuration; peer: the Flower peer benchmark's work (fl_full)")
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    name = "ray_overhead"
+    if args.work == "peer":
+        sys.path.insert(0, str(HERE / "peers"))
+        from compare_flower import sfp_ray_runtime, sfp_ray_work
+
+        args.overrides = [*sfp_ray_work(3, 8, 256, 5000), *sfp_ray_runtime(2), *args.overrides]
+        args.methods, name = "fl_full", "ray_overhead_peer"
     threads = os.cpu_count() or 1
     methods = [m for m in args.methods.split(",") if m]
     work = Path(tempfile.mkdtemp(prefix="sfp-ray-overhead-"))
@@ -154,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     mem = pd.concat(memory, ignore_index=True)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    df.to_csv(res / "ray_overhead.csv", index=False)
-    rounds.to_csv(res / "ray_overhead_rounds.csv", index=False)
-    write_markdown(res / "ray_overhead.md", args, df, rounds, mem, torch_floor, actor_floor, threads, load)
-    print((res / "ray_overhead.md").read_text())
+    df.to_csv(res / f"{name}.csv", index=False)
+    rounds.to_csv(res / f"{name}_rounds.csv", index=False)
+    write_markdown(res / f"{name}.md", args, df, rounds, mem, torch_floor, actor_floor, threads, load)
+    print((res / f"{name}.md").read_text())
     return 0
 
 
@@ -167,17 +179,25 @@ def write_markdown(path: Path, args: argparse.Namespace, df: pd.DataFrame, round
     import ray
     import torch
 
-    cmd = f"python benchmarks/ray_overhead.py --pairs {args.pairs} --methods {args.methods}" + "".join(
-        f" --set {o}" for o in args.overrides)
+    cmd = (f"python benchmarks/ray_overhead.py --pairs {args.pairs} --work peer" if args.work == "peer" else
+           f"python benchmarks/ray_overhead.py --pairs {args.pairs} --methods {args.methods}" + "".join(
+               f" --set {o}" for o in args.overrides))
     md = ["# Ray executor overhead", "",
           f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M')}), {threads} cores, "
           f"{platform.platform()}, ray {ray.__version__}, torch {torch.__version__}; load average before "
           f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (a shared machine).", "",
-          "Work: `sfp-ray run --method M` on the default configuration"
-          f"{' plus the --set keys' if args.overrides else ''}"
-          " (10 clients x 64 Fashion-MNIST images, all of them every round, 8 rounds, evaluation on 1,000 test images "
-          "every round), as whole processes. Ray: the default executor, no `ray.*` key (on this machine: 3 "
-          "device-slot actors, one per device class, a server actor for SFPrompt's body, an aggregator actor). "
+          ("Work: the Flower peer benchmark's (`benchmarks/peers`: `fl_full`, 8 clients x 256 Fashion-MNIST "
+           "images, a 12-block ViT-Tiny from random weights, SGD, 3 rounds, one evaluation on 5,000 test images "
+           "after the last; 2 trainer actors of 1 CPU), as whole processes." if args.work == "peer" else
+           "Work: `sfp-ray run --method M` on the default configuration"
+           f"{' plus the --set keys' if args.overrides else ''}"
+           " (10 clients x 64 Fashion-MNIST images, all of them every round, 8 rounds, evaluation on 1,000 test "
+           "images every round), as whole processes.")
+          + (" Ray: the peer benchmark's settings (`ray.num_cpus=2`, its device catalogue: two 1-CPU slot actors, "
+             "a CPU-less server actor that evaluates, an aggregator actor). " if args.work == "peer" else
+             " Ray: the default executor, no `ray.*` key (on this machine: 3 device-slot actors, one per device "
+             "class, a server actor for SFPrompt's body, an aggregator actor). ")
+          +
           f"Serial: `--executor serial --threads {threads}` (the in-process reference at full speed; its default, "
           "one thread like the actors, gives the Ray run's numbers bit for bit and is slower).", "",
           "## Time (median over pairs; ratio = Ray / serial, per pair)", "",
