@@ -213,7 +213,7 @@ def write_markdown(path: Path, args: argparse.Namespace, df: pd.DataFrame, round
                   f"{s['outside_rounds_s'].median():.1f} |")
     md += ["", "## Per-round framework overhead (Ray runs)", "",
            "Round wall minus evaluation, aggregation and the busiest client actor's task time "
-           "(`ray_overhead_rounds.csv`; target <= 1 % of the round).", "",
+           f"(`{path.stem}_rounds.csv`; target <= 1 % of the round).", "",
            "| method | rounds | median round s | median overhead s | median overhead % | max overhead % |",
            "|---|---:|---:|---:|---:|---:|"]
     for method, g in rounds.groupby("method", sort=False):
