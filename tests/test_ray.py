@@ -171,13 +171,16 @@ def test_the_aggregator_actor_averages_numpy_states_without_torch(ray_session):
     import ray
 
     from sfp_ray.executors.ray.aggregator import AggregatorActor
+    from sfp_ray.packing import unpack
 
     agg = AggregatorActor.options(num_cpus=0).remote()
     try:
         a = {"tail.w": np.float32([1.0, 2.0]), "prompt": np.float32([0.0])}
         b = {"tail.w": np.float32([4.0, 8.0]), "prompt": np.float32([3.0])}
         refs = [ray.put(b), ray.put(a)]  # given in another order than their ids
-        client, server, info = ray.get(agg.aggregate.remote([2, 1], [1, 0], False, False, *refs))
+        packed, server, info = ray.get(agg.aggregate.remote([2, 1], [1, 0], False, False, *refs))
+        client = unpack(packed)  # one buffer per dtype: cheap to put into the object store
+        assert len(packed.buffers) == 1
         assert client["tail.w"].tolist() == [3.0, 6.0] and client["prompt"].tolist() == [2.0]
         assert client["tail.w"].dtype == np.float32 and server is None and info["flops"] == {"all": 12.0}
         loaded = ray.get(agg.modules.remote())

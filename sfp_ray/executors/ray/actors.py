@@ -35,6 +35,7 @@ from sfp_ray.executors.base import State
 from sfp_ray.executors.ray.limits import enforce_limits, observe
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
+from sfp_ray.packing import Packed, pack, unpack
 from sfp_ray.placement import with_cut
 from sfp_ray.roles.client import ClientTask
 from sfp_ray.roles.evaluation import eval_batches
@@ -55,8 +56,8 @@ __all__ = ["ClientActor", "ExclusiveCountingMeter", "RayBodyLink", "RayState", "
 class RayState(State):
     """A state in the object store: the client part, and the server part when the server trains one."""
 
-    client: Any  # ObjectRef of name -> numpy
-    server: Any = None  # ObjectRef of name -> numpy, or None
+    client: Any  # ObjectRef of a Packed state (or of name -> numpy)
+    server: Any = None  # the same, or None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         client, server = self.parts()
@@ -64,9 +65,9 @@ class RayState(State):
 
     def parts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         if self.server is None:
-            return torch_state(ray.get(self.client)), None
+            return torch_state(unpack(ray.get(self.client))), None
         client, server = ray.get([self.client, self.server])
-        return torch_state(client), torch_state(server)
+        return torch_state(unpack(client)), torch_state(unpack(server))
 
 
 @dataclass(frozen=True)
@@ -237,15 +238,15 @@ class ClientActor:
                         self.device.name, obs["observed_rss_mb"], self.device.memory_mb)
 
     @ray.method(num_returns=2)
-    def run(self, key: str, task: ClientTask, state: RayState, server: Any = None) -> tuple[dict[str, np.ndarray], Any]:
-        """One client's round; returns ``(new client state as numpy, ClientOutput without the state)``.
+    def run(self, key: str, task: ClientTask, state: RayState, server: Any = None) -> tuple[Packed, Any]:
+        """One client's round; returns ``(new client state, packed; ClientOutput without the state)``.
 
         ``server`` is the server actor now serving the run's body (the executor passes the
         live handle: a server actor that died is replaced by a new one). A non-finite state
         or loss fails the task (:func:`~sfp_ray.faults.check_finite`).
         """
         h = self.runs[key]
-        client_state = ray.get(state.client)
+        client_state = unpack(ray.get(state.client))
         cut = task.cut if h.setup.cuts is not None else None
         role = h.role(cut)
         link = (RayBodyLink(server, key, task.client_id, task.round, fault=server_fault(task.injected()), cut=cut)
@@ -260,7 +261,7 @@ class ClientActor:
             raise
         res = {k: v for k, v in self.info.items()}
         res.update(observe(self.device, _tensor_device(role.ws)))
-        return numpy_state(out.state), replace(out, state=None, resources=res)
+        return pack(numpy_state(out.state)), replace(out, state=None, resources=res)
 
     def evaluate(self, key: str, state: RayState, start: int, stop: int) -> list[tuple[int, float, float]]:
         """Per-batch ``(correct, loss_sum, flops)`` of test batches ``start..stop-1`` (the whole model)."""
@@ -373,8 +374,8 @@ class ServerActor:
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
         return self.roles[key].backward(req, grad, grad_slice, sent_at=sent_at)
 
-    def open(self, key: str, client_id: int, round: int, body_state: Mapping[str, np.ndarray]) -> None:
-        self.roles[key].open(client_id, round, body_state)
+    def open(self, key: str, client_id: int, round: int, body_state: Packed | Mapping[str, np.ndarray]) -> None:
+        self.roles[key].open(client_id, round, unpack(body_state))
 
     @ray.method(num_returns=2)
     def close(self, key: str, client_id: int, round: int) -> tuple[dict[str, np.ndarray], bool]:

@@ -18,6 +18,7 @@ import ray
 
 from sfp_ray.aggregation import average_parts
 from sfp_ray.executors.ray.procmem import process_memory_mb
+from sfp_ray.packing import Packed, pack, unpack
 
 
 @ray.remote
@@ -30,8 +31,11 @@ class AggregatorActor:
 
     @ray.method(num_returns=3)
     def aggregate(self, weights: Sequence[float], client_ids: Sequence[int], with_server: bool, with_previous: bool,
-                  *states: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+                  *states: Packed | Mapping[str, np.ndarray]) -> tuple[Packed, Packed | None, dict[str, Any]]:
         """``(averaged client part, averaged server part or None, {"flops": {part: flops}, "wall_s"})``.
+
+        The parts come back packed (:mod:`sfp_ray.packing`: one buffer per dtype, cheap to put
+        into the object store); ``states`` may be packed or plain name -> array mappings.
 
         ``states`` holds the client parts, then (``with_server``) the server parts, in the
         order of ``client_ids``, then (``with_previous``) the previous global client part,
@@ -39,11 +43,12 @@ class AggregatorActor:
         """
         t0 = time.perf_counter()
         n = len(client_ids)
-        previous = states[-1] if with_previous else None
-        server_states = states[n:2 * n] if with_server else None
-        # states are read-only views into the object store; the average only reads them
-        client, server, flops = average_parts(weights, client_ids, states[:n], server_states, previous)
-        return client, server, {"flops": flops, "wall_s": time.perf_counter() - t0}
+        views = [unpack(s) for s in states]  # read-only views into the object store; the average only reads them
+        previous = views[-1] if with_previous else None
+        server_states = views[n:2 * n] if with_server else None
+        client, server, flops = average_parts(weights, client_ids, views[:n], server_states, previous)
+        out = pack(client), (pack(server) if server is not None else None)
+        return *out, {"flops": flops, "wall_s": time.perf_counter() - t0}
 
     def ready(self) -> dict[str, Any]:
         """Where it runs and its memory (a resources.csv row)."""

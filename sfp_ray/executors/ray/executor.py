@@ -46,6 +46,7 @@ from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State,
 from sfp_ray.executors.ray.actors import RayState, RunSetup
 from sfp_ray.executors.ray.pool import ActorPool, route
 from sfp_ray.faults import ATTEMPTS, one_line
+from sfp_ray.packing import pack
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult, combine, num_batches
 from sfp_ray.tensors import numpy_state
@@ -94,7 +95,8 @@ class RayExecutor(Executor):
         self.spec = spec
         self.setup = self.pool.setup(spec)
         client, server = spec.initial_state()
-        state = RayState(ray.put(numpy_state(client)), ray.put(numpy_state(server)) if server is not None else None)
+        state = RayState(ray.put(pack(numpy_state(client))),
+                         ray.put(pack(numpy_state(server))) if server is not None else None)
         return Started(state, rows, list(self.pool.plan.notices))
 
     @property
