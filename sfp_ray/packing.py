@@ -74,21 +74,4 @@ def unpack(state: Packed | Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def all_finite(state: Packed | Mapping[str, Any]) -> str | None:
-    """The first name whose floating-point values hold NaN or inf, else ``None`` (numpy, no copies).
-
-    Example:
-        >>> all_finite(pack({"a": np.float32([1.0]), "b": np.float32([np.nan])}))
-        'b'
-    """
-    if isinstance(state, Packed) and all(np.isfinite(b).all() for dt, b in state.buffers.items()
-                                         if np.dtype(dt).kind == "f"):
-        return None
-    for name, a in unpack(state).items():
-        a = np.asarray(a)
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            return name
-    return None
-
-
-__all__ = ["Packed", "all_finite", "pack", "unpack"]
+__all__ = ["Packed", "pack", "unpack"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sfp_ray.faults import NonFiniteError, check_finite
-from sfp_ray.packing import Packed, all_finite, pack, unpack
+from sfp_ray.packing import Packed, pack, unpack
 
 
 def test_pack_round_trips_names_shapes_dtypes_and_order():
@@ -44,12 +44,6 @@ def test_unpack_passes_plain_mappings_through_and_packs_nothing():
     assert unpack(plain) == plain and unpack(plain) is not plain
     empty = pack({})
     assert isinstance(empty, Packed) and unpack(empty) == {} and empty.nbytes == 0
-
-
-def test_all_finite_names_the_first_bad_entry_and_ignores_integers():
-    assert all_finite(pack({"a": np.float32([1.0]), "i": np.int64([2**62])})) is None
-    assert all_finite(pack({"a": np.float32([1.0]), "b": np.float32([np.inf]), "c": np.float32([np.nan])})) == "b"
-    assert all_finite({"a": np.float64([np.nan])}) == "a"
 
 
 def test_check_finite_takes_the_numpy_path_and_the_torch_path_alike():

@@ -378,9 +378,9 @@ class ServerActor:
         self.roles[key].open(client_id, round, unpack(body_state))
 
     @ray.method(num_returns=2)
-    def close(self, key: str, client_id: int, round: int) -> tuple[dict[str, np.ndarray], bool]:
-        """``(the client's trained body copy, True)``; both fail when the copy is not finite."""
-        return self.roles[key].close(client_id, round), True
+    def close(self, key: str, client_id: int, round: int) -> tuple[Packed, bool]:
+        """``(the client's trained body copy, packed; True)``; both fail when the copy is not finite."""
+        return pack(self.roles[key].close(client_id, round)), True
 
     def release(self, key: str, client_id: int, round: int) -> int:
         role = self.roles.get(key)
