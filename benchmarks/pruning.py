@@ -17,9 +17,13 @@ an interrupted benchmark resumes where it stopped), ``pruning.csv`` / ``pruning_
 (mean ± t-95 % CI per cell, client FLOPs and bytes relative to fl_full), ``pruning.md`` and
 the accuracy-vs-client-FLOPs plots ``pruning_pareto.png`` / ``pruning_cut.png``.
 
-Run: ``.venv/bin/python benchmarks/pruning.py [--seeds 0,1,2] [--only ARM,...] [--set KEY=VALUE]``
+Run: ``.venv/bin/python benchmarks/pruning.py [--seeds 0,1,2] [--only ARM,...] [--set KEY=VALUE] [--lr tuned]``
 (the serial executor by default: it gives the same numbers as the Ray executor, tested in
 ``tests/test_ray.py``, without actor start-up per cell).
+
+``--lr pinned`` (the default) trains every method at Adam 1e-3, as when the committed
+``pruning_*`` files were made; ``--lr tuned`` lets each method train at its own default rate
+(``sfp-ray methods``) and writes ``pruning_tuned_*`` files instead, beside the pinned ones.
 """
 
 from __future__ import annotations
@@ -202,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", choices=("serial", "ray"), default="serial")
     ap.add_argument("--out", default="runs/bench-pruning", help="run folders (not committed)")
     ap.add_argument("--results", default=str(HERE / "results"))
-    ap.add_argument("--report-only", action="store_true", help="rebuild tables and plots from pruning_runs.csv")
+    ap.add_argument("--report-only", action="store_true", help="rebuild tables and plots from the runs file")
+    ap.add_argument("--lr", choices=("pinned", "tuned"), default="pinned",
+                    help="pinned: every method at Adam 1e-3 (the committed pruning_* files); tuned: each method's "
+                         "own default rate, written to pruning_tuned_* (default: pinned)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = list(ARMS)
@@ -214,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         arms = [a for a in ARMS if a.name in names]
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    runs_csv = res / "pruning_runs.csv"
+    stem = "pruning" if args.lr == "pinned" else "pruning_tuned"
+    runs_csv = res / f"{stem}_runs.csv"
     runs = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame()
-    # every method at lr 1e-3, as when the committed results were made (train.lr now defaults to each
-    # method's own tuned rate: benchmarks/learning_rate.py)
-    base = ["train.lr=0.001", *args.overrides]
+    # --lr pinned: every method at lr 1e-3, as when the committed pruning_* results were made (train.lr
+    # now defaults to each method's own tuned rate: benchmarks/learning_rate.py); --lr tuned: those rates
+    base = (["train.lr=0.001"] if args.lr == "pinned" else []) + list(args.overrides)
     keeps = {float(k) for k in args.keeps.split(",")} if args.keeps else None
     todo = [(a, k, s) for a, k in cells(arms) for s in seeds if keeps is None or a.group != "policy" or k in keeps]
     todo.sort(key=lambda c: priority(c[0], c[1]))  # stable: seeds stay in order within a cell
@@ -243,19 +251,26 @@ def main(argv: list[str] | None = None) -> int:
     cut_df = summary[summary["group"] != "policy"].copy()
     cut_default = summary[(summary["arm"] == DEFAULT_ARM) & (summary["keep_ratio"] == 0.5)].assign(arm="cut_1_1")
     cut_df = pd.concat([cut_df, cut_default], ignore_index=True)
-    pol_df.to_csv(res / "pruning.csv", index=False)
-    cut_df.to_csv(res / "pruning_cut.csv", index=False)
-    plot(pol_df, res / "pruning_pareto.png", "EL2N pruning policies: accuracy vs client FLOPs")
-    plot(cut_df, res / "pruning_cut.png", "Cut (head/tail blocks): accuracy vs client FLOPs")
-    cmd = "python benchmarks/pruning.py " + " ".join(f"--set {o}" for o in args.overrides)
+    pol_df.to_csv(res / f"{stem}.csv", index=False)
+    cut_df.to_csv(res / f"{stem}_cut.csv", index=False)
+    plot(pol_df, res / f"{stem}_pareto.png", "EL2N pruning policies: accuracy vs client FLOPs")
+    plot(cut_df, res / f"{stem}_cut.png", "Cut (head/tail blocks): accuracy vs client FLOPs")
+    cmd = "python benchmarks/pruning.py " + " ".join(
+        [f"--set {o}" for o in args.overrides] + ([f"--lr {args.lr}"] if args.lr != "pinned" else []))
+    if args.only:
+        cmd += f" --only {args.only}"
+    if args.keeps:
+        cmd += f" --keeps {args.keeps}"
     md = ["# Pruning and cut benchmark", "", f"Command: `{cmd.strip()} --seeds {args.seeds}`; "
-          f"{len(runs)} runs in `pruning_runs.csv` (per-run rows, with accuracy curves).", "",
+          f"{len(runs)} runs in `{runs_csv.name}` (per-run rows, with accuracy curves).", "",
+          "Learning rates: " + ("Adam 1e-3 for every method." if args.lr == "pinned" else
+                               "each method's own default (sfp-ray methods)."), "",
           "Final accuracy is the last round's test accuracy; the CI is the Student-t 95 % half-width "
           "over seeds; Δ is paired by seed against fl_full. FLOPs and bytes are per client per round, "
           "relative to fl_full's.", "", "## Policies", "", *table(pol_df), "", "## Cut", "",
           *table(cut_df), "", "Pareto front (accuracy vs client FLOPs): " + ", ".join(
               f"{r.arm}@{'' if pd.isna(r.keep_ratio) else r.keep_ratio}" for r in pareto(pol_df).itertuples()), ""]
-    (res / "pruning_tables.md").write_text("\n".join(md))
+    (res / f"{stem}_tables.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 
