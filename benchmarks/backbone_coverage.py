@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from backbone import source_accuracy  # benchmarks/backbone.py: the backbone's own source-task accuracy
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -64,17 +65,6 @@ def run(out: Path, method: str, seeds: list[int], sets: tuple[str, ...]) -> None
            ",".join(map(str, seeds)), "--no-plots", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-
-
-def source_accuracy(report: Path) -> float:
-    import torch
-    import yaml
-
-    cfg = yaml.safe_load((report / "config.yaml").read_text())
-    ckpt = Path(cfg["runs"][0]["checkpoint"])
-    meta = torch.load(ckpt if ckpt.is_absolute() else ROOT / ckpt, map_location="cpu",
-                      weights_only=False).get("sfp_ray", {})
-    return float(meta.get("source_test_accuracy", float("nan")))
 
 
 def table(rows: pd.DataFrame, sources: dict[str, float]) -> list[str]:
