@@ -33,6 +33,7 @@ PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLIC
 ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
 CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
+NodeLossPolicy = Literal["replace", "fail"]  # sfp_ray.executors.ray.pool
 #: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
@@ -299,6 +300,16 @@ class RayConfig:
     (``--address`` overrides it)."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
+    on_node_loss: NodeLossPolicy = "replace"
+    """What happens to client slots whose node was lost (or that cannot be placed) when no node offers their
+    class (``device:<class>``) any more: ``replace`` starts them on any node with room (``resources.csv``:
+    ``placed_away``; the simulated device does not change, only wall time does), ``fail`` leaves them out:
+    their clients fail (``clients.csv``: ``node lost: ...``) until a node offering the class joins. A lost
+    server or aggregator is always started again elsewhere."""
+    placement_timeout_s: float = 60.0
+    """Seconds an actor may take to be placed and started (after the pool's start: while no actor becomes
+    ready) before the run gives up on it: a client slot is then left out as under ``on_node_loss`` and
+    tried again when the cluster's nodes change; a server or aggregator that cannot be placed stops the run."""
 
 
 @dataclass(frozen=True)
@@ -709,6 +720,8 @@ def validate(cfg: Config) -> None:
         "ray.server_max_concurrency",
         f"must be >= 1, got {r.server_max_concurrency}",
     )
+    _require(math.isfinite(r.placement_timeout_s) and r.placement_timeout_s > 0, "ray.placement_timeout_s",
+             f"must be > 0 seconds, got {r.placement_timeout_s}")
     pc = cfg.pretrain
     _require(0 <= pc.seed < 2**32, "pretrain.seed", f"must be an integer in [0, 2**32), got {pc.seed}")
     _require(pc.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {pc.epochs}")
