@@ -22,11 +22,16 @@ a contiguous run of test batches; the per-batch figures are summed in order, so 
 a single pass.
 
 Faults: a client whose task raises, whose actor dies, or whose state is not finite is
-tried once more, on the same slot (its actor restarted by the pool when it died: in pooled
-mode the clients queued behind it are retried too); clients that fail twice are reported
-``failed``. When the server actor dies, the executor restarts it and raises
-:class:`~sfp_ray.errors.ServerLost` so the orchestrator starts the round over. A dead
-aggregator, or a client actor lost during evaluation, is restarted and the call repeated.
+tried once more, on a slot of its class (its actor restarted by the pool when it died: in
+pooled mode the clients queued behind it are retried too); clients that fail twice are
+reported ``failed``. Before every round the pool follows the cluster's nodes
+(:meth:`~sfp_ray.executors.ray.pool.ActorPool.check_nodes`); a client whose class has no
+slot with an actor (its node was lost, ``ray.on_node_loss``) fails at once with the reason,
+e.g. ``node lost: no node offers device:laptop``. When the server actor dies, the executor
+restarts it and raises :class:`~sfp_ray.errors.ServerLost` so the orchestrator starts the
+round over; client results that were held on a node that left before they were averaged
+raise :class:`~sfp_ray.errors.RoundLost` alike. A dead aggregator, or a client actor lost
+during evaluation, is restarted and the call repeated.
 
 Ray must already be running (:func:`~sfp_ray.executors.ray.runtime.start_ray`).
 """
@@ -41,7 +46,7 @@ from typing import Any
 
 import ray
 
-from sfp_ray.errors import ClusterError, ServerLost
+from sfp_ray.errors import ClusterError, RoundLost, ServerLost
 from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State, failed_output, settle
 from sfp_ray.executors.ray.actors import RayState, RunSetup
 from sfp_ray.executors.ray.pool import ActorPool, route
@@ -110,8 +115,8 @@ class RayExecutor(Executor):
         assert spec is not None and setup is not None and pool is not None, "start() first"
         if not isinstance(state, RayState):
             raise TypeError(f"the Ray executor holds its states in the object store, got {type(state).__name__}")
+        pool.check_nodes()
         ordered = sorted(tasks, key=lambda t: t.client_id)
-        self.last_routing = route([(t.client_id, t.device.name) for t in ordered], pool.plan.slot_classes)
         t0 = time.perf_counter()
         done: dict[int, ClientOutput] = {}
         errors: dict[int, list[str]] = {t.client_id: [] for t in ordered}
@@ -120,7 +125,14 @@ class RayExecutor(Executor):
             if not pending:
                 break
             batch = [dataclasses.replace(t, attempt=attempt) for t in pending]
-            results, dead_slots, server_suspect = self._attempt(batch, state)
+            routing, unplaced = self._route(batch)
+            if attempt == 1:
+                self.last_routing = dict(routing)
+            for t in batch:  # no slot of its class has an actor: it fails now, with the reason
+                if t.client_id in unplaced:
+                    done[t.client_id] = failed_output(t, attempt - 1, unplaced[t.client_id])
+            batch = [t for t in batch if t.client_id in routing]
+            results, dead_slots, server_suspect = self._attempt(batch, state, routing) if batch else ({}, set(), False)
             pending = []
             for t in batch:
                 r = results[t.client_id]
@@ -129,14 +141,25 @@ class RayExecutor(Executor):
                     pending.append(t)
                 else:
                     done[t.client_id] = settle(r, attempt, errors[t.client_id])
-            self._recover(dead_slots, server_suspect, batch[0].round)
+            if batch:
+                self._recover(dead_slots, server_suspect, batch[0].round)
         wall = time.perf_counter() - t0
         for t in pending:
             done[t.client_id] = failed_output(t, ATTEMPTS, errors[t.client_id][-1], wall)
         return [done[t.client_id] for t in ordered]
 
-    def _attempt(self, batch: Sequence[ClientTask], state: RayState) -> tuple[dict[int, Outcome], set[int], bool]:
-        """One attempt of each client of ``batch``, in parallel.
+    def _route(self, batch: Sequence[ClientTask]) -> tuple[dict[int, int], dict[int, str]]:
+        """The slot of each client whose class has a slot with an actor, and why the others have none."""
+        pool = self.pool
+        assert pool is not None
+        classes = pool.live_classes()
+        served = [t for t in batch if t.device.name in classes]
+        unplaced = {t.client_id: pool.unavailable(t.device.name) for t in batch if t.device.name not in classes}
+        return route([(t.client_id, t.device.name) for t in served], classes), unplaced
+
+    def _attempt(self, batch: Sequence[ClientTask], state: RayState,
+                 routing: dict[int, int]) -> tuple[dict[int, Outcome], set[int], bool]:
+        """One attempt of each client of ``batch``, in parallel, on the slots of ``routing``.
 
         Returns each client's output (its error as one line when it failed), the slots whose
         actor died, and whether a failure may be the server's (its actor is then probed).
@@ -159,18 +182,19 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as e:
                     results[t.client_id] = _describe(e, "server")
                     suspect = True
-        refs = {t.client_id: pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
-                for t in live}
+        refs = {t.client_id: pool.slots[routing[t.client_id]].run.remote(setup.key, t, state, server) for t in live}
         metas: dict[int, ClientOutput] = {}
         for t in live:
-            slot = self.last_routing[t.client_id]
+            slot = routing[t.client_id]
             try:
                 metas[t.client_id] = ray.get(refs[t.client_id][1])
             except ray.exceptions.RayTaskError as e:  # the task raised; its actor lives on
                 results[t.client_id] = _describe(e)
                 suspect = suspect or server is not None  # a request to a dead server fails the task
-            except ray.exceptions.RayActorError as e:  # the client's actor died
-                results[t.client_id] = _describe(e, f"client actor of slot {slot} ({pool.plan.slot_classes[slot]})")
+            except ray.exceptions.RayActorError as e:  # the client's actor died (with its node, perhaps)
+                cls = pool.plan.slot_classes[slot]
+                results[t.client_id] = _describe(e, f"{cls} client actor" if _node_died(e)
+                                                 else f"client actor of slot {slot} ({cls})")
                 dead.add(slot)
         closes = {cid: server.close.remote(setup.key, cid, batch[0].round) for cid in metas} if trained else {}
         for t in live:
@@ -186,7 +210,8 @@ class RayExecutor(Executor):
                     suspect = True
                     continue
             m = metas[t.client_id]
-            res = dict(m.resources, executor="ray", pooled=not pool.plan.per_client)
+            slot = routing[t.client_id]
+            res = dict(m.resources, executor="ray", pooled=not pool.plan.per_client, placed_away=slot in pool.away)
             results[t.client_id] = dataclasses.replace(m, state=RayState(refs[t.client_id][0], body_ref),
                                                        resources=res)
         failed = [t for t in batch if isinstance(results[t.client_id], str)]
@@ -201,12 +226,13 @@ class RayExecutor(Executor):
         """Restart the client actors that died; restart a dead server and raise :class:`ServerLost`."""
         pool = self.pool
         assert pool is not None
-        for i in sorted(dead_slots):
-            if not pool.alive(pool.slots[i]):
-                pool.restart_slot(i)
+        gone = [i for i in sorted(dead_slots) if pool.slots[i] is not None and not pool.alive(pool.slots[i])]
+        if gone:
+            pool.restart_slots(gone)
         if server_suspect and pool.server is not None and not pool.alive(pool.server):
-            pool.restart_server()
-            raise ServerLost(f"round {round}: the server actor died; it was restarted")
+            where = pool.restart_server()
+            raise ServerLost(f"round {round}: the server actor died; it was restarted"
+                             + (f" on {where}" if where else ""))
 
     def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
         pool, spec = self.pool, self.spec
@@ -223,11 +249,13 @@ class RayExecutor(Executor):
             try:
                 info = ray.get(info_ref)
                 break
+            except ray.exceptions.ObjectLostError as e:  # a client state was stored on a node that left
+                raise RoundLost(f"client results held on a lost node could not be averaged ({_describe(e)})") from e
             except ray.exceptions.RayActorError:  # the aggregator died: a new one averages the same states
                 if attempt == ATTEMPTS:
                     raise
-                log.warning("the aggregator actor died; restarting it")
                 pool.restart_aggregator()
+                pool.notify("the aggregator actor died; it was restarted")
         return Aggregate(RayState(client_ref, server_ref if with_server else None), info["flops"], info["wall_s"])
 
     def evaluate(self, state: State) -> EvalResult:
@@ -235,25 +263,30 @@ class RayExecutor(Executor):
         assert spec is not None and setup is not None and pool is not None, "start() first"
         t0 = time.perf_counter()
         total = num_batches(len(spec.test), spec.cfg.train.eval_batch_size)
-        shards = min(len(pool.slots), total)
-        bounds = [round(i * total / shards) for i in range(shards + 1)] if shards else [0]
         for attempt in range(1, ATTEMPTS + 1):
-            refs = [pool.slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
+            slots = [a for a in pool.slots if a is not None]
+            if not slots:
+                raise ClusterError("no client actor is left to evaluate the model on: every slot lost its node "
+                                   f"({'; '.join(sorted(set(pool.lost.values())))})")
+            shards = min(len(slots), total)
+            bounds = [round(i * total / shards) for i in range(shards + 1)] if shards else [0]
+            refs = [slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
             try:
                 results = [b for part in ray.get(refs) for b in part]
                 break
             except ray.exceptions.RayActorError:  # a client actor died: restart it and evaluate again
                 if attempt == ATTEMPTS:
                     raise
-                log.warning("a client actor died during evaluation; restarted: %s", ", ".join(pool.heal()))
+                log.info("a client actor died during evaluation; restarted: %s", ", ".join(pool.heal()))
         return combine(results, len(spec.test), time.perf_counter() - t0)
 
     def resources(self) -> list[dict[str, Any]]:
         """One row per actor now (server, slots, aggregator): requested vs enforced vs observed."""
         assert self.pool is not None, "start() first"
-        rows = ray.get([a.resources.remote() for a in [*self.pool.actors(), self.pool.aggregator]])
-        labels = [*self.pool.labels, "aggregator"]
-        return [dict(r, label=lb, executor="ray") for r, lb in zip(rows, labels, strict=True)]
+        labelled = self.pool.labelled_actors()
+        rows = ray.get([a.resources.remote() for _, a in labelled])
+        return [dict(r, label=lb, executor="ray", placed_away=r.get("slot", -1) in self.pool.away)
+                for r, (lb, _) in zip(rows, labelled, strict=True)]
 
     def close(self) -> None:
         """End this run on the pool (and the pool itself when this executor started it)."""
@@ -272,5 +305,12 @@ def _describe(e: BaseException, who: str | None = None) -> str:
         cause = getattr(e, "cause", None)
         return one_line(cause) if isinstance(cause, BaseException) else one_line(e)
     if isinstance(e, ray.exceptions.RayActorError) and who is not None:
+        if _node_died(e):
+            return f"node lost: the {who} died with its node"
         return f"{type(e).__name__}: the {who} died"
     return one_line(e)
+
+
+def _node_died(e: BaseException) -> bool:
+    """Whether Ray says an actor died because its node did."""
+    return "node has died" in str(e)
