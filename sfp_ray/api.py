@@ -16,7 +16,9 @@ Example (a tiny run on synthetic data, in-process; the Ray executor is the defau
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from sfp_ray.config import Config, build_config, load_config
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ClusterError, ConfigError
 
 ConfigLike = Config | str | os.PathLike | Mapping[str, Any] | Sequence[str] | None
 
@@ -104,7 +106,12 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         seeds: run seeds (default: the configuration's ``seed``).
         executor: ``ray`` (client actors) or ``serial`` (in-process reference).
         address: the Ray cluster to join (``auto`` or ``HOST:PORT``); default: a private
-            local Ray (``ray.address``).
+            local Ray (``ray.address``). The folder's ``checkpoint/run.yaml`` records the
+            cluster's ``HOST:PORT``, which :func:`resume` joins again. While the Ray executor
+            runs, what Ray prints (worker output, its warnings and tracebacks) goes to
+            ``out/ray.log``; a lost node is survived (``ray.on_node_loss``), but when the
+            cluster's head is lost this process exits with code 2 after one line on stderr
+            saying how to resume (Ray itself would end it a minute later).
         out: the report folder (default ``runs/<timestamp>``).
         plots: write the PNG plots.
         progress: called with every round record.
@@ -146,7 +153,10 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     ``config``, ``overrides``, ``methods`` and ``seeds``, when given, must agree with the
     saved run: anything that differs raises :class:`~sfp_ray.errors.ConfigError`.
     ``executor`` defaults to the one the run was started with; ``threads`` is the serial
-    executor's torch thread count (see :func:`run_methods`).
+    executor's torch thread count (see :func:`run_methods`). ``address`` defaults to the Ray
+    cluster the run last used (``address`` in ``run.yaml``): a run started on a cluster
+    rejoins that cluster, and :class:`~sfp_ray.errors.ClusterError` says so when it cannot
+    be reached (no private local Ray is started instead).
     """
     from sfp_ray.checkpoints import read_plan
 
@@ -171,8 +181,9 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     kind = executor if executor is not None else plan.executor
     _check_executor(kind)
     check_out_dir(folder)
-    return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
-                    threads=threads)
+    saved_address = address is None and plan.address is not None
+    return _execute(plan.methods, saved, plan.seeds, kind, plan.address if saved_address else address, folder, plots,
+                    progress, echo, resuming=True, threads=threads, address_saved=saved_address)
 
 
 def _check_executor(executor: str) -> None:
@@ -198,7 +209,8 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
              folder: Path, plots: bool, progress: Callable[[Any], None] | None,
-             echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None) -> Results:
+             echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None,
+             address_saved: bool = False) -> Results:
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
     from sfp_ray.methods import get_method
@@ -220,7 +232,8 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
     ckpts: list[dict[str, Any] | None] = [
         checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
     pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
-    with _executors(executor, cfg, address, say, threads) as pool:
+    with _executors(executor, cfg, address, say, threads, folder=folder, warn=warn,
+                    address_saved=address_saved) as pool:
         # the Ray executor's actors start now and import torch while the data loads here
         pool.start(pending)
         # everything is validated (and data loaded, the backbone pre-trained) before any run starts
@@ -234,10 +247,13 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
                     check_resumable(ck, spec)
             sink.resume({(s.method.name, s.cfg.seed): int(ck["round"]) if ck is not None else 0
                          for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]})
-            say(f"resuming the run in {folder}")
+            if pool.address is not None:  # a later resume joins the cluster this one runs on
+                checkpoints.write_plan(folder, methods, seeds, executor, cfg, address=pool.address)
+            say(f"resuming the run in {folder}" + (f" on the Ray cluster at {pool.address}"
+                                                   if pool.address not in (None, "local") else ""))
         else:
             checkpoints.clear(folder)
-            checkpoints.write_plan(folder, methods, seeds, executor, cfg)
+            checkpoints.write_plan(folder, methods, seeds, executor, cfg, address=pool.address)
             say(f"writing the report to {folder}")
         for spec, ck in zip(specs, ckpts):
             f, name, seed = spec.cfg.federation, spec.method.name, spec.cfg.seed
@@ -287,13 +303,29 @@ def share_datasets(specs: Sequence[Any]) -> list[Any]:
 
 
 class _executors:
-    """Context manager owning the Ray instance and actor pool it starts; makes an executor per run."""
+    """Context manager owning the Ray instance and actor pool it starts; makes an executor per run.
+
+    With the Ray executor and a ``folder``, what Ray prints goes to ``folder/ray.log`` while
+    the pool runs (:class:`~sfp_ray.executors.ray.terminal.RayLog`); events of the pool (a
+    node lost, slots re-placed) are one ``warn`` line each. ``address`` is then the joined
+    cluster's ``HOST:PORT``, or ``local`` for a private instance it started (None when it
+    reuses the Ray this process already runs), for the run's plan. When the head of a Ray it
+    started or joined is lost, the process ends with one line on stderr and exit code 2: Ray
+    would end it a minute later with a C++ message, and the checkpoints are what a resume
+    needs.
+    """
 
     def __init__(self, kind: str, cfg: Config, address: str | None, say: Callable[[str], None],
-                 threads: int | None = None) -> None:
-        self.kind, self.cfg, self.address, self.say, self.threads = kind, cfg, address, say, threads
+                 threads: int | None = None, *, folder: Path | None = None,
+                 warn: Callable[[str], None] | None = None, address_saved: bool = False) -> None:
+        self.kind, self.cfg, self.requested, self.say, self.threads = kind, cfg, address, say, threads
+        self.folder, self.warn, self.address_saved = folder, warn, address_saved
         self.started = False
+        self.joined = False
         self.pool: Any = None
+        self.address: str | None = None
+        self.ray_log: Any = None
+        self.watch: Any = None
 
     def __enter__(self) -> _executors:
         return self
@@ -303,6 +335,7 @@ class _executors:
         if self.kind != "ray" or not pending:  # nothing left to run needs no Ray
             return
         from sfp_ray.executors.ray import ActorPool, start_ray
+        from sfp_ray.executors.ray.terminal import HeadWatch, RayLog, connected_address, ray_running
         from sfp_ray.methods import get_method
         from sfp_ray.orchestrator import run_devices
 
@@ -310,12 +343,45 @@ class _executors:
         devices, server = run_devices(resolved[0])  # the pool is planned for the first run, as the runs share it
         needs_server = any(get_method(m).server(c) is not None for (_, m), c in zip(pending, resolved))
         caps = [c.ray.max_actors for c in resolved if c.ray.max_actors is not None]
-        self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
+        if self.folder is not None:
+            self.ray_log = RayLog(self.folder / "ray.log")
+            self.ray_log.start()
+        address = self.requested if self.requested is not None else self.cfg.ray.address
+        reused = ray_running()  # a Ray this process already runs is used as is, and left running
+        try:
+            self.started = start_ray(self.cfg.ray, address)
+        except ClusterError as e:
+            if not self.address_saved:
+                raise
+            raise ClusterError(f"--resume: the run's Ray cluster at {address} (checkpoint/run.yaml) cannot be "
+                               f"reached: {e}; start it again, or pass --address (HOST:PORT, auto, or local for a "
+                               "private Ray)") from None
+        if not reused:
+            self.joined = not self.started
+            self.address = "local" if self.started else connected_address()
+            self.watch = HeadWatch(connected_address(), self._head_lost)
+            self.watch.start()
+        rc = self.cfg.ray
         self.pool = ActorPool.for_devices(devices, server if needs_server else None,
                                           max_actors=min(caps) if caps else None,
-                                          server_max_concurrency=self.cfg.ray.server_max_concurrency)
+                                          server_max_concurrency=rc.server_max_concurrency,
+                                          ready_timeout_s=rc.placement_timeout_s,
+                                          placement_timeout_s=rc.placement_timeout_s, on_node_loss=rc.on_node_loss,
+                                          notify=self.warn)
         for note in self.pool.plan.notices:
             self.say(f"notice: {note}")
+
+    def _head_lost(self) -> None:
+        """The head stopped answering: one line, and exit code 2 (the checkpoints hold every finished round)."""
+        where = self.watch.host + ":" + str(self.watch.port) if self.watch is not None else "?"
+        hint = (f"continue with: sfp-ray run --resume {self.folder} (with --address HOST:PORT if the new cluster's "
+                "head is elsewhere)" if self.folder is not None else "start a cluster again")
+        terminal = self.ray_log.terminal if self.ray_log is not None else sys.stderr
+        if self.ray_log is not None:
+            self.ray_log.flush()
+        print(f"sfp-ray: error: the Ray head at {where} was lost (the cluster is gone); {hint}", file=terminal,
+              flush=True)
+        os._exit(2)
 
     def executor(self) -> Any:
         """A new executor for one run (on the pool's actors with the Ray executor)."""
@@ -330,12 +396,19 @@ class _executors:
         return SerialExecutor(self.threads)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.close()
-        if self.started:
-            from sfp_ray.executors.ray import stop_ray
+        if self.watch is not None:
+            self.watch.stop()
+        try:
+            if self.pool is not None:
+                self.pool.close()
+            if self.started or self.joined:  # stops a private Ray, or leaves the cluster joined
+                from sfp_ray.executors.ray import stop_ray
 
-            stop_ray()
+                with self.ray_log.all_to_file() if self.ray_log is not None else contextlib.nullcontext():
+                    stop_ray()
+        finally:
+            if self.ray_log is not None:
+                self.ray_log.stop()
 
 
 def run(config: ConfigLike = None, *, method: str | None = None, overrides: Sequence[str] = (),
