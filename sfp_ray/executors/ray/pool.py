@@ -120,7 +120,7 @@ def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str | None])
     out: dict[int, int] = {}
     for cid, cls in sorted(cohort, key=lambda x: (x[1], x[0])):
         if cls not in slots_of:
-            raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(set(slot_classes))})")
+            raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(slots_of)})")
         ids = slots_of[cls]
         out[cid] = ids[dealt[cls] % len(ids)]
         dealt[cls] += 1
