@@ -241,6 +241,14 @@ def test_placement_keeps_the_class_moves_away_or_says_why():
     assert opts["resources"] == {"device:laptop": 1.0, "fpga": 1.0}  # the plan's options are not touched
     plain = {"num_cpus": 0.5}  # the plan never pinned the class (no node offered it at the start)
     assert placement("laptop", plain, [head], "fail") == (plain, False)
+    # what is left now decides, and what a slot takes is reserved for the next one
+    free = [dict(head, CPU=0.6), dict(laptop, CPU=0.0)]  # the laptop node is full
+    assert placement("laptop", opts, [head, laptop], "fail", free=free) == (
+        "the nodes that offer device:laptop are full")
+    assert placement("laptop", opts, [head, laptop], "replace", free=free)[1] is True
+    assert free[0]["CPU"] == pytest.approx(0.1) and free[0]["fpga"] == 0.0
+    assert placement("laptop", opts, [head, laptop], "replace", free=free) == (
+        "the nodes that offer device:laptop are full, and no node has room for a laptop actor")
 
 
 def test_route_skips_slots_without_an_actor():

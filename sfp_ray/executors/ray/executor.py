@@ -142,7 +142,11 @@ class RayExecutor(Executor):
                 else:
                     done[t.client_id] = settle(r, attempt, errors[t.client_id])
             if batch:
+                hosts = {i: pool.node_of.get(i, "") for i in dead_slots}
                 self._recover(dead_slots, server_suspect, batch[0].round)
+                for t in pending:  # Ray may report an actor on a dying node as unavailable before it calls it dead
+                    if hosts.get(routing[t.client_id]) in pool.lost_nodes:
+                        errors[t.client_id][-1] = f"node lost: the {t.device.name} client actor died with its node"
         wall = time.perf_counter() - t0
         for t in pending:
             done[t.client_id] = failed_output(t, ATTEMPTS, errors[t.client_id][-1], wall)

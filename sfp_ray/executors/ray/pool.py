@@ -42,6 +42,7 @@ node with room. Every such event is one line (``notify``).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -231,15 +232,17 @@ def alive_nodes() -> dict[str, NodeInfo]:
             for n in ray.nodes() if n.get("Alive", n.get("alive", False))}
 
 
-def placement(device: str, options: Mapping[str, Any], nodes: Sequence[Mapping[str, float]],
-              policy: str) -> tuple[dict[str, Any], bool] | str:
+def placement(device: str, options: Mapping[str, Any], nodes: Sequence[Mapping[str, float]], policy: str,
+              free: list[dict[str, float]] | None = None) -> tuple[dict[str, Any], bool] | str:
     """Where a client slot of class ``device`` can start now: ``(options, placed away)``, or why it cannot.
 
-    ``options`` are the slot's planned Ray options, ``nodes`` the alive nodes' total resources.
-    While some node offers ``device:<class>`` (or when the plan did not ask for it), the slot
-    keeps its options. Otherwise, under ``policy="replace"``, it takes the same options
-    without ``device:<class>`` (any node with room for its CPUs, GPUs, memory and other
-    resources); under ``"fail"``, or when no node is large enough, the answer is the reason.
+    ``options`` are the slot's planned Ray options, ``nodes`` the alive nodes' total
+    resources, ``free`` what is left of them now (default: all of it); what the slot will
+    take is reserved in ``free``. The slot keeps its options when a node offers
+    ``device:<class>`` with room for it (or when the plan did not ask for the class).
+    Otherwise, under ``policy="replace"``, it takes the same options without
+    ``device:<class>`` (any node with room for its CPUs, GPUs, memory and other resources);
+    under ``"fail"``, or when no node has room, the answer is the reason.
 
     Example:
         >>> opts = {"num_cpus": 0.5, "resources": {"device:laptop": 1.0}}
@@ -249,21 +252,45 @@ def placement(device: str, options: Mapping[str, Any], nodes: Sequence[Mapping[s
         ({'num_cpus': 0.5}, True)
         >>> placement("laptop", opts, [{"CPU": 2.0}], "fail")
         'no node offers device:laptop'
+        >>> placement("laptop", opts, [{"CPU": 2.0}], "replace", free=[{"CPU": 0.25}])
+        'no node offers device:laptop, and no node has room for a laptop actor'
     """
     key = device_resource(device)
+    room = free if free is not None else [dict(n) for n in nodes]
     wanted = dict(options.get("resources") or {})
-    if key not in wanted or any(float(n.get(key, 0.0)) > 0 for n in nodes):
+    if key not in wanted:
+        return (dict(options), False) if _reserve(room, options) else f"no node has room for a {device} actor"
+    offered = any(float(n.get(key, 0.0)) > 0 for n in nodes)
+    if offered and _reserve(room, options):
         return dict(options), False
+    full = f"the nodes that offer {key} are full" if offered else f"no node offers {key}"
     if policy == "fail":
-        return f"no node offers {key}"
+        return full
     away = {k: v for k, v in options.items() if k != "resources"}
     if len(wanted) > 1:
         away["resources"] = {k: v for k, v in wanted.items() if k != key}
-    try:
-        check_fit([(f"client:{device}", away)], nodes=nodes)
-    except ClusterError:
-        return f"no node offers {key}, and no node has room for a {device} actor"
-    return away, True
+    if _reserve(room, away):
+        return away, True
+    return f"{full}, and no node has room for a {device} actor"
+
+
+def _amounts(options: Mapping[str, Any]) -> dict[str, float]:
+    """The resources Ray options ask for: ``{"CPU": .., "GPU": .., "memory": .., <custom>: ..}`` (none zero)."""
+    need = {"CPU": float(options.get("num_cpus", 1) or 0), "GPU": float(options.get("num_gpus") or 0),
+            "memory": float(options.get("memory") or 0)}
+    need.update({str(k): float(v) for k, v in (options.get("resources") or {}).items()})
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def _reserve(free: list[dict[str, float]], options: Mapping[str, Any]) -> bool:
+    """Take what ``options`` ask for from the first node of ``free`` that has it all; whether one had."""
+    need = _amounts(options)
+    for node in free:
+        if all(node.get(k, 0.0) >= v - 1e-9 for k, v in need.items()):
+            for k, v in need.items():
+                node[k] = node.get(k, 0.0) - v
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- the pool
@@ -307,6 +334,8 @@ class ActorPool:
         self.server: Any = None
         self.aggregator: Any = None
         self.node_of: dict[Key, str] = {}  # the node each actor runs on, once it started
+        self.options_of: dict[Key, dict[str, Any]] = {}  # the Ray options each actor was started with
+        self.lost_nodes: set[str] = set()  # nodes seen leaving the cluster
         self.away: set[int] = set()  # slots started without their device:<class> resource
         self.lost: dict[int, str] = {}  # slots without an actor, and why (their clients fail with it)
         self._tried: dict[int, frozenset[str]] = {}  # the alive nodes when a slot's last placement failed
@@ -331,6 +360,7 @@ class ActorPool:
     def _new_server(self, options: Mapping[str, Any]) -> Any:
         plan = self.plan
         assert plan.server is not None
+        self.options_of["server"] = dict(options)
         return ServerActor.options(**options, max_concurrency=self.server_max_concurrency).remote(
             plan.server, plan.server.name in plan.gpu_fallback)
 
@@ -339,10 +369,12 @@ class ActorPool:
         # the loss of any other node (the driver does not survive its own node). Ray's soft affinity was seen
         # to put a 0-CPU actor on another node, hence a hard one.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.options_of["aggregator"] = {"num_cpus": 0}
         return AggregatorActor.options(num_cpus=0, scheduling_strategy=here).remote()
 
     def _new_slot(self, i: int, options: Mapping[str, Any]) -> Any:
         c = self.plan.slot_classes[i]
+        self.options_of[i] = dict(options)
         return ClientActor.options(**options).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback)
 
     @classmethod
@@ -450,14 +482,24 @@ class ActorPool:
     # ------------------------------------------------------------------ recovery
 
     def alive(self, actor: Any, timeout_s: float = 60.0) -> bool:
-        """Whether ``actor`` answers (False when it died; a busy actor that does not answer in time counts as alive)."""
-        try:
-            ray.get(actor.ready.remote(), timeout=timeout_s)
-        except ray.exceptions.RayActorError:
-            return False
-        except ray.exceptions.GetTimeoutError:
-            return True
-        return True
+        """Whether ``actor`` answers (False when it died; a busy actor that does not answer in time counts as alive).
+
+        An actor Ray cannot reach for now (``ActorUnavailableError``: its node may be dying,
+        not yet declared dead) is asked again until ``timeout_s``, and counts as dead then.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError:
+                return False
+            except ray.exceptions.GetTimeoutError:
+                return True
 
     def live_classes(self) -> list[str | None]:
         """Each slot's device class, None for a slot without an actor (for :func:`route`)."""
@@ -473,6 +515,7 @@ class ActorPool:
         nodes = alive_nodes()
         for nid, info in self._nodes.items():
             if nid not in nodes:
+                self.lost_nodes.add(nid)
                 hosted = self._hosted(nid)
                 self.notify(f"Ray node {info.describe()} was lost" + (f", with {hosted}" if hosted else ""))
         self._nodes = nodes
@@ -491,6 +534,16 @@ class ActorPool:
         info = self._nodes.get(node_id)
         return f"node {info.describe()}" if info is not None else f"node {node_id[:8]}"
 
+    def _free(self, nodes: Mapping[str, NodeInfo]) -> list[dict[str, float]]:
+        """What the alive nodes have left once this pool's actors took their share (other jobs not counted)."""
+        free = {nid: dict(info.resources) for nid, info in nodes.items()}
+        actors: dict[Key, Any] = {"server": self.server, "aggregator": self.aggregator, **dict(enumerate(self.slots))}
+        for key, nid in self.node_of.items():
+            if nid in free and actors.get(key) is not None:
+                for k, v in _amounts(self.options_of.get(key, {})).items():
+                    free[nid][k] = free[nid].get(k, 0.0) - v
+        return list(free.values())
+
     def check_nodes(self) -> None:
         """Follow the cluster's nodes before a round (one ``ray.nodes()`` call when nothing changed).
 
@@ -507,14 +560,13 @@ class ActorPool:
             self.restart_aggregator()
             self.notify(f"the aggregator actor was restarted on {self._where(self.node_of['aggregator'])}")
         seen = frozenset(nodes)
-        todo = {k for k in gone if isinstance(k, int)} | {i for i in self.lost if self._tried.get(i) != seen}
-        if todo:
-            self.restart_slots(sorted(todo))
         offered = {k for n in nodes.values() for k, v in n.resources.items() if k.startswith("device:") and v}
         back = [i for i in sorted(self.away)
                 if self._tried.get(i) != seen and device_resource(self.plan.slot_classes[i]) in offered]
-        if back:
-            self._move_back(back)
+        moved = self._move_back(back) if back else False
+        todo = {k for k in gone if isinstance(k, int)} | {i for i in self.lost if moved or self._tried.get(i) != seen}
+        if todo:
+            self.restart_slots(sorted(todo))
 
     def _kill(self, actor: Any) -> None:
         if actor is None:
@@ -567,13 +619,15 @@ class ActorPool:
         starts: dict[int, tuple[dict[str, Any], bool]] = {}
         node_lost: dict[int, bool] = {}
         for i in indices:
-            cls = self.plan.slot_classes[i]
             before = self.node_of.pop(i, "")
             node_lost[i] = (bool(before) and before not in nodes) or self.lost.get(i, "").startswith("node lost")
             self._kill(self.slots[i])
             self.slots[i] = None
             self.away.discard(i)
-            decision = placement(cls, self.plan.options[cls], capacity, self.on_node_loss)
+        room = self._free(nodes)
+        for i in indices:
+            cls = self.plan.slot_classes[i]
+            decision = placement(cls, self.plan.options[cls], capacity, self.on_node_loss, free=room)
             if isinstance(decision, str):
                 self._leave_out(i, decision, node_lost[i], seen)
             else:
@@ -598,8 +652,11 @@ class ActorPool:
             what = _slots_text(self.plan.slot_classes, slots)
             if away:
                 their = "its" if len(slots) == 1 else "their"
-                self.notify(f"{what} re-placed on {self._where(node)}, away from {their} class: no node offers "
-                            f"{device_resource(cls)} (ray.on_node_loss=replace)")
+                key = device_resource(cls)
+                why = (f"the nodes that offer {key} are full" if any(n.resources.get(key) for n in nodes.values())
+                       else f"no node offers {key}")
+                self.notify(f"{what} re-placed on {self._where(node)}, away from {their} class: {why} "
+                            "(ray.on_node_loss=replace)")
             elif moved:
                 self.notify(f"{what} re-placed on {self._where(node)}")
             else:
@@ -619,18 +676,37 @@ class ActorPool:
         for i in slots:
             by_reason.setdefault(self.lost[i], []).append(i)
         for reason, group in by_reason.items():
-            self.notify(f"{_slots_text(self.plan.slot_classes, group)} left out ({reason}); their clients fail until "
-                        "a node can take them (checked before every round)")
+            classes = {self.plan.slot_classes[i] for i in group}
+            served = [c for c in classes if c in self.live_classes()]
+            then = (f"the {', '.join(sorted(served))} clients use the class's other slots" if served else
+                    f"the {', '.join(sorted(classes))} clients fail")
+            them = "it" if len(group) == 1 else "them"
+            self.notify(f"{_slots_text(self.plan.slot_classes, group)} left out ({reason}); {then} until a node can "
+                        f"take {them} (checked before every round)")
 
-    def _move_back(self, slots: Sequence[int]) -> None:
-        """Start slots placed away again on a node of their class; a slot that cannot be stays where it is."""
+    def _move_back(self, slots: Sequence[int]) -> bool:
+        """Start slots placed away again on a node of their class; a slot that cannot be stays where it is.
+
+        Returns whether one moved (its old place is free then).
+        """
         seen = frozenset(self._nodes)
-        actors = {i: self._new_slot(i, self.plan.options[self.plan.slot_classes[i]]) for i in slots}
+        capacity = [n.resources for n in self._nodes.values()]
+        room = self._free(self._nodes)
+        fits = []
+        for i in slots:
+            cls = self.plan.slot_classes[i]
+            if placement(cls, self.plan.options[cls], capacity, "fail", free=room) == (self.plan.options[cls], False):
+                fits.append(i)
+            else:
+                self._tried[i] = seen  # the nodes of its class are full: tried again when the nodes change
+        away_options = {i: self.options_of.get(i, {}) for i in fits}
+        actors = {i: self._new_slot(i, self.plan.options[self.plan.slot_classes[i]]) for i in fits}
         rows, failed = self._await(actors)
         moved: dict[tuple[str, str], list[int]] = {}
         for i, actor in actors.items():
             if i in failed:
                 self._kill(actor)
+                self.options_of[i] = away_options[i]
                 self._tried[i] = seen
                 log.info("slot %d stays away from its class: %s", i, failed[i])
                 continue
@@ -646,6 +722,7 @@ class ActorPool:
             self.notify(f"{_slots_text(self.plan.slot_classes, list(failed))} stayed away from the nodes of "
                         f"{'its' if len(failed) == 1 else 'their'} class ({next(iter(failed.values()))}); tried again "
                         "when the cluster's nodes change")
+        return bool(moved)
 
     def restart_server(self) -> str:
         """Replace the server actor (it died) by one hosting the same runs' bodies.
@@ -661,7 +738,8 @@ class ActorPool:
         self._kill(self.server)
         self.server = None
         self.node_of.pop("server", None)
-        decision = placement(plan.server.name, plan.server_options, [n.resources for n in nodes.values()], "replace")
+        decision = placement(plan.server.name, plan.server_options, [n.resources for n in nodes.values()], "replace",
+                             free=self._free(nodes))
         if isinstance(decision, str):
             raise ClusterError(f"could not restart the server actor: {decision}")
         options, away = decision
