@@ -302,8 +302,9 @@ class Orchestrator:
             (:mod:`sfp_ray.checkpoints`); None writes none.
         resume: a checkpoint of this run (:func:`sfp_ray.checkpoints.load_checkpoint`) to
             continue from: the run starts after its round, from its states, with its run id.
-        warn: called with one line per client that failed an attempt, per round that is
-            started over, per server restart (default: the ``sfp_ray`` logger).
+        warn: called with one line per client that failed an attempt (clients of a round with
+            the same fate and error share one), per round that is started over, per server
+            restart (default: the ``sfp_ray`` logger).
 
     Faults: executors retry a failed client once and report it ``retried`` or ``failed``;
     failed clients are left out of the round (never averaged). When fewer than

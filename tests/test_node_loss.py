@@ -27,9 +27,7 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -117,21 +115,10 @@ def main(work: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
+def scenario(tmp_path_factory, cluster_script):
     """Run the script once: its result, its run folders and what it printed."""
     work = tmp_path_factory.mktemp("node-loss")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(HF_HUB_OFFLINE="1", TIMM_FUSED_ATTN="0")
-    with tempfile.TemporaryDirectory(prefix="sfpn", dir="/tmp") as tmp:
-        env["RAY_TMPDIR"] = tmp  # private session dir and address file
-        t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(work)], env=env, capture_output=True,
-                              text=True, timeout=420)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    assert proc.returncode == 0 and lines, (
-        f"subprocess failed (rc={proc.returncode}, {time.monotonic() - t0:.0f} s)\n"
-        f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}")
-    out = json.loads(lines[-1][len(MARK):])
+    out, proc = cluster_script(__file__, str(work), mark=MARK, timeout=420, env={"TIMM_FUSED_ATTN": "0"})
     terminal = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if not ln.startswith(MARK)]
     return out, work, terminal
 
