@@ -327,5 +327,41 @@ def test_a_resume_joins_the_saved_cluster_or_says_it_cannot(tmp_path, capsys):
     assert read_plan(tmp_path / "older").address is None  # folders of older versions: ray.address as configured
 
 
+def test_an_actor_not_placed_in_time_is_left_out_in_one_line(ray_session):
+    """Other jobs hold every CPU: a slot started again waits ray.placement_timeout_s, then is left out."""
+    import ray
+
+    from sfp_ray.devices import get_device
+    from sfp_ray.executors.ray.pool import ActorPool
+
+    @ray.remote
+    class Hog:
+        def ping(self) -> bool:
+            return True
+
+    lines: list[str] = []
+    pool = ActorPool.for_devices([get_device("rpi4")], None, placement_timeout_s=2.0, notify=lines.append)
+    hogs = []
+    try:
+        pool.wait_ready()
+        free = ray.available_resources().get("CPU", 0.0)
+        whole, part = divmod(free, 1.0)  # Ray takes fractions below 1 only
+        hogs = [Hog.options(num_cpus=1).remote() for _ in range(int(whole))]
+        hogs += [Hog.options(num_cpus=round(part, 4)).remote()] if part > 1e-4 else []
+        ray.get([h.ping.remote() for h in hogs])
+        t0 = time.monotonic()
+        pool.restart_slots([0])
+        took = time.monotonic() - t0
+        assert pool.slots == [None] and pool.live_classes() == [None]
+        assert pool.unavailable("rpi4") == "not placed within 2 s (ray.placement_timeout_s)"
+    finally:
+        for h in hogs:
+            ray.kill(h)
+        pool.close()
+    assert 2.0 <= took < 30
+    assert lines == ["client:rpi4 slot 0 left out (not placed within 2 s (ray.placement_timeout_s)); the rpi4 clients "
+                     "fail until a node can take it (checked before every round)"]
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
