@@ -301,8 +301,8 @@ class RayConfig:
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
     on_node_loss: NodeLossPolicy = "replace"
-    """What happens to client slots whose node was lost (or that cannot be placed) when no node offers their
-    class (``device:<class>``) any more: ``replace`` starts them on any node with room (``resources.csv``:
+    """What happens to client slots whose node was lost (or that cannot be placed) when no node offering their
+    class (``device:<class>``) has room for them: ``replace`` starts them on any node with room (``resources.csv``:
     ``placed_away``; the simulated device does not change, only wall time does), ``fail`` leaves them out:
     their clients fail (``clients.csv``: ``node lost: ...``) until a node offering the class joins. A lost
     server or aggregator is always started again elsewhere."""
