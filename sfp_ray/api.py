@@ -305,15 +305,18 @@ class _executors:
         from sfp_ray.executors.ray import ActorPool, start_ray
         from sfp_ray.methods import get_method
         from sfp_ray.orchestrator import run_devices
+        from sfp_ray.sizing import pool_memory
 
         resolved = [get_method(m).resolve(self.cfg.replace(seed=s)) for s, m in pending]
         devices, server = run_devices(resolved[0])  # the pool is planned for the first run, as the runs share it
         needs_server = any(get_method(m).server(c) is not None for (_, m), c in zip(pending, resolved))
         caps = [c.ray.max_actors for c in resolved if c.ray.max_actors is not None]
+        distinct = {m: c for (_, m), c in zip(pending, resolved)}  # seeds do not change what an actor holds
+        memory = pool_memory([(c, get_method(m)) for m, c in distinct.items()])
         self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
         self.pool = ActorPool.for_devices(devices, server if needs_server else None,
                                           max_actors=min(caps) if caps else None,
-                                          server_max_concurrency=self.cfg.ray.server_max_concurrency)
+                                          server_max_concurrency=self.cfg.ray.server_max_concurrency, memory=memory)
         for note in self.pool.plan.notices:
             self.say(f"notice: {note}")
 

@@ -65,8 +65,9 @@ class ModelConfig:
     """timm's fused attention kernel. Off: every pass runs the arithmetic of the FLOP-counted ones (counting
     forces PyTorch's MATH kernel), so serial and Ray runs agree bit for bit; turn it on for speed on GPUs."""
     pretrained: bool = False
-    """Start from timm's pre-trained weights (Hugging Face hub or its local cache); ``checkpoint: pretrain`` is
-    then ignored."""
+    """Start from timm's pre-trained weights (Hugging Face hub or its local cache), adapted to ``img_size`` and
+    ``in_chans`` by timm and kept once as a local checkpoint (``.cache/sfp-ray``) that each actor reads its parts
+    from; ``checkpoint: pretrain`` is then ignored, a checkpoint file given still wins."""
     checkpoint: str | None = "pretrain"
     """Weights to start from: a file (``.pt``/``.pth``/``.safetensors``, a state dict or ``{"model": ...}``),
     ``pretrain`` (the backbone ``sfp-ray pretrain`` caches for this model, pre-trained on first use) or
@@ -180,6 +181,9 @@ class DataConfig:
     datasets``)."""
     root: str | None = None
     """Folder searched first for the dataset's files (then ``$SFP_DATA_ROOT`` and the default places)."""
+    download: bool = False
+    """Fetch a missing ``cifar10``/``cifar100``/``svhn`` into its torchvision root with torchvision's downloader
+    (needs internet; done once). Off: a missing dataset fails with one line saying how to fetch it."""
     partition: Partition = "dirichlet"
     """Split of the training samples among clients: ``iid``, ``dirichlet`` (label skew, Hsu et al. 2019) or
     ``shards`` (label-sorted shards, McMahan et al. 2017)."""

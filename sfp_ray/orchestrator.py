@@ -35,13 +35,14 @@ from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import DeviceProfile, assign_devices, get_device, load_catalog
 from sfp_ray.errors import ConfigError, RoundFailed, ServerLost
-from sfp_ray.executors.base import FINISHED, Executor, RunSpec, State
+from sfp_ray.executors.base import Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
 from sfp_ray.methods import Method, RoundOutcome, get_method
 from sfp_ray.models import check_checkpoint, input_shape, read_checkpoint
 from sfp_ray.placement import CutPlan, plan_cuts, typical_samples
 from sfp_ray.records import (
     EVAL_PHASE,
+    FINISHED,
     NO_CLIENT,
     ClientRecord,
     CostRecord,
@@ -116,10 +117,10 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     d, f = cfg.data, cfg.federation
     img_size, in_chans = input_shape(cfg.model)
     train = load_dataset(d.name, train=True, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
-                         seed=cfg.seed)
+                         seed=cfg.seed, download=d.download)
     # the test set does not depend on the run's seed: runs over seeds are measured on the same samples
     test = load_dataset(d.name, train=False, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
-                        seed=TEST_SEED, max_samples=d.test_samples)
+                        seed=TEST_SEED, max_samples=d.test_samples, download=d.download)
     if d.test_samples is not None and len(test) < d.test_samples:
         notes.append(f"data.test_samples={d.test_samples}: the test set has only {len(test)} samples; using all")
     parts = partition(train.labels.numpy(), f.num_clients, d.partition, alpha=d.alpha,

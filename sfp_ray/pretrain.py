@@ -50,18 +50,57 @@ def pretrain_path(cfg: Config) -> Path:
     return cache_dir() / f"pretrain-{cfg.model.name}-{pretrain_key(cfg)}.pt"
 
 
+def timm_weights_path(cfg: Config) -> Path:
+    """Where timm's pre-trained weights for the configured model, adapted to its input, are kept as a checkpoint."""
+    m = to_dict(cfg.model)
+    for key in ("checkpoint", "pretrained", "fused_attn"):
+        m.pop(key, None)
+    digest = hashlib.sha256(json.dumps({"model": m, "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"timm-{cfg.model.name}-{digest}.safetensors"
+
+
+def timm_weights(cfg: Config, *, log_fn: Callable[[str], None] | None = None) -> str:
+    """Timm's pre-trained weights of the configured model as a local ``.safetensors`` checkpoint (made once).
+
+    timm reads them from the Hugging Face hub or its local cache (``HF_HOME``/
+    ``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1`` only the cache) and adapts them to the
+    configured input: the position embedding resampled to ``model.img_size``, the patch
+    embedding summed or repeated to ``model.in_chans`` channels. The classifier is left
+    out (the target task has its own). Every actor then reads the tensors of the parts it
+    holds from this file, instead of each loading the whole model from the hub.
+    """
+    path = timm_weights_path(cfg)
+    if path.is_file():
+        return str(path)
+    (log_fn or log.warning)(f"model.pretrained: reading timm's weights of {cfg.model.name} (Hugging Face hub or "
+                            f"its cache) into {path} (done once)")
+    from safetensors.torch import save_file
+
+    from sfp_ray.models import CLASSIFIER_KEYS
+
+    model = build_from_config(cfg.model, 2)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in CLASSIFIER_KEYS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"source": f"timm:{cfg.model.name}", "sfp_ray": "model.pretrained"})
+    os.replace(tmp, path)
+    return str(path)
+
+
 def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = None) -> str | None:
     """The checkpoint file ``cfg.model.checkpoint`` stands for, pre-training if needed.
 
     ``"pretrain"`` -> the cached backbone for this model (pre-trained now when missing);
-    ``None``/``"none"`` -> no checkpoint; anything else must be an existing file.
+    ``None``/``"none"`` -> no checkpoint; anything else must be an existing file. With
+    ``model.pretrained``, ``"pretrain"`` and ``none`` stand for timm's pre-trained weights
+    (:func:`timm_weights`); a file given still wins.
     """
     ck = cfg.model.checkpoint
+    if cfg.model.pretrained and (ck is None or str(ck).lower() in ("none", "null", "", "pretrain")):
+        return timm_weights(cfg, log_fn=log_fn)
     if ck is None or str(ck).lower() in ("none", "null", ""):
         return None
     if ck == "pretrain":
-        if cfg.model.pretrained:
-            return None  # timm's pre-trained weights replace the offline stand-in
         path = pretrain_path(cfg)
         if not path.is_file():
             (log_fn or log.warning)(f"no cached pre-trained backbone at {path}: pre-training it now "

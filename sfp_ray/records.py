@@ -25,6 +25,8 @@ Side = Literal["client", "server", "link"]
 Direction = Literal["up", "down"]
 Kind = Literal["activation", "gradient", "parameters"]
 Status = Literal["ok", "retried", "failed", "offline", "dropped", "late"]
+#: Statuses of a client whose state reaches the round's result (averaged, or relayed).
+FINISHED: tuple[Status, ...] = ("ok", "retried")
 
 #: The phase of evaluation rows: a measurement of the global model, not part of the
 #: protocol, so it counts towards neither client nor server FLOPs.
@@ -210,6 +212,7 @@ __all__ = [
     "RunMeta",
     "Segment",
     "Side",
+    "FINISHED",
     "Status",
     "Tally",
     "tally",

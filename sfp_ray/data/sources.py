@@ -194,6 +194,7 @@ def load_dataset(
     in_chans: int | None = None,
     seed: int = 0,
     max_samples: int | None = None,
+    download: bool = False,
 ) -> ArrayDataset:
     """Loads a registered dataset and adapts it to the model's input.
 
@@ -213,6 +214,8 @@ def load_dataset(
         seed: Seed for generated data (``synthetic``) and for sub-sampling.
         max_samples: If set, keep a seeded, class-stratified random subset of at most this
             many samples (all samples if the split is smaller).
+        download: For ``cifar10``, ``cifar100`` and ``svhn``: fetch the split into its
+            torchvision root first when it is missing (:func:`fetch_torchvision`).
 
     Returns:
         The dataset, images normalised to ``[-1, 1]`` as described in the module docstring.
@@ -239,6 +242,8 @@ def load_dataset(
     if bad_max:
         raise ConfigError(f"data.max_samples: must be a positive integer, got {max_samples!r}")
 
+    if download and key in _TORCHVISION_DATASETS:
+        fetch_torchvision(key, root, bool(train))
     ds = _REGISTRY[key](root, bool(train), int(seed))
 
     if classes is not None:
@@ -597,6 +602,33 @@ def _torchvision_missing(name: str, expected: Path, exc: Exception, download_cal
         f"internet access, run torchvision's download once: "
         f"`python -c \"import torchvision; {download_call}\"`."
     )
+
+
+def fetch_torchvision(name: str, root: str | None, train: bool) -> Path:
+    """Fetch a torchvision dataset's split into its root (``data.download``); return the root.
+
+    torchvision checks the files it finds first and downloads only what is missing or
+    corrupt, so a present dataset costs a checksum.
+
+    Raises:
+        DataError: the download failed (no internet, a full disk), with the root and the cause.
+    """
+    import torchvision
+
+    base = _torchvision_root(root)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if name == "svhn":
+            torchvision.datasets.SVHN(str(base), split="train" if train else "test", download=True)
+        else:
+            cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+            cls(str(base), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, OSError, a bad checksum: all the same user error
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"data.download: could not fetch {name} into {base} ({type(exc).__name__}: {first}); "
+                        "without internet, put the torchvision-format files there and set data.download=false"
+                        ) from None
+    return base
 
 
 def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:

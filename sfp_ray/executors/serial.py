@@ -16,7 +16,7 @@ actor dies.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -30,6 +30,7 @@ from sfp_ray.executors.base import (
     RunSpec,
     Started,
     State,
+    TensorSums,
     failed_output,
     fedavg_parts,
     settle,
@@ -101,10 +102,12 @@ class SerialExecutor(Executor):
             role = self.roles[task.cut] = spec.method.client_role(ws, with_cut(spec.cfg, task.cut))
         return role
 
-    def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
+    def run_clients(self, tasks: Sequence[ClientTask], state: State,
+                    on_done: Callable[[ClientOutput], None] | None = None) -> list[ClientOutput]:
+        """See :meth:`Executor.run_clients`; ``on_done`` sees each client's final output as soon as it is made."""
         assert self.spec is not None, "start() first"
         values = LocalState(*_parts(state))
-        outputs = []
+        outputs: list[ClientOutput] = []
         for task in sorted(tasks, key=lambda t: t.client_id):
             errors: list[str] = []
             t0 = time.perf_counter()
@@ -122,7 +125,34 @@ class SerialExecutor(Executor):
                 break
             else:
                 outputs.append(failed_output(task, ATTEMPTS, errors[-1], time.perf_counter() - t0))
+            if on_done is not None:
+                on_done(outputs[-1])
         return outputs
+
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: State,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Aggregate | None]:
+        """Clients in ascending id, each accepted state folded into the running sums as soon as it is made."""
+        assert self.spec is not None, "start() first"
+        sums = TensorSums()
+        seconds = 0.0
+
+        def fold(out: ClientOutput) -> None:
+            nonlocal seconds
+            if not accept(out):
+                return
+            t0 = time.perf_counter()
+            client, server = _parts(out.state)
+            sums.add(out.num_samples, client, server)
+            out.state = None
+            seconds += time.perf_counter() - t0
+
+        outputs = self.run_clients(tasks, state, fold)
+        if not sums.sums.client.clients:
+            return outputs, None
+        t0 = time.perf_counter()
+        previous = _parts(state)[0] if self.spec.cut_plan is not None else None
+        client, server, flops = sums.finish(previous)
+        return outputs, Aggregate(LocalState(client, server), flops, seconds + time.perf_counter() - t0)
 
     def _attempt(self, task: ClientTask, values: LocalState) -> ClientOutput:
         """One attempt of one client; raises when it fails."""

@@ -24,10 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from sfp_ray.config import Config
 from sfp_ray.costs import RoundClock, simulate_round
-from sfp_ray.records import Segment
-from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask
+from sfp_ray.records import FINISHED, Segment
+from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
 from sfp_ray.roles.server import BODY_PREFIX
 from sfp_ray.roles.workspace import Workspace
 
@@ -50,9 +52,21 @@ class Runner(Protocol):
 
     def aggregate(self, outputs: Sequence[ClientOutput], state: Any) -> Any: ...
 
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: Any,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Any]: ...
 
-#: Marks a round's outputs ``dropped`` or ``late`` before averaging (see :class:`sfp_ray.availability.RoundJudge`).
-Judge = Callable[[Sequence[ClientOutput]], None]
+
+class Judge(Protocol):
+    """Marks a round's outputs ``dropped`` or ``late`` before averaging (:class:`sfp_ray.availability.RoundJudge`)."""
+
+    def __call__(self, outputs: Sequence[ClientOutput]) -> None: ...
+
+    @property
+    def decides_alone(self) -> bool:
+        """Whether each client's fate is known without the others' (no deadline, no over-selection)."""
+
+    def drops(self, client_id: int) -> bool:
+        """Whether the client drops out this round (known before it runs)."""
 
 
 @dataclass
@@ -78,13 +92,34 @@ class RoundPlan(abc.ABC):
 
 
 class ParallelFedAvg(RoundPlan):
-    """Every client starts from the global state; their states are averaged (FedAvg)."""
+    """Every client starts from the global state; their states are averaged (FedAvg).
+
+    When each client's fate is known on its own (no deadline, no over-selection; dropouts
+    are drawn before the round), the executor folds every accepted state into the average
+    as soon as its client finishes (:meth:`~sfp_ray.executors.base.Executor.run_and_aggregate`),
+    so a round holds a constant number of states whatever its size. A deadline or
+    over-selection needs every client's simulated finish first: then the round runs all
+    clients, the judge decides, and the chosen states are averaged.
+    """
 
     def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any, judge: Judge | None = None) -> RoundOutcome:
-        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id) if tasks else []
+        if not tasks:
+            return RoundOutcome([], state)
+        if judge is None or judge.decides_alone:
+            def accept(o: ClientOutput) -> bool:
+                return o.status in FINISHED and (judge is None or not judge.drops(o.client_id))
+
+            outputs, agg = runner.run_and_aggregate(tasks, state, accept)
+            outputs = sorted(outputs, key=lambda o: o.client_id)
+            if judge is not None:
+                judge(outputs)
+            if agg is None:
+                return RoundOutcome(outputs, state)
+            return RoundOutcome(outputs, agg.state, agg.flops, agg.wall_s)
+        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id)
         if judge is not None:
             judge(outputs)
-        usable = [o for o in outputs if o.status in ("ok", "retried")]
+        usable = [o for o in outputs if o.status in FINISHED]
         if not usable:
             return RoundOutcome(outputs, state)
         agg = runner.aggregate(usable, state)
@@ -109,7 +144,7 @@ class SequentialRelay(RoundPlan):
             if judge is not None:
                 judge([out])
             outputs.append(out)
-            if out.status in ("ok", "retried"):
+            if out.status in FINISHED:
                 current = out.state
         return RoundOutcome(outputs, current, {"all": 0.0})
 
@@ -187,6 +222,36 @@ class Method(abc.ABC):
 
     def round_clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
         return self.plan.clock(timelines)
+
+    def client_passes(self, role: ClientRole, x: Any, y: Any) -> list[Callable[[], Any]]:
+        """The passes a client of this method runs on one training batch ``(x, y)``, as callables.
+
+        :mod:`sfp_ray.sizing` runs them on ``meta`` tensors to measure a client's activation
+        memory. A client holding the whole model runs it forward and backward; a split client
+        runs the split step (head, tail on what the body sends, head backward when something
+        before the cut trains) and the body-bypassed step of SFPrompt's local-loss update.
+        """
+        split = role.ws.split
+        if role.whole_model:
+            return [lambda: model_loss(split, x, y)]
+        head_trains = bool(getattr(role, "head_trains", False))
+        with torch.no_grad():
+            body_out = split.body(split.head(x))  # the shape the server sends back (the body runs elsewhere)
+
+        def split_step() -> None:
+            h = forward_pass(split.head, x, head_trains)
+            tail_loss(split, torch.empty_like(body_out).requires_grad_(True), y)
+            if head_trains:
+                h.backward(torch.empty_like(h))
+
+        def bypassed_step() -> None:
+            h = forward_pass(split.head, x, head_trains)
+            hd = h.detach().requires_grad_(head_trains)
+            bypass_loss(split, hd, y)
+            if head_trains:
+                h.backward(hd.grad)
+
+        return [split_step, bypassed_step]
 
     # ------------------------------------------------------------------ costs
 

@@ -265,8 +265,12 @@ class ClientRole(abc.ABC):
         return {k: v for k, v in state.items() if k in wanted}
 
     def run(self, task: ClientTask, data: ArrayDataset, state: Mapping[str, Any], link: BodyLink | None,
-            meter: Any) -> ClientOutput:
+            meter: Any, *, copy_state: bool = True) -> ClientOutput:
         """One round: download ``state`` (the client's part of the global state), train, upload.
+
+        ``copy_state=False`` returns the new state as the workspace's own tensors (detached,
+        not copied): for a caller that serialises or folds it before this workspace trains
+        again, which saves a copy of the state (330 MiB for ViT-B).
 
         Injected faults (``task.injected()``, a testing aid): ``raise`` raises at the start,
         ``exit`` ends the process at the start, ``nan`` returns a NaN loss and state.
@@ -287,7 +291,7 @@ class ClientRole(abc.ABC):
             for part, sub in self.message_parts(state).items():
                 ledger.send_state(sub, part=part, direction="down")
         result = self.train(task, data, link, ledger, gen)
-        new_state = self.ws.get_state(self.names)
+        new_state = self.ws.get_state(self.names, copy=copy_state)
         loss = result.loss
         if "nan" in injected and new_state:
             loss = float("nan")

@@ -204,13 +204,16 @@ class ClientActor:
         device: the :class:`~sfp_ray.devices.DeviceProfile` whose limits are enforced.
         slot: the slot's index in the pool.
         gpu_fallback: the profile's GPU share was dropped (no GPU in the cluster).
+        memory: the estimate the pool asked Ray for (:meth:`~sfp_ray.sizing.MemoryEstimate.row`), reported
+            beside the observed peak in ``resources.csv``.
     """
 
-    def __init__(self, device: Any, slot: int, gpu_fallback: bool = False) -> None:
+    def __init__(self, device: Any, slot: int, gpu_fallback: bool = False,
+                 memory: Mapping[str, float] | None = None) -> None:
         self.device = device
         self.slot = slot
         self.info = enforce_limits(device, slot, gpu_fallback=gpu_fallback)
-        self.info.update(role="client", slot=slot)
+        self.info.update(role="client", slot=slot, **(memory or {}))
         self.runs: dict[str, _Hosted] = {}
 
     def ready(self) -> dict[str, Any]:
@@ -253,7 +256,10 @@ class ClientActor:
                 if server is not None else None)
         data = h.train.subset(task.indices)
         try:
-            out = role.run(task, data, client_state, link, h.meter_of(cut))
+            if server is not None and state.server is not None:  # this client's copy of the trained body
+                ray.get(server.open.remote(key, task.client_id, task.round, state.server))
+            # the new state is not copied: it is serialised when this call returns, before the next task runs
+            out = role.run(task, data, client_state, link, h.meter_of(cut), copy_state=False)
             check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
@@ -335,10 +341,10 @@ class ServerActor:
     since a threaded actor does not order calls.
     """
 
-    def __init__(self, device: Any, gpu_fallback: bool = False) -> None:
+    def __init__(self, device: Any, gpu_fallback: bool = False, memory: Mapping[str, float] | None = None) -> None:
         self.device = device
         self.info = enforce_limits(device, gpu_fallback=gpu_fallback)
-        self.info.update(role="server", slot=-1)
+        self.info.update(role="server", slot=-1, **(memory or {}))
         self.roles: dict[str, ServerRole] = {}
         self._lock = threading.Lock()
 

@@ -33,10 +33,12 @@ Ray must already be running (:func:`~sfp_ray.executors.ray.runtime.start_ray`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -105,13 +107,18 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ rounds
 
-    def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
+    def run_clients(self, tasks: Sequence[ClientTask], state: State,
+                    on_done: Callable[[ClientOutput, int], None] | None = None) -> list[ClientOutput]:
+        """See :meth:`Executor.run_clients`; ``on_done(output, slot)`` sees each successful client as soon as it
+        has settled (in client-id order within an attempt).
+        """
         spec, setup, pool = self.spec, self.setup, self.pool
         assert spec is not None and setup is not None and pool is not None, "start() first"
         if not isinstance(state, RayState):
             raise TypeError(f"the Ray executor holds its states in the object store, got {type(state).__name__}")
         ordered = sorted(tasks, key=lambda t: t.client_id)
-        self.last_routing = route([(t.client_id, t.device.name) for t in ordered], pool.plan.slot_classes)
+        self.last_routing = route([(t.client_id, t.device.name) for t in ordered], pool.plan.slot_classes,
+                                  pool.plan.serves)
         t0 = time.perf_counter()
         done: dict[int, ClientOutput] = {}
         errors: dict[int, list[str]] = {t.client_id: [] for t in ordered}
@@ -120,26 +127,34 @@ class RayExecutor(Executor):
             if not pending:
                 break
             batch = [dataclasses.replace(t, attempt=attempt) for t in pending]
-            results, dead_slots, server_suspect = self._attempt(batch, state)
+
+            def succeeded(out: ClientOutput, slot: int, attempt: int = attempt) -> None:
+                done[out.client_id] = settle(out, attempt, errors[out.client_id])
+                if on_done is not None:
+                    on_done(done[out.client_id], slot)
+
+            results, dead_slots, server_suspect = self._attempt(batch, state, succeeded)
             pending = []
             for t in batch:
                 r = results[t.client_id]
                 if isinstance(r, str):
                     errors[t.client_id].append(r)
                     pending.append(t)
-                else:
-                    done[t.client_id] = settle(r, attempt, errors[t.client_id])
             self._recover(dead_slots, server_suspect, batch[0].round)
         wall = time.perf_counter() - t0
         for t in pending:
             done[t.client_id] = failed_output(t, ATTEMPTS, errors[t.client_id][-1], wall)
         return [done[t.client_id] for t in ordered]
 
-    def _attempt(self, batch: Sequence[ClientTask], state: RayState) -> tuple[dict[int, Outcome], set[int], bool]:
-        """One attempt of each client of ``batch``, in parallel.
+    def _attempt(self, batch: Sequence[ClientTask], state: RayState,
+                 succeeded: Callable[[ClientOutput, int], None]) -> tuple[dict[int, Outcome], set[int], bool]:
+        """One attempt of each client of ``batch``, in parallel; ``succeeded`` is called as each one succeeds.
 
         Returns each client's output (its error as one line when it failed), the slots whose
         actor died, and whether a failure may be the server's (its actor is then probed).
+        With a trained body, each client actor opens its body copy on the server when its
+        task starts, and the executor closes it as soon as the client's task is done, so the
+        server holds a copy per running client, not per client of the round.
         """
         setup, pool = self.setup, self.pool
         assert setup is not None and pool is not None
@@ -148,47 +163,33 @@ class RayExecutor(Executor):
         results: dict[int, Outcome] = {}
         dead: set[int] = set()
         suspect = False
-        live = list(batch)
-        if trained:  # each client's body copy must exist before its first request
-            opens = [(t, server.open.remote(setup.key, t.client_id, t.round, state.server)) for t in batch]
-            live = []
-            for t, ref in opens:
-                try:
-                    ray.get(ref)
-                    live.append(t)
-                except ray.exceptions.RayError as e:
-                    results[t.client_id] = _describe(e, "server")
-                    suspect = True
         refs = {t.client_id: pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
-                for t in live}
-        metas: dict[int, ClientOutput] = {}
-        for t in live:
+                for t in batch}
+        for t in batch:
             slot = self.last_routing[t.client_id]
             try:
-                metas[t.client_id] = ray.get(refs[t.client_id][1])
+                meta = ray.get(refs[t.client_id][1])
             except ray.exceptions.RayTaskError as e:  # the task raised; its actor lives on
                 results[t.client_id] = _describe(e)
                 suspect = suspect or server is not None  # a request to a dead server fails the task
+                continue
             except ray.exceptions.RayActorError as e:  # the client's actor died
                 results[t.client_id] = _describe(e, f"client actor of slot {slot} ({pool.plan.slot_classes[slot]})")
                 dead.add(slot)
-        closes = {cid: server.close.remote(setup.key, cid, batch[0].round) for cid in metas} if trained else {}
-        for t in live:
-            if t.client_id not in metas:
                 continue
             body_ref = None
             if trained:
-                body_ref, ok_ref = closes[t.client_id]
+                body_ref, ok_ref = server.close.remote(setup.key, t.client_id, t.round)
                 try:
                     ray.get(ok_ref)
                 except ray.exceptions.RayError as e:  # a non-finite body copy, or the server died
                     results[t.client_id] = _describe(e, "server")
                     suspect = True
                     continue
-            m = metas[t.client_id]
-            res = dict(m.resources, executor="ray", pooled=not pool.plan.per_client)
-            results[t.client_id] = dataclasses.replace(m, state=RayState(refs[t.client_id][0], body_ref),
-                                                       resources=res)
+            res = dict(meta.resources, executor="ray", pooled=not pool.plan.per_client)
+            out = dataclasses.replace(meta, state=RayState(refs[t.client_id][0], body_ref), resources=res)
+            results[t.client_id] = out
+            succeeded(out, slot)
         failed = [t for t in batch if isinstance(results[t.client_id], str)]
         if server is not None and failed:  # drop what the server still holds for them (graphs, body copies)
             try:
@@ -208,27 +209,27 @@ class RayExecutor(Executor):
             pool.restart_server()
             raise ServerLost(f"round {round}: the server actor died; it was restarted")
 
+    # ------------------------------------------------------------------ aggregation
+
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: State,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Aggregate | None]:
+        """Each accepted client's state is folded into the aggregator of its slot's node as soon as it settles.
+
+        States are folded in client-id order (a retried client's when its retry succeeds); the
+        driver drops its reference right after, so the state leaves the object store once
+        folded. The driver never fetches a state.
+        """
+        fold = _Fold(self, state)
+        outputs = self.run_clients(tasks, state, lambda o, slot: fold.add(o, slot) if accept(o) else None)
+        return outputs, fold.finish()
+
     def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
-        pool, spec = self.pool, self.spec
-        assert pool is not None and spec is not None, "start() first"
-        outs = sorted(outputs, key=lambda o: o.client_id)
-        with_server = outs[0].state.server is not None
-        with_previous = spec.cut_plan is not None and isinstance(state, RayState)
-        refs = [o.state.client for o in outs] + ([o.state.server for o in outs] if with_server else [])
-        if with_previous:
-            refs.append(state.client)
-        for attempt in range(1, ATTEMPTS + 1):
-            client_ref, server_ref, info_ref = pool.aggregator.aggregate.remote(
-                [o.num_samples for o in outs], [o.client_id for o in outs], with_server, with_previous, *refs)
-            try:
-                info = ray.get(info_ref)
-                break
-            except ray.exceptions.RayActorError:  # the aggregator died: a new one averages the same states
-                if attempt == ATTEMPTS:
-                    raise
-                log.warning("the aggregator actor died; restarting it")
-                pool.restart_aggregator()
-        return Aggregate(RayState(client_ref, server_ref if with_server else None), info["flops"], info["wall_s"])
+        fold = _Fold(self, state)
+        for o in sorted(outputs, key=lambda o: o.client_id):
+            fold.add(o, self.last_routing.get(o.client_id, 0))
+        agg = fold.finish()
+        assert agg is not None, "aggregate() needs at least one output"
+        return agg
 
     def evaluate(self, state: State) -> EvalResult:
         spec, setup, pool = self.spec, self.setup, self.pool
@@ -264,6 +265,56 @@ class RayExecutor(Executor):
                 self.pool.close()
                 self.pool = None
         self.setup = None
+
+
+class _Fold:
+    """One round's FedAvg on the aggregator actors: fold states as they come, then finish.
+
+    A state goes to the aggregator of the node its client ran on (one aggregator when the
+    pool's slots share a node); :meth:`finish` has one aggregator add the other nodes'
+    partial sums to its own. When an aggregator dies mid-round, the states folded into it
+    are gone (they left the object store): the executor restarts it and raises
+    :class:`~sfp_ray.errors.ServerLost`, and the orchestrator starts the round over.
+    """
+
+    def __init__(self, executor: RayExecutor, state: State) -> None:
+        self.executor = executor
+        self.pool = executor.pool
+        self.state = state
+        self.key = uuid.uuid4().hex[:12]
+        self.refs: list[Any] = []
+        self.used: dict[str, Any] = {}  # node id -> the aggregator folding that node's states
+        self.with_server = False  # the states have a server part (a trained body)
+
+    def add(self, out: ClientOutput, slot: int) -> None:
+        """Fold ``out``'s state into its node's aggregator; ``out`` keeps no reference to it."""
+        node, agg = self.pool.aggregator_for(slot)
+        self.used[node] = agg
+        st = out.state
+        self.with_server = self.with_server or st.server is not None
+        self.refs.append(agg.fold.remote(self.key, out.num_samples, st.client, st.server))
+        out.state = None
+
+    def finish(self) -> Aggregate | None:
+        pool, spec = self.pool, self.executor.spec
+        assert spec is not None
+        if not self.used:
+            return None
+        try:
+            ray.get(self.refs)
+            root_node, root = next(iter(self.used.items()))
+            partials = [a.partial.remote(self.key) for n, a in self.used.items() if n != root_node]
+            previous = self.state.client if spec.cut_plan is not None and isinstance(self.state, RayState) else None
+            client_ref, server_ref, info_ref = root.finish.remote(self.key, previous, *partials)
+            info = ray.get(info_ref)
+        except ray.exceptions.RayActorError:
+            for a in self.used.values():
+                with contextlib.suppress(ray.exceptions.RayError):
+                    a.discard.remote(self.key)
+            restarted = pool.heal_aggregators()
+            raise ServerLost(f"an aggregator actor died while averaging ({', '.join(restarted) or 'restarted'}); "
+                             "it was restarted") from None
+        return Aggregate(RayState(client_ref, server_ref if self.with_server else None), info["flops"], info["wall_s"])
 
 
 def _describe(e: BaseException, who: str | None = None) -> str:

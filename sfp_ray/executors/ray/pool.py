@@ -10,17 +10,28 @@ Sizing (:func:`plan_pool`), as Flower sizes its actor pool from the cluster's re
 * when the cluster has no GPU, device classes that ask for a GPU share run on the CPU
   instead: their GPU ticket is dropped, one notice says so, and ``resources.csv`` records
   ``gpu_fallback``;
-* one slot per client when all of them (with the server and a per-actor memory estimate)
-  fit the cluster at once; otherwise the largest number of slots that fits, shared out
-  among the device classes in use, at least one per class, the rest in proportion to the
-  class's client count (D'Hondt, :func:`plan_slots`). ``ray.max_actors`` caps it;
+* every actor asks Ray for the memory it needs, estimated from the model and the method on
+  the ``meta`` device before any actor starts (:mod:`sfp_ray.sizing`: parameters held,
+  gradients and optimizer state of what it trains, one batch's activations, the process
+  itself); the server's grows with the requests it serves at once, the aggregator's with
+  the state it folds. Ray then never places more actors on a node than its memory holds;
+* one slot per client when all of them (with the server and the aggregator) fit the cluster
+  at once; otherwise the largest number of slots that fits, so the pool's size is the
+  smallest that the CPUs, the GPUs and the memory each allow, shared out among the device
+  classes in use, at least one per class, the rest in proportion to the class's client
+  count (D'Hondt, :func:`plan_slots`). ``ray.max_actors`` caps it;
+* when not even one actor per class fits (a large model on a small machine), classes that
+  compute alike (the same torch thread count, all on CPU or all with a GPU share) share
+  slots, with the largest tickets among them, on clusters without ``device:<class>``
+  nodes; a notice says so. The simulated device of a client is its own class's whatever
+  slot runs it;
 * a shape that cannot be placed at all fails at once, naming the device class and the
   shortfall (:func:`~sfp_ray.executors.ray.runtime.check_fit`), e.g. a custom resource
-  that no node offers.
+  that no node offers, or memory that no node holds.
 
-Each round, the round's clients of a class are dealt round-robin onto that class's slots
-in client-id order (:func:`route`); clients sharing a slot run one after another in Ray's
-actor queue. A pool can serve several runs one after another (``sfp-ray compare`` over
+Each round, the round's clients of a class are dealt round-robin onto the slots serving
+that class in client-id order (:func:`route`); clients sharing a slot run one after another
+in Ray's actor queue. A pool can serve several runs one after another (``sfp-ray compare`` over
 methods and seeds): actors are started once, each run is set up on them by key, and the
 training data is put into the object store once per dataset.
 
@@ -31,6 +42,7 @@ up again for every run the pool hosts (:meth:`ActorPool.restart_slot`,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections import Counter
@@ -46,16 +58,12 @@ from sfp_ray.executors.base import RunSpec
 from sfp_ray.executors.ray.actors import ClientActor, RunSetup, ServerActor
 from sfp_ray.executors.ray.aggregator import AggregatorActor
 from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes
+from sfp_ray.sizing import MemoryEstimate, PoolMemory, pool_memory
 
 log = logging.getLogger(__name__)
 
-#: Planning estimate of one client actor's own memory (torch, timm, a small ViT), MiB. With
-#: torch 2.14.1's CUDA build an actor's unique set size is ~430 MiB at start and its PSS ~490
-#: (benchmarks/results/ray_overhead.md); the rest of its ~780 MiB RSS is shared libraries.
-#: It only bounds how many slots the pool starts, it is never requested from Ray.
-ACTOR_MEMORY_MB = 600
 
-__all__ = ["ACTOR_MEMORY_MB", "ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"]
+__all__ = ["ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"]
 
 
 def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
@@ -89,24 +97,32 @@ def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
     return [c for c in counts for _ in range(slots[c])]
 
 
-def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str]) -> dict[int, int]:
+def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str],
+          serves: Mapping[str, Sequence[str]] | None = None) -> dict[int, int]:
     """Slot index for each ``(client_id, class)`` of a round: round-robin within each class.
+
+    ``serves`` maps a slot kind to the classes it serves (default: each kind its own class).
 
     Example:
         >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a", "a", "b"])
         {3: 0, 7: 1, 9: 0, 2: 2}
+        >>> route([(7, "a"), (2, "b"), (3, "a")], ["a+b", "a+b"], {"a+b": ("a", "b")})
+        {3: 0, 7: 1, 2: 0}
+        >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a+b", "a+b"], {"a+b": ("a", "b")})
+        {3: 0, 7: 1, 9: 0, 2: 1}
     """
     slots_of: dict[str, list[int]] = {}
-    for i, c in enumerate(slot_classes):
-        slots_of.setdefault(c, []).append(i)
-    dealt: Counter[str] = Counter()
+    for i, kind in enumerate(slot_classes):
+        for c in (serves or {}).get(kind, (kind,)):
+            slots_of.setdefault(c, []).append(i)
+    dealt: Counter[tuple[int, ...]] = Counter()  # per group of slots: classes sharing slots are dealt together
     out: dict[int, int] = {}
     for cid, cls in sorted(cohort, key=lambda x: (x[1], x[0])):
         if cls not in slots_of:
             raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(set(slot_classes))})")
-        ids = slots_of[cls]
-        out[cid] = ids[dealt[cls] % len(ids)]
-        dealt[cls] += 1
+        ids = tuple(slots_of[cls])
+        out[cid] = ids[dealt[ids] % len(ids)]
+        dealt[ids] += 1
     return out
 
 
@@ -115,7 +131,14 @@ def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str]) -> dic
 
 @dataclass
 class PoolPlan:
-    """Which actors a pool starts and with which Ray options."""
+    """Which actors a pool starts and with which Ray options.
+
+    ``slot_classes`` names each slot's kind: a device class, or (when memory holds no actor
+    per class) a group of classes sharing slots, e.g. ``rpi4+phone+laptop``; ``serves``
+    maps a kind to the device classes whose clients its slots run, ``profiles`` and
+    ``options`` give its profile (a group's: the largest tickets of its classes) and Ray
+    options. ``memory`` holds the estimates the options request (None: none requested).
+    """
 
     slot_classes: list[str]
     profiles: dict[str, DeviceProfile]
@@ -125,6 +148,22 @@ class PoolPlan:
     gpu_fallback: set[str] = field(default_factory=set)
     notices: list[str] = field(default_factory=list)
     per_client: bool = False  # one slot per client
+    serves: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    memory: PoolMemory | None = None
+    aggregator_options: dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
+    #: body requests the server is planned to hold at once: ``min(server_max_concurrency, slots)``
+    server_concurrency: int = 1
+
+    def classes_of(self, kind: str) -> tuple[str, ...]:
+        """The device classes a slot of ``kind`` serves."""
+        return self.serves.get(kind, (kind,))
+
+    @property
+    def server_estimate(self) -> MemoryEstimate | None:
+        """The server's memory at the concurrency it is planned for."""
+        if self.memory is None or self.server is None:
+            return None
+        return self.memory.server_at(self.server_concurrency)
 
 
 def _options(device: DeviceProfile, nodes: Sequence[Mapping[str, float]], fallback: bool) -> dict[str, Any]:
@@ -135,10 +174,25 @@ def _options(device: DeviceProfile, nodes: Sequence[Mapping[str, float]], fallba
     return opts
 
 
+def _group(devices: Sequence[DeviceProfile], gpu: bool) -> DeviceProfile:
+    """One profile for a slot serving several device classes: the largest of their tickets."""
+    first = devices[0]
+    return dataclasses.replace(
+        first, name="+".join(d.name for d in devices),
+        description="a slot shared by device classes " + ", ".join(d.name for d in devices),
+        num_cpus=max(d.num_cpus for d in devices), num_gpus=max(d.num_gpus for d in devices) if gpu else 0.0,
+        memory_mb=max(d.memory_mb for d in devices), resources={})
+
+
 def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
               nodes: Sequence[Mapping[str, float]], *, max_actors: int | None = None,
-              actor_memory_mb: float = ACTOR_MEMORY_MB) -> PoolPlan:
-    """Plan the actors for clients of the given device profiles (see the module docstring)."""
+              memory: PoolMemory | None = None, server_max_concurrency: int = 8) -> PoolPlan:
+    """Plan the actors for clients of the given device profiles (see the module docstring).
+
+    ``memory`` (:func:`~sfp_ray.sizing.pool_memory`) is what each actor asks Ray for; the
+    server's grows with the requests it serves at once, ``min(server_max_concurrency,
+    slots)``.
+    """
     if not clients:
         raise ConfigError("federation.num_clients: a run needs at least one client")
     has_gpu = any(float(n.get("GPU", 0.0)) > 0 for n in nodes)
@@ -151,43 +205,90 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
         notices.append(f"the Ray cluster has no GPU: device classes {', '.join(sorted(fallback))} run their GPU "
                        "share on CPU (recorded as gpu_fallback in resources.csv)")
     options = {name: _options(d, nodes, name in fallback) for name, d in profiles.items()}
-    server_opts = options[server.name] if server is not None else {}
-    fixed = ([(f"server:{server.name}", server_opts)] if server is not None else []) + [("aggregator", {"num_cpus": 0})]
-    memory = {"memory": int(actor_memory_mb * 2**20)} if any(n.get("memory") for n in nodes) else {}
+    # a cluster whose nodes offer no memory resource (a synthetic one in tests) is asked for none
+    asks = memory is not None and any(float(n.get("memory", 0.0)) > 0 for n in nodes)
+    client_memory = {"memory": int(memory.client.total)} if asks else {}
+    aggregator = {"num_cpus": 0, **({"memory": int(memory.aggregator.total)} if asks else {})}
 
-    def shapes(slot_classes: Sequence[str], with_memory: bool) -> list[tuple[str, dict[str, Any]]]:
-        extra = memory if with_memory else {}
-        return fixed + [(f"client:{c}", dict(options[c], **extra)) for c in slot_classes]
+    def server_options(slots: int) -> dict[str, Any]:
+        opts = dict(options[server.name]) if server is not None else {}
+        if asks and memory.server is not None:
+            opts["memory"] = int(memory.server_at(min(server_max_concurrency, slots)).total)
+        return opts
 
-    def fits(slot_classes: Sequence[str]) -> bool:
+    def shapes(kinds: Sequence[str], slot_options: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, dict]]:
+        fixed = [(f"server:{server.name}", server_options(len(kinds)))] if server is not None else []
+        return fixed + [("aggregator", aggregator)] + [(f"client:{k}", dict(slot_options[k])) for k in kinds]
+
+    def fits(kinds: Sequence[str], slot_options: Mapping[str, Mapping[str, Any]]) -> bool:
         try:
-            check_fit(shapes(slot_classes, True), nodes=nodes)
+            check_fit(shapes(kinds, slot_options), nodes=nodes)
             return True
         except ClusterError:
             return False
 
-    names = [d.name for d in clients]
-    n_classes = len(set(names))
-    upper = len(names) if max_actors is None else min(len(names), max_actors)
-    if upper < n_classes:
-        plan_slots(names, upper)  # raises, naming ray.max_actors
-    if fits(plan_slots(names, upper)):
-        best = upper
-    else:
-        minimal = plan_slots(names, n_classes)
-        if not fits(minimal):
-            check_fit(shapes(minimal, False), nodes=nodes)  # names the shortfall of the shapes themselves
-            check_fit(shapes(minimal, True), nodes=nodes)  # or the memory of the actors together
-        lo, hi = n_classes, upper  # lo fits, hi does not
+    def largest(kind_of: Mapping[str, str], slot_options: Mapping[str, Mapping[str, Any]]) -> list[str] | None:
+        """The most slots (at least one per kind) that fit, or None when even that does not."""
+        names = [kind_of[d.name] for d in clients]
+        kinds = len(set(names))
+        upper = len(names) if max_actors is None else min(len(names), max_actors)
+        if upper < kinds:
+            return None
+        if fits(plan_slots(names, upper), slot_options):
+            return plan_slots(names, upper)
+        if not fits(plan_slots(names, kinds), slot_options):
+            return None
+        lo, hi = kinds, upper  # lo fits, hi does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(plan_slots(names, mid)) else (lo, mid)
-        best = lo
-    plan = PoolPlan(plan_slots(names, best), profiles, options, server, server_opts, fallback, notices,
-                    per_client=best == len(names))
+            lo, hi = (mid, hi) if fits(plan_slots(names, mid), slot_options) else (lo, mid)
+        return plan_slots(names, lo)
+
+    classes = list(dict.fromkeys(d.name for d in clients))
+    slot_options = {c: dict(options[c], **client_memory) for c in classes}
+    serves = {c: (c,) for c in classes}
+    slots = largest({c: c for c in classes}, slot_options)
+    if slots is None and len(classes) > 1 and not any(device_resource(c) in options[c].get("resources", {})
+                                                      for c in classes):
+        # memory (or ray.max_actors) holds no actor per class: classes that compute alike share slots
+        groups: dict[tuple[int, bool], list[str]] = {}
+        for c in classes:
+            groups.setdefault((profiles[c].torch_threads, "num_gpus" in options[c]), []).append(c)
+        kind_of, grouped = {}, {}
+        for (_, gpu), members in groups.items():
+            kind = "+".join(members)
+            kind_of.update({c: kind for c in members})
+            grouped[kind] = (_group([profiles[c] for c in members], gpu), members)
+        merged = {k: dict(_options(p, nodes, False), **client_memory) for k, (p, _) in grouped.items()}
+        slots = largest(kind_of, merged)
+        if slots is not None:
+            for k, (p, members) in grouped.items():
+                profiles[k], options[k], serves[k] = p, merged[k], tuple(members)
+                slot_options[k] = merged[k]
+            if len(grouped) < len(classes):
+                notices.append(f"device classes {', '.join(classes)} share {len(slots)} slot actor(s) "
+                               f"({', '.join(grouped)}): the cluster does not hold one actor per class"
+                               + (f" of {memory.client.describe()} each" if memory is not None else ""))
+    if slots is None:
+        names = [d.name for d in clients]
+        if max_actors is not None and max_actors < len(classes):
+            plan_slots(names, max_actors)  # raises, naming ray.max_actors
+        minimal = plan_slots(names, len(classes))
+        bare = {c: options[c] for c in classes}
+        check_fit(shapes(minimal, bare), nodes=nodes)  # names the shortfall of the shapes themselves
+        try:
+            check_fit(shapes(minimal, slot_options), nodes=nodes)  # or the memory of the actors together
+        except ClusterError as e:
+            raise ClusterError(f"{e}; memory per actor: client {memory.client.describe()}, aggregator "
+                               f"{memory.aggregator.describe()}" if memory is not None else str(e)) from None
+        raise ClusterError("the pool cannot be planned on this cluster")  # pragma: no cover - check_fit raised
+    concurrency = min(server_max_concurrency, len(slots))
+    plan = PoolPlan(slots, profiles, {k: slot_options.get(k, options[k]) for k in options}, server,
+                    server_options(len(slots)), fallback, notices, per_client=len(slots) == len(clients),
+                    serves=serves, memory=memory, aggregator_options=aggregator, server_concurrency=concurrency)
     if not plan.per_client:
-        notices.append(f"{len(names)} clients run on {best} device-slot actors (pooled mode: all of them do not "
-                       "fit the cluster at once)")
+        notices.append(f"{len(clients)} clients run on {len(slots)} device-slot actors (pooled mode: all of them do "
+                       "not fit the cluster at once)")
     return plan
 
 
@@ -215,10 +316,14 @@ class ActorPool:
         self.server: Any = None
         self.aggregator: Any = None
         self.labels: list[str] = []
+        #: the node each slot's actor runs on (from its resources row; None until known)
+        self.slot_nodes: list[str | None] = [None] * len(plan.slot_classes)
+        self._aggregator_node: str | None = None
+        self._node_aggregators: dict[str, Any] = {}  # per-node aggregators when the slots span several nodes
         try:
             if plan.server is not None:
                 self.server = self._new_server()
-            self.aggregator = AggregatorActor.options(num_cpus=0).remote()
+            self.aggregator = self._new_aggregator()
             for i in range(len(plan.slot_classes)):
                 self.slots.append(self._new_slot(i))
         except BaseException:
@@ -230,33 +335,78 @@ class ActorPool:
     def _new_server(self) -> Any:
         plan = self.plan
         assert plan.server is not None
+        est = plan.server_estimate
         return ServerActor.options(**plan.server_options, max_concurrency=self.server_max_concurrency).remote(
-            plan.server, plan.server.name in plan.gpu_fallback)
+            plan.server, plan.server.name in plan.gpu_fallback, est.row() if est is not None else None)
 
     def _new_slot(self, i: int) -> Any:
         c = self.plan.slot_classes[i]
-        return ClientActor.options(**self.plan.options[c]).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback)
+        est = self.plan.memory.client.row() if self.plan.memory is not None else None
+        return ClientActor.options(**self.plan.options[c]).remote(self.plan.profiles[c], i,
+                                                                   c in self.plan.gpu_fallback, est)
+
+    def _new_aggregator(self, node: str | None = None) -> Any:
+        """The aggregator actor (``node``: one pinned to that node, which folds the states of its clients)."""
+        opts = dict(self.plan.aggregator_options)
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        est = self.plan.memory.aggregator.row() if self.plan.memory is not None else None
+        return AggregatorActor.options(**opts).remote(est)
+
+    def aggregator_for(self, slot: int) -> tuple[str, Any]:
+        """``(node id, aggregator)`` that folds the states of clients run by ``slot``.
+
+        One aggregator while the slots share a node; on several nodes, one per node (created
+        on first use), so each node's states are summed where they are and one partial sum per
+        node crosses the network.
+        """
+        nodes = {n for n in self.slot_nodes if n is not None}
+        node = self.slot_nodes[slot] if 0 <= slot < len(self.slot_nodes) else None
+        if len(nodes) <= 1 or node is None or node == self._aggregator_node:
+            return self._aggregator_node or "", self.aggregator
+        agg = self._node_aggregators.get(node)
+        if agg is None:
+            agg = self._node_aggregators[node] = self._new_aggregator(node)
+        return node, agg
+
+    def heal_aggregators(self) -> list[str]:
+        """Replace aggregator actors that died (per-node ones are made again on first use); their labels."""
+        restarted = []
+        if self.aggregator is not None and not self.alive(self.aggregator):
+            self.restart_aggregator()
+            restarted.append("aggregator")
+        for node, agg in list(self._node_aggregators.items()):
+            if not self.alive(agg):
+                del self._node_aggregators[node]
+                restarted.append(f"aggregator of node {node[:8]}")
+        return restarted
 
     @classmethod
     def for_specs(cls, specs: Sequence[RunSpec], **kwargs: Any) -> ActorPool:
-        """A pool planned for the runs ``specs`` on the connected cluster."""
+        """A pool planned for the runs ``specs`` on the connected cluster (memory sized from their models)."""
         first = specs[0]
         servers = [s.server_device for s in specs if s.method.server(s.cfg) is not None]
         caps = [s.cfg.ray.max_actors for s in specs if s.cfg.ray.max_actors is not None]
+        memory = pool_memory([(s.cfg, s.method) for s in specs], first.num_classes)
         return cls.for_devices(first.devices, servers[0] if servers else None, max_actors=min(caps) if caps else None,
-                               server_max_concurrency=first.cfg.ray.server_max_concurrency, **kwargs)
+                               server_max_concurrency=first.cfg.ray.server_max_concurrency, memory=memory, **kwargs)
 
     @classmethod
     def for_devices(cls, clients: Sequence[DeviceProfile], server: DeviceProfile | None, *,
-                    max_actors: int | None = None, server_max_concurrency: int = 8, **kwargs: Any) -> ActorPool:
+                    max_actors: int | None = None, server_max_concurrency: int = 8, memory: PoolMemory | None = None,
+                    **kwargs: Any) -> ActorPool:
         """A pool planned for clients of these device profiles (and a server) on the connected cluster.
 
-        The actors start at once, in the background: a caller can go on loading data while
-        they import torch.
+        ``memory``: what each actor asks Ray for (:func:`~sfp_ray.sizing.pool_memory`; None:
+        nothing). The actors start at once, in the background: a caller can go on loading data
+        while they import torch.
         """
         if not ray.is_initialized():
             raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
-        plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors)
+        plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors, memory=memory,
+                         server_max_concurrency=server_max_concurrency)
         return cls(plan, ready_timeout_s=kwargs.pop("ready_timeout_s", 300.0),
                    server_max_concurrency=server_max_concurrency, **kwargs)
 
@@ -286,6 +436,9 @@ class ActorPool:
             raise
         self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client)
                        for r, lb in zip(rows, [*self.labels, "aggregator"], strict=True)]
+        first = 1 if self.server is not None else 0
+        self.slot_nodes = [r.get("node_id") or None for r in rows[first:first + len(self.slots)]]
+        self._aggregator_node = rows[-1].get("node_id") or None
         return self._ready
 
     def data_refs(self, data: Any) -> tuple[Any, Any]:
@@ -299,7 +452,7 @@ class ActorPool:
         """Set a run up on every slot (and the server when the method has one); wait until done."""
         if spec.method.server(spec.cfg) is not None and self.server is None:
             raise ClusterError(f"{spec.method.name}: the pool was planned without a server actor")
-        missing = {d.name for d in spec.devices} - set(self.plan.slot_classes)
+        missing = {d.name for d in spec.devices} - {c for k in self.plan.slot_classes for c in self.plan.classes_of(k)}
         if missing:
             raise ClusterError(f"devices.mix: the pool has no slot of device classes {sorted(missing)}")
         train = spec.train
@@ -328,11 +481,12 @@ class ActorPool:
             return True
         return True
 
-    def _start(self, actor: Any, label: str, setups: Sequence[RunSetup]) -> None:
-        """Wait for a new actor to start and set the given runs up on it."""
+    def _start(self, actor: Any, label: str, setups: Sequence[RunSetup]) -> dict[str, Any]:
+        """Wait for a new actor to start and set the given runs up on it; its resources row."""
         try:
-            ray.get(actor.ready.remote(), timeout=self.ready_timeout_s)
+            row = ray.get(actor.ready.remote(), timeout=self.ready_timeout_s)
             ray.get([actor.setup.remote(s) for s in setups])
+            return row
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ClusterError(f"could not restart the {label} actor: {first}") from None
@@ -346,7 +500,8 @@ class ActorPool:
             log.debug("ray.kill failed: %s", e)
         new = self._new_slot(i)
         self.slots[i] = new
-        self._start(new, f"client:{self.plan.slot_classes[i]} (slot {i})", list(self._setups.values()))
+        row = self._start(new, f"client:{self.plan.slot_classes[i]} (slot {i})", list(self._setups.values()))
+        self.slot_nodes[i] = row.get("node_id") or None
         log.info("restarted the client actor of slot %d", i)
 
     def restart_server(self) -> None:
@@ -365,8 +520,8 @@ class ActorPool:
             ray.kill(self.aggregator)
         except Exception as e:  # noqa: BLE001 - it is gone already
             log.debug("ray.kill failed: %s", e)
-        self.aggregator = AggregatorActor.options(num_cpus=0).remote()
-        self._start(self.aggregator, "aggregator", [])
+        self.aggregator = self._new_aggregator()
+        self._aggregator_node = self._start(self.aggregator, "aggregator", []).get("node_id") or None
 
     def heal(self) -> list[str]:
         """Restart every actor of the pool that died; the labels of those restarted."""
@@ -395,7 +550,7 @@ class ActorPool:
     def close(self) -> None:
         """Kill the actors of this pool (Ray itself stays up)."""
         if ray.is_initialized():
-            for a in [self.server, self.aggregator, *self.slots]:
+            for a in [self.server, self.aggregator, *self._node_aggregators.values(), *self.slots]:
                 if a is None:
                     continue
                 try:
@@ -403,5 +558,6 @@ class ActorPool:
                 except Exception as e:  # noqa: BLE001 - best effort; the actor may already be gone
                     log.debug("ray.kill failed: %s", e)
         self.server, self.aggregator, self.slots = None, None, []
+        self._node_aggregators.clear()
         self._data.clear()
         self._setups.clear()
