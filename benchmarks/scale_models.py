@@ -90,24 +90,40 @@ class Watch(threading.Thread):
         self.peak_pss = self.peak_used = self.peak_spill = 0
         self.peak_procs = 0
         self.killed = False
+        self.at_peak: dict[str, int] = {}  # PSS by kind of process at the peak
 
     def run(self) -> None:
         while not self.stop.is_set():
             procs = tree(self.pid)
             total = 0
+            kinds: dict[str, int] = {}
             for p in procs:
                 try:
-                    total += p.memory_full_info().pss
+                    pss = p.memory_full_info().pss
+                    kind = kind_of(p)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+                    continue
+                total += pss
+                kinds[kind] = kinds.get(kind, 0) + pss
             if total > self.peak_pss:
-                self.peak_pss, self.peak_procs = total, len(procs)
+                self.peak_pss, self.peak_procs, self.at_peak = total, len(procs), kinds
             self.peak_used = max(self.peak_used, used_bytes())
             self.peak_spill = max(self.peak_spill, folder_bytes(self.spill))
             if psutil.virtual_memory().available < self.min_available and not self.killed:
                 self.killed = True
                 kill_tree(self.pid)
             self.stop.wait(self.every)
+
+
+def kind_of(p: psutil.Process) -> str:
+    """``driver``, ``clients``, ``server``, ``aggregator``, ``idle workers`` or ``ray daemons``."""
+    cmd = " ".join(p.cmdline())
+    if "-m sfp_ray" in cmd:
+        return "driver"
+    for actor, kind in (("ClientActor", "clients"), ("ServerActor", "server"), ("AggregatorActor", "aggregator")):
+        if actor in cmd:
+            return kind
+    return "idle workers" if "ray::IDLE" in cmd else "ray daemons"
 
 
 def kill_tree(pid: int) -> None:
@@ -157,7 +173,8 @@ def run_case(code: Path, label: str, args: list[str], out: Path, min_available: 
     row = {"code": label, "status": status, "wall_s": round(wall, 1), "peak_pss_gib": round(watch.peak_pss / GIB, 2),
            "peak_above_idle_gib": round((watch.peak_used - idle) / GIB, 2),
            "peak_spilled_gib": round(watch.peak_spill / GIB, 2), "processes_at_peak": watch.peak_procs,
-           "idle_used_gib": round(idle / GIB, 2)}
+           "idle_used_gib": round(idle / GIB, 2),
+           **{f"pss_{k.replace(' ', '_')}_gib": round(v / GIB, 2) for k, v in sorted(watch.at_peak.items())}}
     row.update(pool_facts(out))
     if status != "ok":
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
@@ -172,23 +189,26 @@ def pool_facts(out: Path) -> dict:
     if not p.is_file():
         return {}
     df = pd.read_csv(p)
-    start = df[df["label"].notna()] if "label" in df else df.iloc[0:0]
-    facts = {"client_actors": int((start.get("role") == "client").sum()) if "role" in start else 0}
+    stage = df["stage"] if "stage" in df else df["label"].notna().map({True: "start", False: "task"})
+    start = df[stage == "start"]
+    facts = {"client_actors": int((start["role"] == "client").sum()) if "role" in start else 0}
     for role in ("client", "server", "aggregator"):
-        rows = df[df.get("role") == role] if "role" in df else df.iloc[0:0]
+        rows = df[df["role"] == role] if "role" in df else df.iloc[0:0]
         if rows.empty:
             continue
-        if "estimated_memory_mb" in rows:
-            facts[f"{role}_estimated_mib"] = round(float(rows["estimated_memory_mb"].max()), 0)
-        if "observed_peak_rss_mb" in rows:
-            facts[f"{role}_peak_rss_mib"] = round(float(rows["observed_peak_rss_mb"].max()), 0)
+        for col, name in (("estimated_memory_mb", "estimated"), ("observed_peak_private_mb", "peak_private"),
+                          ("observed_peak_rss_mb", "peak_rss")):
+            if col in rows and rows[col].notna().any():
+                facts[f"{role}_{name}_mib"] = round(float(rows[col].max()), 0)
     return facts
 
 
 def table(df: pd.DataFrame) -> list[str]:
     cols = ["case", "code", "status", "client_actors", "wall_s", "peak_pss_gib", "peak_above_idle_gib",
-            "peak_spilled_gib", "client_estimated_mib", "client_peak_rss_mib", "aggregator_estimated_mib",
-            "aggregator_peak_rss_mib", "server_estimated_mib", "server_peak_rss_mib"]
+            "peak_spilled_gib", "pss_clients_gib", "pss_server_gib", "pss_aggregator_gib", "pss_driver_gib",
+            "pss_ray_daemons_gib", "pss_idle_workers_gib", "client_estimated_mib", "client_peak_private_mib",
+            "server_estimated_mib", "server_peak_private_mib", "aggregator_estimated_mib",
+            "aggregator_peak_private_mib"]
     cols = [c for c in cols if c in df]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():

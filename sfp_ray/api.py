@@ -316,7 +316,8 @@ class _executors:
         self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
         self.pool = ActorPool.for_devices(devices, server if needs_server else None,
                                           max_actors=min(caps) if caps else None,
-                                          server_max_concurrency=self.cfg.ray.server_max_concurrency, memory=memory)
+                                          server_max_concurrency=self.cfg.ray.server_max_concurrency, memory=memory,
+                                          memory_fraction=self.cfg.ray.memory_fraction)
         for note in self.pool.plan.notices:
             self.say(f"notice: {note}")
 

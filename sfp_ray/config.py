@@ -303,6 +303,11 @@ class RayConfig:
     (``--address`` overrides it)."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
+    memory_fraction: float = 0.5
+    """Share of each node's memory (Ray's ``memory`` resource) the pool plans to fill with its actors' estimates, in
+    (0, 1]; the rest stays free for the driver, Ray's own processes, states in flight and the page cache. Every actor
+    still asks Ray for its whole estimate; when even the smallest pool needs more than this share, it is planned
+    against the whole node (with a notice)."""
 
 
 @dataclass(frozen=True)
@@ -708,6 +713,8 @@ def validate(cfg: Config) -> None:
     )
     _require(r.num_cpus is None or r.num_cpus > 0, "ray.num_cpus", f"must be > 0, got {r.num_cpus}")
     _require(r.num_gpus is None or r.num_gpus >= 0, "ray.num_gpus", f"must be >= 0, got {r.num_gpus}")
+    _require(0.0 < r.memory_fraction <= 1.0, "ray.memory_fraction",
+             f"must be in (0, 1] (the share of a node's memory the pool plans for), got {r.memory_fraction}")
     _require(
         r.server_max_concurrency >= 1,
         "ray.server_max_concurrency",

@@ -410,12 +410,15 @@ class Orchestrator:
             self._emit("add_messages", [m for o in outcome.outputs for m in o.messages])
             self._emit("add_clients", _client_rows(r, outcome.outputs, spec))
             self._emit("add_timeline", _timeline_rows(r, judge.schedule, outcome.outputs, spec))
-            self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id)
+            self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id, stage="task")
                                          for o in outcome.outputs if o.resources])
             self._emit("add_round", rec)  # the rows are flushed here, before the checkpoint
             self._save(r, state, client_states, totals)
             if self.progress is not None:
                 self.progress(rec)
+        end = ex.resources()  # each actor's memory after the run: its peaks over every task and fold
+        if end:
+            self._emit("add_resources", [dict(row, round=f.rounds) for row in end])
         final = state.tensors()
         self._emit("end_run", final)
         return RunResult(meta, rounds, final, client_states)

@@ -5,8 +5,8 @@ actors on a node than its memory holds, and the pool's size is the smallest that
 CPUs, the GPUs and the memory each allow (:mod:`sfp_ray.executors.ray.pool`). An estimate
 has five terms:
 
-* **floor**: the process itself, measured: a Ray actor that imported torch, timm and
-  sfp-ray (:data:`TORCH_FLOOR_MB`); the aggregator imports numpy only
+* **floor**: the process itself, measured: the private memory of a Ray actor that imported
+  torch, timm and sfp-ray (:data:`TORCH_FLOOR_MB`); the aggregator imports numpy only
   (:data:`NUMPY_FLOOR_MB`);
 * **params**: the parameters it holds. A client slot holds the parts its method's client
   holds, and every part when it also evaluates the global model (the Ray executor
@@ -24,10 +24,12 @@ has five terms:
 Everything except the floor is what a GPU share must hold when the actor computes on a
 GPU (:attr:`MemoryEstimate.device_bytes`).
 
-The floors were measured on this project's machine (torch 2.14.1 CUDA build, Ray 2.60):
-the resident set of an idle client actor, shared libraries included, which is also what
-``observed_peak_rss_mb`` in ``resources.csv`` measures; ``benchmarks/scale_models.py``
-compares estimates with the observed peaks at ViT-B and ViT-L scale.
+The floors were measured on this project's machine (torch 2.14.1 CUDA build, Ray 2.60) as
+the private memory of an idle actor (resident minus shared pages): what ``resources.csv``
+sets beside the estimate as ``observed_peak_private_mb``. Shared libraries (~350 MiB for a
+torch process) are mapped once per node, and the object store's pages are Ray's own
+budget, so neither is in an actor's estimate. ``benchmarks/scale_models.py`` compares
+estimates with the observed peaks at ViT-B and ViT-L scale.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ from sfp_ray.config import Config
 
 _MIB = 2**20
 
-#: Resident set of an idle client or server actor (torch 2.14.1 CUDA build + timm + sfp-ray + Ray's worker), MiB.
-TORCH_FLOOR_MB = 760
-#: Resident set of the aggregator actor (numpy + Ray's worker, no torch), MiB.
-NUMPY_FLOOR_MB = 160
+#: Private memory of an idle client or server actor (torch 2.14.1 CUDA build + timm + sfp-ray + Ray's worker), MiB:
+#: 427 measured (resources.csv, ``observed_peak_private_mb`` at start); shared libraries (~350 MiB) not counted.
+TORCH_FLOOR_MB = 430
+#: Private memory of the aggregator actor (numpy + Ray's worker, no torch), MiB: 51 measured.
+NUMPY_FLOOR_MB = 55
 
 
 # --------------------------------------------------------------------------- live tensor bytes
@@ -251,19 +254,24 @@ def server_estimate(cfg: Config, method: Any, num_classes: int, concurrency: int
                           states=copies * n)
 
 
-def state_bytes(cfg: Config, method: Any, num_classes: int) -> tuple[int, int]:
-    """Bytes of a client's state and of its server part (the trained body; 0 for most methods)."""
+def state_bytes(cfg: Config, method: Any, num_classes: int) -> tuple[int, int, int]:
+    """Bytes of a client's state, of its server part (the trained body; 0 for most methods), and of its largest
+    array.
+    """
     ws = _meta_workspace(cfg, num_classes, ("head", "body", "tail"))
     named = dict(ws.split.named_parameters())
-    client = sum(_nbytes([named[n]]) for n in method.client_names(ws))
-    server = sum(_nbytes([named[n]]) for n in method.server_names(ws))
-    return client, server
+    sizes = {n: _nbytes([named[n]]) for n in [*method.client_names(ws), *method.server_names(ws)]}
+    client = sum(sizes[n] for n in method.client_names(ws))
+    return client, sum(sizes[n] for n in method.server_names(ws)), max(sizes.values(), default=0)
 
 
-def aggregator_estimate(states: Sequence[tuple[int, int]]) -> MemoryEstimate:
-    """The aggregator: float64 running sums of the largest state it folds (twice the float32 bytes)."""
-    largest = max((c + s for c, s in states), default=0)
-    return MemoryEstimate("aggregator", floor=NUMPY_FLOOR_MB * _MIB, states=2 * largest)
+def aggregator_estimate(states: Sequence[tuple[int, int, int]]) -> MemoryEstimate:
+    """The aggregator: float64 running sums of the largest state it folds (twice the float32 bytes), and the
+    float64 copy of one array a fold makes on its way (twice the largest array).
+    """
+    largest = max((c + s for c, s, _ in states), default=0)
+    scratch = max((a for _, _, a in states), default=0)
+    return MemoryEstimate("aggregator", floor=NUMPY_FLOOR_MB * _MIB, states=2 * largest, activations=2 * scratch)
 
 
 def with_concurrency(server: MemoryEstimate, n: int) -> MemoryEstimate:

@@ -433,9 +433,9 @@ def test_sfprompt_ray_matches_serial(ray_session):
     for c, st in serial.client_states.items():
         np.testing.assert_array_equal(res.client_states[c]["kept"], st["kept"])
     # each client ran in its own actor and reported requested / enforced / observed resources
-    rows = [r for r in sink.resources if "round" in r]  # per client and round (the rest: per actor at start)
+    rows = [r for r in sink.resources if r["stage"] == "task"]  # per client and round (the rest: per actor)
     assert len(rows) == 8 and len({r["actor_id"] for r in rows}) == 4
-    start = [r for r in sink.resources if "round" not in r]
+    start = [r for r in sink.resources if r["stage"] == "start"]
     assert [r["label"] for r in start] == ["server:edge_server"] + ["client:rpi4"] * 4 + ["aggregator"]
     # memory at start: a torch actor maps more than it owns alone; the torch-free aggregator holds far less
     for r in start:
@@ -511,7 +511,7 @@ def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
 
 def test_jetson_slots_schedule_on_a_logical_gpu_and_compute_on_cpu(pooled):
     _, _, ex, sink = pooled
-    rows = [r for r in sink.resources if r.get("device") == "jetson" and "round" in r]
+    rows = [r for r in sink.resources if r.get("device") == "jetson" and r["stage"] == "task"]
     assert rows
     for r in rows:
         assert r["requested_num_gpus"] == 0.25 and r["assigned_num_gpus"] == 0.25

@@ -77,10 +77,11 @@ def test_estimates_of_a_run_have_the_terms_of_its_model_and_method():
     sfl = get_method("sfl")
     trained = server_estimate(sfl.resolve(cfg), sfl, 5, 3)
     assert trained.states > 3 * trained.params  # a body copy with its gradients and optimizer per request
-    client, server = state_bytes(sfl.resolve(cfg), sfl, 5)
-    assert server == srv.params and client > 0
+    client, server, largest = state_bytes(sfl.resolve(cfg), sfl, 5)
+    assert server == srv.params and client > largest > 0
     agg = aggregator_estimate([state_bytes(full.resolve(cfg), full, 5)])
     assert agg.states == 2 * b.params  # float64 sums of the whole model
+    assert agg.activations == 2 * 4 * 192 * 4 * 192  # a float64 copy of the largest array (an MLP weight)
     mem = pool_memory([(sfp.resolve(cfg), sfp), (full.resolve(cfg), full), (sfp.resolve(cfg.replace(seed=3)), sfp)], 5)
     assert mem.client.total == b.total and mem.server.total == srv.total and mem.aggregator.total == agg.total
 
@@ -95,10 +96,10 @@ def test_a_larger_batch_needs_more_activation_memory():
 
 
 def test_describe_names_each_term():
-    e = MemoryEstimate("client", floor=760 * MIB, params=330 * MIB, trained=990 * MIB, activations=55 * MIB)
-    assert e.describe() == ("2.1 GiB (params 330 MiB, gradients + optimizer 990 MiB, activations 55 MiB, "
-                            "process 760 MiB)")
-    assert e.row() == {"estimated_memory_mb": 2135.0, "estimated_device_memory_mb": 1375.0}
+    e = MemoryEstimate("client", floor=430 * MIB, params=330 * MIB, trained=990 * MIB, activations=55 * MIB)
+    assert e.describe() == ("1.8 GiB (params 330 MiB, gradients + optimizer 990 MiB, activations 55 MiB, "
+                            "process 430 MiB)")
+    assert e.row() == {"estimated_memory_mb": 1805.0, "estimated_device_memory_mb": 1375.0}
 
 
 @pytest.mark.parametrize("method", ["sfprompt", "fl_full"])

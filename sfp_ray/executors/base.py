@@ -190,6 +190,10 @@ class Executor(abc.ABC):
     def evaluate(self, state: State) -> EvalResult:
         """Test accuracy/loss of the model assembled from the global ``state``."""
 
+    def resources(self) -> list[dict[str, Any]]:
+        """One ``resources.csv`` row per process the executor runs on, now (none in-process)."""
+        return []
+
     def close(self) -> None:  # noqa: B027  (optional hook, nothing to release by default)
         """Release actors / memory."""
 

@@ -33,6 +33,7 @@ from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
 from sfp_ray.executors.base import State
 from sfp_ray.executors.ray.limits import enforce_limits, observe
+from sfp_ray.executors.ray.procmem import sampler
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
 from sfp_ray.packing import Packed, pack, unpack
@@ -248,6 +249,7 @@ class ClientActor:
         live handle: a server actor that died is replaced by a new one). A non-finite state
         or loss fails the task (:func:`~sfp_ray.faults.check_finite`).
         """
+        sampler().mark()  # this task's memory peak starts here
         h = self.runs[key]
         client_state = unpack(ray.get(state.client))
         cut = task.cut if h.setup.cuts is not None else None

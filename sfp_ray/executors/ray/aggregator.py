@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from sfp_ray.aggregation import PartSums
-from sfp_ray.executors.ray.procmem import process_memory_mb
+from sfp_ray.executors.ray.procmem import process_memory_mb, sampler
 from sfp_ray.packing import Packed, pack, unpack
 
 
@@ -40,6 +40,7 @@ class AggregatorActor:
         self.rounds: dict[str, PartSums] = {}
         self.seconds: dict[str, float] = {}
         self.memory = dict(memory or {})  # the estimate the pool asked Ray for
+        sampler()  # the private-memory peak, set beside the estimate
 
     def fold(self, key: str, weight: float, client: Packed | Mapping[str, np.ndarray],
              server: Packed | Mapping[str, np.ndarray] | None = None) -> int:
@@ -82,7 +83,8 @@ class AggregatorActor:
     def ready(self) -> dict[str, Any]:
         """Where it runs and its memory (a resources.csv row)."""
         ctx = ray.get_runtime_context()
-        return {"role": "aggregator", "slot": -1, **self.memory, **process_memory_mb(), "node_id": ctx.get_node_id(),
+        return {"role": "aggregator", "slot": -1, **self.memory, **process_memory_mb(), **sampler().figures(),
+                "node_id": ctx.get_node_id(),
                 "actor_id": ctx.get_actor_id() or "", "pid": os.getpid()}
 
     def resources(self) -> dict[str, Any]:

@@ -163,12 +163,25 @@ class RayExecutor(Executor):
         results: dict[int, Outcome] = {}
         dead: set[int] = set()
         suspect = False
-        refs = {t.client_id: pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
-                for t in batch}
+        # a window of tasks ahead of the one awaited: one running per slot and two queued, so no slot idles long
+        # and no more states than that wait in the object store for their turn (the fold goes in client-id order)
+        window = len(pool.slots) + 2
+        refs: dict[int, Any] = {}
+        queue = iter(batch)
+
+        def top_up() -> None:
+            while len(refs) < window:
+                t = next(queue, None)
+                if t is None:
+                    return
+                refs[t.client_id] = pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
+
         for t in batch:
+            top_up()
             slot = self.last_routing[t.client_id]
+            state_ref, meta_ref = refs.pop(t.client_id)  # the state leaves the store once nothing refers to it
             try:
-                meta = ray.get(refs[t.client_id][1])
+                meta = ray.get(meta_ref)
             except ray.exceptions.RayTaskError as e:  # the task raised; its actor lives on
                 results[t.client_id] = _describe(e)
                 suspect = suspect or server is not None  # a request to a dead server fails the task
@@ -187,7 +200,8 @@ class RayExecutor(Executor):
                     suspect = True
                     continue
             res = dict(meta.resources, executor="ray", pooled=not pool.plan.per_client)
-            out = dataclasses.replace(meta, state=RayState(refs[t.client_id][0], body_ref), resources=res)
+            out = dataclasses.replace(meta, state=RayState(state_ref, body_ref), resources=res)
+            del state_ref, body_ref
             results[t.client_id] = out
             succeeded(out, slot)
         failed = [t for t in batch if isinstance(results[t.client_id], str)]
@@ -254,7 +268,7 @@ class RayExecutor(Executor):
         assert self.pool is not None, "start() first"
         rows = ray.get([a.resources.remote() for a in [*self.pool.actors(), self.pool.aggregator]])
         labels = [*self.pool.labels, "aggregator"]
-        return [dict(r, label=lb, executor="ray") for r, lb in zip(rows, labels, strict=True)]
+        return [dict(r, label=lb, executor="ray", stage="end") for r, lb in zip(rows, labels, strict=True)]
 
     def close(self) -> None:
         """End this run on the pool (and the pool itself when this executor started it)."""
@@ -285,6 +299,8 @@ class _Fold:
         self.refs: list[Any] = []
         self.used: dict[str, Any] = {}  # node id -> the aggregator folding that node's states
         self.with_server = False  # the states have a server part (a trained body)
+        self.done: set[Any] = set()  # fold calls known to have run
+        self.backlog = 2  # folds allowed to wait: states stay in the object store until theirs has run
 
     def add(self, out: ClientOutput, slot: int) -> None:
         """Fold ``out``'s state into its node's aggregator; ``out`` keeps no reference to it."""
@@ -294,6 +310,11 @@ class _Fold:
         self.with_server = self.with_server or st.server is not None
         self.refs.append(agg.fold.remote(self.key, out.num_samples, st.client, st.server))
         out.state = None
+        # a state stays in the object store until its fold has run: wait for the aggregators to keep up
+        behind = [r for r in self.refs if r not in self.done]
+        if len(behind) > self.backlog:
+            ready, _ = ray.wait(behind, num_returns=len(behind) - self.backlog)
+            self.done.update(ready)
 
     def finish(self) -> Aggregate | None:
         pool, spec = self.pool, self.executor.spec

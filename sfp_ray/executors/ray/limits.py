@@ -26,7 +26,7 @@ from typing import Any
 import ray
 import torch
 
-from sfp_ray.executors.ray.procmem import process_memory_mb
+from sfp_ray.executors.ray.procmem import process_memory_mb, sampler
 
 _MIB = 2**20
 
@@ -122,6 +122,7 @@ def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool 
         else:
             out["enforced_gpu_note"] = "not enforced: torch sees no CUDA device (logical GPU share)"
     out["enforced_memory"] = "checked, not capped"
+    sampler()  # the private-memory peak, set beside the estimate in resources.csv
     return out
 
 
@@ -144,6 +145,7 @@ def observe(device: Any, tensor_device: str | None = None, *, full: bool = False
         "cuda_available": torch.cuda.is_available(),
         "observed_gpu_mem_mb": (torch.cuda.max_memory_allocated() / _MIB) if torch.cuda.is_available()
         else float("nan"),
+        **sampler().figures(),
         "node_id": ctx.get_node_id() if ctx is not None else "",
         "actor_id": (ctx.get_actor_id() or "") if ctx is not None else "",
         "pid": os.getpid(),

@@ -186,13 +186,28 @@ def _group(devices: Sequence[DeviceProfile], gpu: bool) -> DeviceProfile:
 
 def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
               nodes: Sequence[Mapping[str, float]], *, max_actors: int | None = None,
-              memory: PoolMemory | None = None, server_max_concurrency: int = 8) -> PoolPlan:
+              memory: PoolMemory | None = None, server_max_concurrency: int = 8,
+              memory_fraction: float = 1.0) -> PoolPlan:
     """Plan the actors for clients of the given device profiles (see the module docstring).
 
     ``memory`` (:func:`~sfp_ray.sizing.pool_memory`) is what each actor asks Ray for; the
     server's grows with the requests it serves at once, ``min(server_max_concurrency,
-    slots)``.
+    slots)``. The plan fills at most ``memory_fraction`` of each node's memory with those
+    estimates (``ray.memory_fraction``); when even the smallest pool needs more, it is
+    planned against the whole node, with a notice.
     """
+    if memory is not None and memory_fraction < 1.0 and any(float(n.get("memory", 0.0)) > 0 for n in nodes):
+        share = [dict(n, memory=float(n["memory"]) * memory_fraction) if n.get("memory") else dict(n) for n in nodes]
+        try:
+            return plan_pool(clients, server, share, max_actors=max_actors, memory=memory,
+                             server_max_concurrency=server_max_concurrency)
+        except ClusterError:
+            plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
+                             server_max_concurrency=server_max_concurrency)
+            plan.notices.append(f"ray.memory_fraction={memory_fraction:g}: even the smallest pool needs more of a "
+                                f"node's memory (a client actor: {memory.client.describe()}); planned against the "
+                                "whole node")
+            return plan
     if not clients:
         raise ConfigError("federation.num_clients: a run needs at least one client")
     has_gpu = any(float(n.get("GPU", 0.0)) > 0 for n in nodes)
@@ -391,22 +406,23 @@ class ActorPool:
         caps = [s.cfg.ray.max_actors for s in specs if s.cfg.ray.max_actors is not None]
         memory = pool_memory([(s.cfg, s.method) for s in specs], first.num_classes)
         return cls.for_devices(first.devices, servers[0] if servers else None, max_actors=min(caps) if caps else None,
-                               server_max_concurrency=first.cfg.ray.server_max_concurrency, memory=memory, **kwargs)
+                               server_max_concurrency=first.cfg.ray.server_max_concurrency, memory=memory,
+                               memory_fraction=first.cfg.ray.memory_fraction, **kwargs)
 
     @classmethod
     def for_devices(cls, clients: Sequence[DeviceProfile], server: DeviceProfile | None, *,
                     max_actors: int | None = None, server_max_concurrency: int = 8, memory: PoolMemory | None = None,
-                    **kwargs: Any) -> ActorPool:
+                    memory_fraction: float = 1.0, **kwargs: Any) -> ActorPool:
         """A pool planned for clients of these device profiles (and a server) on the connected cluster.
 
         ``memory``: what each actor asks Ray for (:func:`~sfp_ray.sizing.pool_memory`; None:
-        nothing). The actors start at once, in the background: a caller can go on loading data
-        while they import torch.
+        nothing), planned into ``memory_fraction`` of each node. The actors start at once, in
+        the background: a caller can go on loading data while they import torch.
         """
         if not ray.is_initialized():
             raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
         plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors, memory=memory,
-                         server_max_concurrency=server_max_concurrency)
+                         server_max_concurrency=server_max_concurrency, memory_fraction=memory_fraction)
         return cls(plan, ready_timeout_s=kwargs.pop("ready_timeout_s", 300.0),
                    server_max_concurrency=server_max_concurrency, **kwargs)
 
@@ -434,7 +450,7 @@ class ActorPool:
         except BaseException:
             self.close()
             raise
-        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client)
+        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client, stage="start")
                        for r, lb in zip(rows, [*self.labels, "aggregator"], strict=True)]
         first = 1 if self.server is not None else 0
         self.slot_nodes = [r.get("node_id") or None for r in rows[first:first + len(self.slots)]]
