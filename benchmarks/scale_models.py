@@ -18,8 +18,10 @@ A watchdog kills a run's process tree when the machine's available memory falls 
 Cases: ``fl_full`` and ``sfprompt`` × ``vit_base_patch16_224`` and ``vit_large_patch16_224`` at
 timm's depth with 32 px images (16 px patches: 4 patches, so compute stays small) × 10, 25, 50
 and 100 clients per round, 2 samples each, one round; plus the issue's command (ViT-B
-``fl_full``, 40 clients). ``--baseline REV`` runs the same cases on the code of git revision REV
-(a worktree under ``.cache/``) in the same sitting, one case after the other, new code first.
+``fl_full``, 40 clients); ``--smoke-224`` adds ViT-B/16 at the paper's 224 px (random init),
+``sfprompt`` and ``fl_full``, 4 clients of 2 samples, one round. ``--baseline REV`` runs the
+same cases on the code of git revision REV (a worktree under ``.cache/``) in the same sitting,
+one case after the other, new code first.
 
 Writes ``benchmarks/results/scale_models.csv`` and ``scale_models_table.md`` (the reading is
 ``scale_models.md``). Run: ``.venv/bin/python benchmarks/scale_models.py --baseline b64a615``.
@@ -222,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="fl_full,sfprompt")
     ap.add_argument("--clients", default="10,25,50,100", help="clients per round (all of them take part)")
     ap.add_argument("--baseline", default=None, metavar="REV", help="also run the cases on the code of git REV")
-    ap.add_argument("--no-grid", action="store_true", help="only the issue's command")
+    ap.add_argument("--no-grid", action="store_true", help="only the issue's command (and --smoke-224)")
+    ap.add_argument("--smoke-224", action="store_true",
+                    help="also the smoke run at the paper's resolution: ViT-B/16 at 224 px (random init), sfprompt "
+                         "and fl_full, 4 clients x 2 samples, one round")
     ap.add_argument("--no-command", action="store_true", help="leave the issue's command out")
     ap.add_argument("--min-available-gib", type=float, default=1.5)
     ap.add_argument("--timeout", type=float, default=1800)
@@ -241,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                             f"federation.clients_per_round={n}"]
                     cases.append((f"{MODELS.get(model, model)} {method} {n}",
                                   ["--method", method, *[x for s in sets for x in ("--set", s)]]))
+    if args.smoke_224:
+        for method in ("sfprompt", "fl_full"):
+            sets = ["model.name=vit_base_patch16_224", "model.img_size=224", "model.patch_size=16", "model.depth=null",
+                    "model.checkpoint=none", "data.samples_per_client=2", "data.min_samples=2", "data.test_samples=16",
+                    "train.eval_batch_size=16", "federation.num_clients=4", "federation.clients_per_round=4",
+                    "federation.rounds=1"]
+            cases.append((f"smoke 224 px: ViT-B/16 {method} 4 clients",
+                          ["--method", method, *[x for s in sets for x in ("--set", s)]]))
     trees = [("new", ROOT)] + ([(f"base {args.baseline}", baseline_tree(args.baseline))] if args.baseline else [])
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
                 seeds: Sequence[int] | None = None, executor: str = "ray", address: str | None = None,
                 out: str | os.PathLike | None = None, plots: bool = True,
                 progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None,
-                threads: int | None = None) -> Results:
+                threads: int | None = None, device: str = "auto") -> Results:
     """Run every method once per seed on the same data and devices; write the report to ``out``.
 
     The folder also receives ``checkpoint/``: the plan of this call and, after every round,
@@ -112,6 +112,8 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
             goes) and warnings (clients that failed, rounds started over).
         threads: torch threads of the serial executor (default: the counts the Ray
             executor's actors use, so that the two executors compute the same floats).
+        device: where the serial executor computes: ``auto`` (where the Ray executor's actors
+            would), ``cpu`` or ``cuda`` (:func:`sfp_ray.executors.serial.mirrored_device`).
     """
     from sfp_ray.methods import get_method
     from sfp_ray.orchestrator import default_out_dir
@@ -128,13 +130,13 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
     folder = check_out_dir(Path(out) if out is not None else default_out_dir())
     return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False,
-                    threads=threads)
+                    threads=threads, device=device)
 
 
 def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: Sequence[str] = (),
            methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, executor: str | None = None,
            address: str | None = None, plots: bool = True, progress: Callable[[Any], None] | None = None,
-           echo: Callable[[str], None] | None = None, threads: int | None = None) -> Results:
+           echo: Callable[[str], None] | None = None, threads: int | None = None, device: str = "auto") -> Results:
     """Continue an interrupted :func:`run_methods` call in its folder ``run_dir``.
 
     The methods, seeds and configuration are the ones saved in ``run_dir/checkpoint/run.yaml``.
@@ -172,7 +174,7 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     _check_executor(kind)
     check_out_dir(folder)
     return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
-                    threads=threads)
+                    threads=threads, device=device)
 
 
 def _check_executor(executor: str) -> None:
@@ -198,7 +200,8 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
              folder: Path, plots: bool, progress: Callable[[Any], None] | None,
-             echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None) -> Results:
+             echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None,
+             device: str = "auto") -> Results:
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
     from sfp_ray.methods import get_method
@@ -220,7 +223,7 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
     ckpts: list[dict[str, Any] | None] = [
         checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
     pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
-    with _executors(executor, cfg, address, say, threads) as pool:
+    with _executors(executor, cfg, address, say, threads, device) as pool:
         # the Ray executor's actors start now and import torch while the data loads here
         pool.start(pending)
         # everything is validated (and data loaded, the backbone pre-trained) before any run starts
@@ -290,8 +293,9 @@ class _executors:
     """Context manager owning the Ray instance and actor pool it starts; makes an executor per run."""
 
     def __init__(self, kind: str, cfg: Config, address: str | None, say: Callable[[str], None],
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str = "auto") -> None:
         self.kind, self.cfg, self.address, self.say, self.threads = kind, cfg, address, say, threads
+        self.device = device
         self.started = False
         self.pool: Any = None
 
@@ -331,7 +335,7 @@ class _executors:
             raise RuntimeError("start() the Ray executor's pool first")
         from sfp_ray.executors.serial import SerialExecutor
 
-        return SerialExecutor(self.threads)
+        return SerialExecutor(self.threads, self.device)
 
     def __exit__(self, *exc: Any) -> None:
         if self.pool is not None:

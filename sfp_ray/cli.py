@@ -3,9 +3,11 @@
 ::
 
     sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--seeds 0,1,2]
-                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--device auto|cpu|cuda]
+                     [--out DIR | --resume RUN_DIR]
     sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
-                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--device auto|cpu|cuda]
+                     [--out DIR | --resume RUN_DIR]
     sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
                      [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
                      [--cell-cpus N] [--out DIR]
@@ -71,6 +73,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", metavar="N", type=int, default=None,
                    help="torch threads of the serial executor; default: those of the client actors (one for the "
                         "built-in device classes), so that serial and Ray runs give the same numbers bit for bit")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where the serial executor computes: auto (default: where the Ray executor's actors would: "
+                        "the GPU when every device class holds a GPU share and torch can use one), cpu or cuda; Ray "
+                        "actors always follow their class's GPU share")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the interrupted run in RUN_DIR from its checkpoints: methods, seeds and "
@@ -251,6 +257,13 @@ def _threads(args: argparse.Namespace) -> int | None:
     return args.threads
 
 
+def _device(args: argparse.Namespace) -> str:
+    if args.device is not None and (args.executor or "ray") == "ray" and args.resume is None:
+        raise ConfigError("--device sets where the serial executor computes; Ray actors follow their device class's "
+                          "GPU share (add --executor serial)")
+    return args.device or "auto"
+
+
 def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     from sfp_ray.api import run_methods
     from sfp_ray.orchestrator import default_out_dir
@@ -258,7 +271,7 @@ def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
     seeds = parse_seeds(args.seeds, cfg.seed)
     args.run_dir = Path(args.out) if args.out else default_out_dir()
     res = run_methods(methods, cfg, seeds=seeds, executor=args.executor or "ray", address=args.address,
-                      out=args.run_dir, plots=not args.no_plots, threads=_threads(args),
+                      out=args.run_dir, plots=not args.no_plots, threads=_threads(args), device=_device(args),
                       progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1), echo=_say)
     return _print_results(res, len(seeds))
 
@@ -274,7 +287,7 @@ def _resume(args: argparse.Namespace, methods: list[str] | None) -> int:
     plan = read_plan(folder)
     seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else None
     res = resume(folder, args.config, overrides=args.overrides, methods=methods, seeds=seeds, executor=args.executor,
-                 address=args.address, plots=not args.no_plots, threads=_threads(args),
+                 address=args.address, plots=not args.no_plots, threads=_threads(args), device=_device(args),
                  progress=_progress(plan.config.federation.rounds, args.quiet, len(plan.seeds) > 1), echo=_say)
     return _print_results(res, len(plan.seeds))
 

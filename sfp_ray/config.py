@@ -33,6 +33,7 @@ PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLIC
 ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
 CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
+Precision = Literal["fp32", "bf16", "fp16"]  # sfp_ray.compute
 #: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
@@ -62,8 +63,10 @@ class ModelConfig:
     global_pool: str | None = None
     """Pooling before the classifier (``token``, ``avg``, ``max``, ``avgmax``). ``null``: the timm model's own."""
     fused_attn: bool = False
-    """timm's fused attention kernel. Off: every pass runs the arithmetic of the FLOP-counted ones (counting
-    forces PyTorch's MATH kernel), so serial and Ray runs agree bit for bit; turn it on for speed on GPUs."""
+    """timm's fused attention kernel (PyTorch's scaled-dot-product attention: a flash or memory-efficient kernel on a
+    GPU, a fused one on the CPU). Off: every pass runs the arithmetic of the FLOP-counted ones (counting forces the
+    MATH kernel), so serial and Ray runs agree bit for bit. On: faster attention, above all on a GPU; FLOPs are still
+    counted exactly (under the MATH kernel, once per shape)."""
     pretrained: bool = False
     """Start from timm's pre-trained weights (Hugging Face hub or its local cache), adapted to ``img_size`` and
     ``in_chans`` by timm and kept once as a local checkpoint (``.cache/sfp-ray``) that each actor reads its parts
@@ -166,6 +169,13 @@ class TrainConfig:
     """Run SFPrompt's local-loss update (phase 1b: prompts + tail trained with the body bypassed)."""
     eval_batch_size: int = 256
     """Batch size of evaluation and of EL2N scoring (passes without gradients)."""
+    precision: Precision = "fp32"
+    """Arithmetic of the forward passes: ``fp32``; ``bf16`` (autocast, on a GPU or the CPU) or ``fp16`` (autocast on
+    a GPU, with dynamic loss scaling). Weights, optimizer state and FedAvg stay float32; activations and their
+    gradients cross the cut in this precision, and their bytes are counted so."""
+    deterministic: bool = True
+    """torch's deterministic algorithms (and on a GPU the cuBLAS workspace setting they need): the serial and Ray
+    executors then give the same bits on one GPU model; off, they agree to float rounding."""
 
 
 @dataclass(frozen=True)

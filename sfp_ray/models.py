@@ -816,12 +816,12 @@ def materialize(parts: Iterable[nn.Module], owners: Iterable[nn.Module],
                 device: str | torch.device = "cpu") -> list[nn.Parameter]:
     """Give the parameters of ``parts`` fresh, uninitialised storage on ``device``.
 
-    Parameters already on ``device`` are kept. Building on ``meta`` and materialising
-    on ``cpu`` gives a process only the parts it holds; materialising on ``meta`` frees
-    parts again. A parameter object may be registered in several modules (the split parts
-    share the ViT's modules and some of its parameters, e.g. ``cls_token``); every module
-    of ``owners`` that registers a replaced parameter is updated, so all views stay one
-    tensor. Returns the new parameters (fill them with :func:`init_parameters` and a
+    Parameters that are not on ``meta`` already hold values and are kept. Building on
+    ``meta`` and materialising on ``cpu`` gives a process only the parts it holds;
+    materialising on ``meta`` frees parts again. A parameter object may be registered in
+    several modules (the split parts share the ViT's modules and some of its parameters,
+    e.g. ``cls_token``); every module of ``owners`` that registers a replaced parameter is
+    updated, so all views stay one tensor. Returns the new parameters (fill them with :func:`init_parameters` and a
     checkpoint).
 
     Raises:
@@ -833,7 +833,10 @@ def materialize(parts: Iterable[nn.Module], owners: Iterable[nn.Module],
     for part in parts:
         for mod in part.modules():
             for p in mod.parameters(recurse=False):
-                if p.device != target and id(p) not in new:
+                # materialising replaces meta parameters only (one held elsewhere, e.g. on a GPU, stays); dropping
+                # to meta replaces every real one
+                pending = (not p.is_meta) if target.type == "meta" else p.is_meta
+                if pending and id(p) not in new:
                     new[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=target),
                                               requires_grad=p.requires_grad)
             for name, b in mod.named_buffers(recurse=False):

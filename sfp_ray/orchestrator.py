@@ -400,6 +400,7 @@ class Orchestrator:
                 server_queue_s=sum(o.server_queue_s for o in outcome.outputs), seed=cfg.seed,
                 selected=selected, finished=len(finished), failed=status.count("failed"),
                 offline=status.count("offline"), dropped=status.count("dropped"), late=status.count("late"),
+                precision=cfg.train.precision,
             )
             if not finished:
                 self.warn(f"{self._who} round {r}: no client's state was averaged ({len(outcome.outputs)} selected: "

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sfp_ray.compute import choose_device
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset
 from sfp_ray.errors import ConfigError
@@ -37,12 +38,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SFP_CACHE_DIR", ".cache/sfp-ray"))
 
 
+def pretrain_device() -> torch.device:
+    """Where pre-training computes: the GPU when torch can use one (the device rule, :mod:`sfp_ray.compute`)."""
+    return choose_device("auto").device
+
+
 def pretrain_key(cfg: Config) -> str:
-    """Hash of the settings that determine the pre-trained backbone."""
+    """Hash of the settings that determine the pre-trained backbone (and of the GPU, when it trains on one:
+    a GPU's arithmetic gives other weights than the CPU's).
+    """
     m = to_dict(cfg.model)
     m.pop("checkpoint", None)
     m.pop("pretrained", None)
     payload = {"model": m, "pretrain": to_dict(cfg.pretrain), "root": cfg.data.root, "v": 2}
+    device = pretrain_device()
+    if device.type != "cpu":
+        payload["device"] = device.type
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -125,10 +136,12 @@ def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: boo
                          in_chans=in_chans, seed=pc.seed, max_samples=pc.max_samples)
     test = load_dataset(pc.dataset, train=False, root=cfg.data.root, classes=pc.classes, img_size=img_size,
                         in_chans=in_chans, seed=pc.seed, max_samples=2000)
+    device = pretrain_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(pc.seed)
-        model = build_from_config(cfg.model, train.num_classes)
+        model = build_from_config(cfg.model, train.num_classes).to(device)  # initialised on the CPU, then moved
         gen = torch.Generator().manual_seed(pc.seed)
+        train, test = train.to(device), test.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=0.05)
         steps_per_epoch = (len(train) + pc.batch_size - 1) // pc.batch_size
         total = steps_per_epoch * pc.epochs
@@ -168,6 +181,7 @@ def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: boo
         "train_samples": len(train),
         "epochs": pc.epochs,
         "seconds": time.perf_counter() - t0,
+        "device": str(device),
         "model": to_dict(cfg.model),
         "key": pretrain_key(cfg),
     }

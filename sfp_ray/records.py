@@ -121,6 +121,8 @@ class RoundRecord:
     offline: int = 0
     dropped: int = 0
     late: int = 0
+    #: ``train.precision`` the round computed in
+    precision: str = "fp32"
 
 
 @dataclass

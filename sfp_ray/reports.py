@@ -279,6 +279,7 @@ def _run_summary(c: pd.DataFrame, r: pd.DataFrame) -> dict[str, Any]:
     acc = r["test_accuracy"].dropna()
     return {
         "rounds": n_rounds,
+        "precision": str(r["precision"].iloc[0]) if "precision" in r and len(r) else "fp32",
         "final_accuracy": float(acc.iloc[-1]) if len(acc) else float("nan"),
         "best_accuracy": float(acc.max()) if len(acc) else float("nan"),
         "client_flops_per_client_round": t.client_flops / participations,
@@ -328,6 +329,7 @@ def summarize(costs: pd.DataFrame, rounds: pd.DataFrame, by_seed: pd.DataFrame |
     for method, g in by_seed.groupby("method", sort=False):
         acc = spread(g["final_accuracy"])
         row = {"method": method, "seeds": int(len(g)), "rounds": int(g["rounds"].max()),
+               "precision": ",".join(dict.fromkeys(str(p) for p in g["precision"])) if "precision" in g else "fp32",
                "final_accuracy": acc.mean, "final_accuracy_mean": acc.mean, "final_accuracy_std": acc.std,
                "final_accuracy_ci95": acc.ci95, "best_accuracy": float(g["best_accuracy"].mean())}
         row.update({k: float(g[k].mean()) for k in COST_SUMMARY_COLUMNS})

@@ -73,11 +73,12 @@ class RunSpec:
         """The cut whose body holds every client's body (the server's workspace)."""
         return self.cut_plan.server_cut if self.cut_plan is not None else self.cut_of(0)
 
-    def workspace(self, parts: Sequence[str], *, meta: bool = False, cut: tuple[int, int] | None = None) -> Workspace:
-        """A workspace of this run holding ``parts``, cut at ``cut`` (default: the global cut)."""
+    def workspace(self, parts: Sequence[str], *, meta: bool = False, cut: tuple[int, int] | None = None,
+                  device: torch.device | str = "cpu") -> Workspace:
+        """A workspace of this run holding ``parts`` on ``device``, cut at ``cut`` (default: the global cut)."""
         c = with_cut(self.cfg, cut if cut is not None else self.global_cut)
         return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
-                         seed=c.seed, parts=parts, meta=meta)
+                         seed=c.seed, parts=parts, meta=meta, device=device)
 
     def initial_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """The method's global state before round 1: ``(client part, server part or None)``.

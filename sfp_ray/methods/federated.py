@@ -22,7 +22,16 @@ from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import FEDERATED_PHASES, CostContext, Method
-from sfp_ray.roles.client import BodyLink, ClientRole, ClientTask, TrainResult, model_loss, optimizer_step, run_epochs
+from sfp_ray.roles.client import (
+    BodyLink,
+    ClientRole,
+    ClientTask,
+    TrainResult,
+    loss_scale,
+    model_loss,
+    optimizer_step,
+    run_epochs,
+)
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.workspace import PARTS, Workspace
 
@@ -47,8 +56,9 @@ class FedAvgClient(ClientRole):
             opt = make_optimizer(self.params, t)
 
             def step(x: torch.Tensor, y: torch.Tensor) -> float:
-                loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y))
-                optimizer_step(opt)
+                scale = loss_scale(self.scaler)
+                loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y, scale))
+                optimizer_step(opt, self.scaler)
                 return float(loss.item())
 
             loss = run_epochs(data, t.local_epochs, t.batch_size, gen, step)

@@ -40,6 +40,7 @@ from sfp_ray.roles.client import (
     batches,
     bypass_loss,
     forward_pass,
+    loss_scale,
     optimizer_step,
     run_epochs,
     split_by_part,
@@ -87,10 +88,11 @@ class SFPromptClient(SplitClientRole):
         h = ledger.compute("head", ("fwd", tuple(x.shape), self.head_trains),
                            lambda: forward_pass(split.head, x, self.head_trains))
         hd = h.detach().requires_grad_(self.head_trains)
-        loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y))
+        scale = loss_scale(self.scaler)
+        loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y, scale))
         if self.head_trains:
             ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(hd.grad))
-        optimizer_step(opt)
+        optimizer_step(opt, self.scaler)
         return float(loss.item())
 
     def local_update(self, data: ArrayDataset, ledger: Ledger, gen: torch.Generator) -> float:
@@ -112,8 +114,8 @@ class SFPromptClient(SplitClientRole):
         """Phase 1a: EL2N-score ``data`` and select by ``pruning.policy``; the kept indices (also in ``cs``)."""
         pc = self.cfg.pruning
         with ledger.phase("prune"):
-            scores = self.score(data, ledger)
-            kept = select(scores, data.labels, pc.keep_ratio, pc.policy, per_class=pc.per_class,
+            scores = self.score(data, ledger).float().cpu()  # the selection runs on the CPU on every device
+            kept = select(scores, data.labels.cpu(), pc.keep_ratio, pc.policy, per_class=pc.per_class,
                           skip_top=pc.skip_top, seed=task.seed).numpy()
             ledger.add_samples("head", len(data))
         cs["kept"] = kept

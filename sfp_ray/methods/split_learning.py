@@ -42,6 +42,9 @@ class SplitLearningClient(SplitClientRole):
     head_trains = True
 
     def __init__(self, ws: Workspace, cfg: Config) -> None:
+        if cfg.train.precision == "fp16":
+            raise ConfigError(f"train.precision=fp16: {cfg.method} trains the body on the server from gradients that "
+                              "the client's fp16 loss scaler scales; use bf16 or fp32")
         if ws.split.num_prompts:
             raise ConfigError(f"prompt.num_tokens: {cfg.method} trains no prompts, got "
                               f"{ws.split.num_prompts}; set prompt.num_tokens=0")

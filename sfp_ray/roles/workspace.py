@@ -51,14 +51,19 @@ class Workspace:
         seed: the run seed (initial values of parameters the checkpoint does not hold).
         parts: which of ``head``, ``body``, ``tail`` to hold; :meth:`hold` adds more later.
         meta: hold the parts on the ``meta`` device (shapes only: cost models, validation).
+        device: where the held parts compute (:func:`sfp_ray.compute.choose_device`). Values are
+            made on the CPU (initialisation and checkpoint, the same bits in every process) and
+            then moved there.
     """
 
     def __init__(self, model: ModelConfig, split: SplitConfig, prompt: PromptConfig, *, num_classes: int,
-                 checkpoint: str | None, seed: int, parts: Iterable[str] = PARTS, meta: bool = False) -> None:
+                 checkpoint: str | None, seed: int, parts: Iterable[str] = PARTS, meta: bool = False,
+                 device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.checkpoint = checkpoint
         self.seed = seed
         self.meta = meta
+        self.device = torch.device("meta") if meta else torch.device(device)
         self.held: set[str] = set()
         self._params: dict[str, torch.nn.Parameter] = {}
         self.vit = build_from_config(model, num_classes, device="meta")
@@ -94,6 +99,10 @@ class Workspace:
                     if id(p) in fresh and name in state and name not in left:
                         p.copy_(state[name])
             del state
+        if self.device.type != "cpu":
+            with torch.no_grad():
+                for p in new:
+                    p.data = p.data.to(self.device)
         self.held.update(todo)
         self._index()
 

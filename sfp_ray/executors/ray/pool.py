@@ -447,6 +447,12 @@ class ActorPool:
                 "resources (see `ray status`)")
         try:
             rows = ray.get(refs)
+        except ray.exceptions.RayTaskError as e:  # an actor refused to start (e.g. its GPU share is too small)
+            self.close()
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ClusterError):
+                raise ClusterError(str(cause)) from None
+            raise
         except BaseException:
             self.close()
             raise
