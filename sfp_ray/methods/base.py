@@ -286,6 +286,12 @@ class CostContext:
 
         return count_flops(fn)[1]
 
+    def wire_bytes(self, t: Any) -> int:
+        """Bytes of an activation or gradient crossing the cut: its elements in ``train.precision``'s dtype."""
+        from sfp_ray.compute import wire_dtype
+
+        return int(t.numel()) * torch.empty((), dtype=wire_dtype(self.cfg.train.precision)).element_size()
+
     def state_bytes(self, names: Sequence[str]) -> int:
         params = dict(self.split.named_parameters())
         return sum(params[n].numel() * params[n].element_size() for n in names)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.costs import Ledger, payload_bytes
+from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
 from sfp_ray.pruning import el2n_scores, keep_count, select
@@ -209,14 +209,14 @@ class SFPrompt(Method):
         f_body = ctx.flops(lambda: forward_pass(split.body, act, has_p))
         out = body_out.detach().requires_grad_(True)
         f_tail = ctx.flops(lambda: tail_loss(split, out, y))
-        up, down = payload_bytes(act), payload_bytes(out)
+        up, down = ctx.wire_bytes(act), ctx.wire_bytes(out)
         f_hb = 0
         if has_p:
-            up += payload_bytes(out.grad)
+            up += ctx.wire_bytes(out.grad)
             (gx,) = torch.autograd.grad(body_out, act, out.grad, retain_graph=True)
             f_body += ctx.flops(lambda: torch.autograd.grad(body_out, act, out.grad, retain_graph=True))
             sl = split.prompt_grad_slice()
-            down += payload_bytes(gx if sl is None else gx[:, sl])
+            down += ctx.wire_bytes(gx if sl is None else gx[:, sl])
             f_hb = ctx.flops(lambda: h.backward(gx, retain_graph=True))
         e = t.split_epochs
         split_client = kept * e * (f_head + f_tail + f_hb)

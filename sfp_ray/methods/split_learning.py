@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.costs import Ledger, payload_bytes
+from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ConfigError
 from sfp_ray.methods.base import SPLIT_PHASES, CostContext, Method, SequentialRelay, ServerSpec, is_body
@@ -97,8 +97,8 @@ class SplitLearning(Method):
         gx, *_ = torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True)
         f_body += ctx.flops(lambda: torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True))
         f_head_bwd = ctx.flops(lambda: h.backward(gx, retain_graph=True))
-        up = payload_bytes(act) + payload_bytes(out.grad)
-        down = payload_bytes(out) + payload_bytes(gx)
+        up = ctx.wire_bytes(act) + ctx.wire_bytes(out.grad)
+        down = ctx.wire_bytes(out) + ctx.wire_bytes(gx)
         state = ctx.state_bytes(names)
         e = ctx.cfg.train.split_epochs
         client = n * e * (f_head + f_tail + f_head_bwd)
