@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sfp_ray.config import Config, to_dict
+from sfp_ray.config import Config, checkpoint_file, to_dict
 from sfp_ray.data import load_dataset
-from sfp_ray.errors import ConfigError
 from sfp_ray.models import build_from_config, input_shape, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,7 @@ def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = No
     ``"pretrain"`` -> the cached backbone for this model (pre-trained now when missing);
     ``None``/``"none"`` -> no checkpoint; anything else must be an existing file.
     """
-    ck = cfg.model.checkpoint
-    if ck is None or str(ck).lower() in ("none", "null", ""):
-        return None
-    if ck == "pretrain":
+    if cfg.model.checkpoint == "pretrain":
         if cfg.model.pretrained:
             return None  # timm's pre-trained weights replace the offline stand-in
         path = pretrain_path(cfg)
@@ -68,12 +64,8 @@ def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = No
                                     "(sfp-ray pretrain; done once)")
             pretrain(cfg, out=path)
         return str(path)
-    p = Path(ck)
-    if p.is_dir():
-        raise ConfigError(f"model.checkpoint: {p} is a folder, not a checkpoint file")
-    if not p.is_file():
-        raise ConfigError(f"model.checkpoint: file not found: {p}")
-    return str(p)
+    p = checkpoint_file(cfg.model)
+    return str(p) if p is not None else None
 
 
 def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: bool = True) -> dict:

@@ -12,8 +12,12 @@ the only other module it would be allowed), and it never imports Ray. Its parts:
 * :mod:`sfp_ray.data.partitioning`: :func:`partition` (``iid``, ``dirichlet``,
   ``shards``, with a minimum-samples repair) and :func:`label_skew`.
 
+* :mod:`sfp_ray.data.catalog`: what each registered dataset is (class count, one line of
+  description), without torch: ``sfp-ray datasets`` and the checks before a run read it.
+
 The names below are re-exported so that ``from sfp_ray.data import X`` works for every
-public ``X``. Module-level settings (such as ``DEFAULT_SEARCH_DIRS``) are read where
+public ``X``; they are imported on first use (PEP 562), so that the catalogue can be read
+without loading torch. Module-level settings (such as ``DEFAULT_SEARCH_DIRS``) are read where
 they are defined: patch them on the submodule, not on this package.
 
 Example:
@@ -26,36 +30,44 @@ Example:
 
 from __future__ import annotations
 
-from sfp_ray.data.core import NORM_MEAN, NORM_STD, ArrayDataset
-from sfp_ray.data.partitioning import PARTITION_SCHEMES, label_skew, partition
-from sfp_ray.data.sources import (
-    DEFAULT_SEARCH_DIRS,
-    DEFAULT_TORCHVISION_ROOT,
-    ENV_DATA_ROOT,
-    FASHION_MNIST_CLASSES,
-    Loader,
-    dataset_num_classes,
-    dataset_search_path,
-    list_datasets,
-    load_dataset,
-    register_dataset,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ArrayDataset",
-    "DEFAULT_SEARCH_DIRS",
-    "DEFAULT_TORCHVISION_ROOT",
-    "ENV_DATA_ROOT",
-    "FASHION_MNIST_CLASSES",
-    "Loader",
-    "NORM_MEAN",
-    "NORM_STD",
-    "PARTITION_SCHEMES",
-    "dataset_num_classes",
-    "dataset_search_path",
-    "label_skew",
-    "list_datasets",
-    "load_dataset",
-    "partition",
-    "register_dataset",
-]
+#: Re-exported names and the submodule that defines each (imported on first use).
+_EXPORTS = {
+    "ArrayDataset": "core",
+    "NORM_MEAN": "core",
+    "NORM_STD": "core",
+    "PARTITION_SCHEMES": "partitioning",
+    "label_skew": "partitioning",
+    "partition": "partitioning",
+    "DEFAULT_SEARCH_DIRS": "sources",
+    "DEFAULT_TORCHVISION_ROOT": "sources",
+    "ENV_DATA_ROOT": "sources",
+    "FASHION_MNIST_CLASSES": "sources",
+    "Loader": "sources",
+    "dataset_search_path": "sources",
+    "list_datasets": "sources",
+    "load_dataset": "sources",
+    "register_dataset": "sources",
+    "DatasetInfo": "catalog",
+    "dataset_info": "catalog",
+    "dataset_num_classes": "catalog",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name in ("catalog", "core", "partitioning", "sources"):
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
