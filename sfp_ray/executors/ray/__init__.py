@@ -26,6 +26,8 @@ _EXPORTS = {
     "check_fit": "runtime",
     "cluster_nodes": "runtime",
     "parse_address": "runtime",
+    "ray_address_file": "runtime",
+    "resolve_address": "runtime",
     "start_ray": "runtime",
     "stop_ray": "runtime",
 }
