@@ -40,7 +40,7 @@ from sfp_ray.config import dump_config
 from sfp_ray.errors import DataError, SfpRayError
 from sfp_ray.methods import REFERENCE_METHOD
 from sfp_ray.records import ClientRecord, CostRecord, MessageRecord, RoundRecord, RunMeta, tally
-from sfp_ray.stats import spread
+from sfp_ray.stats import ratio_text, spread
 
 COST_COLUMNS = ["run_id", "method", "round", "client_id", "device", "phase", "part", "side", "flops", "bytes_up",
                 "bytes_down", "wall_s", "sim_s"]
@@ -547,8 +547,8 @@ def format_summary(summary: pd.DataFrame) -> str:
              ("MB/cl/rd", lambda r: f"{r['bytes_per_client_round'] * 1e-6:.3g}"),
              ("sim s", lambda r: f"{r['sim_s']:.1f}"), ("wall s", lambda r: f"{r['wall_s']:.1f}")]
     if "client_flops_ratio" in summary:
-        cols += [("FLOPs vs fl_full", lambda r: f"{r['client_flops_ratio']:.4f}"),
-                 ("bytes vs fl_full", lambda r: f"{r['bytes_ratio']:.3f}"), ("acc - fl_full", delta)]
+        cols += [("FLOPs vs fl_full", lambda r: ratio_text(r["client_flops_ratio"])),
+                 ("bytes vs fl_full", lambda r: ratio_text(r["bytes_ratio"])), ("acc - fl_full", delta)]
     header = [c[0] for c in cols]
     body = [[fmt(row) for _, fmt in cols] for _, row in summary.iterrows()]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
