@@ -40,9 +40,10 @@ Executors: ``serial`` runs the cells one after another in this process; ``ray`` 
 runs it with the serial executor (:mod:`sfp_ray.executors.ray.sweep`), so Ray runs as many
 cells at once as the cluster has CPUs for.
 
-Plots: for each swept key, final accuracy (left) and client FLOPs relative to ``fl_full``
-(right; absolute client GFLOPs per client-round without ``fl_full``) against the key's
-values, one line per method. Each point is the mean over the cells with that value, i.e.
+Plots: for each swept key, final accuracy (left), client FLOPs (middle) and bytes (right)
+relative to ``fl_full`` (absolute client GFLOPs and MB per client-round without
+``fl_full``; a log axis when the methods span more than 10x) against the key's values, one
+line per method. Each point is the mean over the cells with that value, i.e.
 averaged over the other swept keys; the error bars span the lowest to the highest of
 those cells' means. With a single swept key, the error bars are the 95 % CI over seeds.
 """
@@ -576,7 +577,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: Sequence[str]) -> list[Path]:
-    """One PNG per swept key: accuracy and client FLOPs (relative to fl_full when it ran) against the key.
+    """One PNG per swept key: accuracy, client FLOPs and bytes (relative to fl_full when it ran) against the key.
 
     A point is the mean over the cells with that value of the key (over the other swept
     keys); its bars span the lowest to the highest of those cells, or, with one swept key,
@@ -592,18 +593,23 @@ def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: 
     ok = summary[summary["status"] == "ok"]
     if ok.empty:
         return []
+    from sfp_ray.reports import log_axis
+
     relative = "client_flops_ratio" in ok.columns and ok["client_flops_ratio"].notna().any()
     panels = [("final_accuracy_mean", "final test accuracy", 1.0),
               ("client_flops_ratio", "client FLOPs / fl_full (same cell and seeds)", 1.0) if relative
-              else ("client_flops_per_client_round", "client GFLOPs per client-round", 1e-9)]
+              else ("client_flops_per_client_round", "client GFLOPs per client-round", 1e-9),
+              ("bytes_ratio", "bytes / fl_full (same cell and seeds)", 1.0) if relative
+              else ("bytes_per_client_round", "MB per client-round", 1e-6)]
     paths = []
     for key in keys:
         xv = summary[key].astype(object).where(summary[key].notna(), "null")
         order = list(dict.fromkeys(xv.tolist()))
         numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in order)
         x_of = {v: (float(v) if numeric else float(i)) for i, v in enumerate(order)}
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for ax, (col, label, scale) in zip(axes, panels):
+            tops = []
             for m in methods:
                 g = ok[ok["method"] == m]
                 pts = []
@@ -615,15 +621,23 @@ def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: 
                     mean = float(vals.mean())
                     if len(keys) == 1 and col == "final_accuracy_mean":
                         ci = float(here["final_accuracy_ci95"].iloc[0])
-                        lo = hi = 0.0 if math.isnan(ci) else ci
+                        ci = 0.0 if math.isnan(ci) else ci
+                        lo, hi = min(ci, mean), min(ci, 1.0 - mean)  # the bar stays within [0, 1]
                     else:
                         lo, hi = mean - float(vals.min()), float(vals.max()) - mean
                     pts.append((x_of[v], mean, lo, hi))
                 if pts:
                     pts.sort()
+                    tops.append(max(p[1] for p in pts))
                     ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                                 yerr=[[p[2] for p in pts], [p[3] for p in pts]], marker="o", capsize=3, label=m)
             ax.set_xlabel(key)
+            if col != "final_accuracy_mean" and log_axis(tops):
+                ax.set_yscale("log")
+                label += " (log scale)"
+            elif col == "final_accuracy_mean":
+                low, high = ax.get_ylim()
+                ax.set_ylim(max(low, -0.02), min(high, 1.02))
             ax.set_ylabel(label)
             if not numeric or len(order) <= 12:
                 ax.set_xticks([x_of[v] for v in order], [_show(v) for v in order])
