@@ -8,13 +8,15 @@
                      [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
     sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
                      [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
-                     [--cell-cpus N] [--out DIR]
+                     [--cell-cpus N] [--no-share] [--out DIR]
     sfp-ray pretrain [--config FILE] [--set KEY=VALUE ...] [--out FILE] [--force]
     sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--grid KEY=V1,V2 ...] [--methods ...]
                      [--out DIR]
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices | datasets
 
+``--debug`` and ``--quiet`` go before or after the subcommand. Everything that needs no data
+is checked before Ray starts and before ``--out`` is created (:mod:`sfp_ray.preflight`).
 Exit code 0 on success (also when some clients failed: one warning line each); a bad
 configuration or input, a ``--resume`` that does not fit, or a round that too few clients
 survive (``federation.min_success_fraction``) exits with code 2 and one line on stderr
@@ -123,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed, each cell into its own run folder OUT/cells/<cell-id>/, and gather them into "
                     "OUT/sweep.csv (one row per cell x method x seed, the swept keys as columns, ratios to fl_full "
                     "in the same cell and seed), OUT/sweep_summary.csv (mean, std and 95% CI over seeds per cell "
-                    "x method) and one plot per swept key (OUT/sweep_<key>.png). Every cell's configuration is "
-                    "validated before anything runs. Running the same command again skips the finished cells "
+                    "x method) and one plot per swept key (OUT/sweep_<key>.png: accuracy, client FLOPs, bytes). "
+                    "Every cell's configuration is validated before anything runs. A method runs once per distinct "
+                    "setting of the keys it reads (fl_full reads no split.*, prompt.* or pruning.*): cells that "
+                    "differ only in other keys share that run, and the sweep says how many runs it saved. "
+                    "Running the same command again skips the finished cells "
                     "(a cell is finished when OUT/cells/<cell-id>/sweep-cell.json exists), so an interrupted sweep "
                     "resumes and a finished one only rewrites its tables.")
     p.add_argument("--grid", metavar="KEY=V1,V2,...", action="append", default=[], required=True, help=GRID_HELP)
@@ -171,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
 
     p = sub.add_parser("timeline", help="plot one round's simulated schedule per client from a run folder",
-                       description="Plot one round of RUN_DIR/timeline.csv: a bar per selected client that ran, a "
-                                   "segment per phase (download, prune, local update, split training, upload; grey: "
-                                   "waiting for the server; hatched: on the server), client labels coloured by "
-                                   "device class.")
+                       description="Plot one round of RUN_DIR/timeline.csv: a row per selected client, labelled "
+                                   "with its device class (colour) and cut, a segment per phase (download, prune, "
+                                   "local update, split training, upload; dark, hatched: computed on the server; "
+                                   "grey: waiting for it; both drawn at a visible width and summed after the bar), "
+                                   "offline, dropped and late clients marked, the server's busy time on the top "
+                                   "row and federation.deadline_s as a line.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--round", type=int, default=None, help="round to plot (default: the last)")
     p.add_argument("--method", default=None, help="method (default: the folder's first)")
@@ -183,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list registered methods")
     sub.add_parser("devices", help="list device profiles")
-    sub.add_parser("datasets", help="list registered datasets")
+    sub.add_parser("datasets", help="list registered datasets, one line of description each")
     for p in sub.choices.values():  # global flags work after the subcommand too
         _add_global_args(p, default=argparse.SUPPRESS)
     return parser

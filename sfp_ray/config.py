@@ -295,8 +295,9 @@ class RayConfig:
     """Logical GPUs of a private local Ray (lets GPU-share device classes schedule without a GPU); ``null``:
     Ray's detection."""
     address: str = "local"
-    """``local`` starts a private Ray, ``auto`` joins this machine's cluster, ``HOST:PORT`` that head
-    (``--address`` overrides it)."""
+    """``local`` starts a private Ray, ``auto`` joins this machine's cluster (``$RAY_ADDRESS``, else the
+    ``ray_current_cluster`` file ``ray start`` writes in Ray's temporary folder), ``HOST:PORT`` that head
+    (``--address`` overrides it); the address must answer within 3 s, before anything starts."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
 

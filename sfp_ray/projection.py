@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.data import dataset_num_classes
+from sfp_ray.data.catalog import dataset_info
 from sfp_ray.errors import ConfigError
 from sfp_ray.methods import REFERENCE_METHOD, CostContext, get_method, list_methods
 from sfp_ray.roles.workspace import PARTS, Workspace
@@ -47,7 +47,7 @@ def projection_config(cfg: Config) -> tuple[Config, int, int]:
     if samples is None:
         raise ConfigError("project.samples_per_client: set it (or data.samples_per_client): a projection assumes a "
                           "local data size")
-    classes = pj.num_classes or (len(d.classes) if d.classes else dataset_num_classes(d.name))
+    classes = pj.num_classes or (len(d.classes) if d.classes else dataset_info(d.name).num_classes)
     if classes is None:
         raise ConfigError(f"project.num_classes: dataset {d.name!r} does not say how many classes it has; set it")
     return cfg, int(samples), int(classes)
