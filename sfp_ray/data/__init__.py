@@ -30,43 +30,19 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sfp_ray.lazy import lazy_exports
 
 #: Re-exported names and the submodule that defines each (imported on first use).
 _EXPORTS = {
-    "ArrayDataset": "core",
-    "NORM_MEAN": "core",
-    "NORM_STD": "core",
-    "PARTITION_SCHEMES": "partitioning",
-    "label_skew": "partitioning",
-    "partition": "partitioning",
-    "DEFAULT_SEARCH_DIRS": "sources",
-    "DEFAULT_TORCHVISION_ROOT": "sources",
-    "ENV_DATA_ROOT": "sources",
-    "FASHION_MNIST_CLASSES": "sources",
-    "Loader": "sources",
-    "dataset_search_path": "sources",
-    "list_datasets": "sources",
-    "load_dataset": "sources",
-    "register_dataset": "sources",
-    "DatasetInfo": "catalog",
-    "dataset_info": "catalog",
-    "dataset_num_classes": "catalog",
+    ".core": ("ArrayDataset", "NORM_MEAN", "NORM_STD"),
+    ".partitioning": ("PARTITION_SCHEMES", "label_skew", "partition"),
+    ".sources": ("DEFAULT_SEARCH_DIRS", "DEFAULT_TORCHVISION_ROOT", "ENV_DATA_ROOT", "FASHION_MNIST_CLASSES", "Loader",
+                 "dataset_search_path", "list_datasets", "load_dataset", "register_dataset"),
+    ".catalog": ("DatasetInfo", "dataset_info", "dataset_num_classes"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        if name in ("catalog", "core", "partitioning", "sources"):
-            return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(n for names in _EXPORTS.values() for n in names)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -33,33 +33,15 @@ objects (``get_method``) and classes are imported on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from sfp_ray.lazy import lazy_exports
 from sfp_ray.methods.catalog import REFERENCE_METHOD, MethodInfo, list_methods, method_info
 
 #: Names imported on first use, and the module that defines each.
 _LAZY = {
-    "get_method": "registry",
-    "register_method": "registry",
-    "FEDERATED_PHASES": "base",
-    "SFPROMPT_PHASES": "base",
-    "SPLIT_PHASES": "base",
-    "CostContext": "base",
-    "Method": "base",
-    "RoundOutcome": "base",
-    "ServerSpec": "base",
+    ".registry": ("get_method", "register_method"),
+    ".base": ("FEDERATED_PHASES", "SFPROMPT_PHASES", "SPLIT_PHASES", "CostContext", "Method", "RoundOutcome",
+              "ServerSpec"),
 }
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
 
 __all__ = [
     "FEDERATED_PHASES",
@@ -76,6 +58,7 @@ __all__ = [
     "method_info",
     "register_method",
 ]
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
