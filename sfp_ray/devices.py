@@ -393,7 +393,8 @@ def get_device(name: str, catalog: Mapping[str, DeviceProfile] | None = None) ->
         return cat[name]
     except (KeyError, TypeError):
         raise ConfigError(
-            f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)}"
+            f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)} (define more in a "
+            "devices.catalog file, see sfp_ray/devices.yaml)"
         ) from None
 
 
@@ -421,7 +422,8 @@ def assign_devices(
     for name, w in mix.items():
         if name not in cat:
             raise ConfigError(
-                f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)}"
+                f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)} (define more in a "
+                "devices.catalog file, see sfp_ray/devices.yaml)"
             )
         if not _is_number(w) or not math.isfinite(w) or w < 0:
             raise ConfigError(f"devices.mix: fraction of {name!r} must be a finite number >= 0, got {w!r}")
