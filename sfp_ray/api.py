@@ -16,16 +16,20 @@ Example (a tiny run on synthetic data, in-process; the Ray executor is the defau
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from sfp_ray.config import Config, build_config, load_config
+from sfp_ray.config import Config, build_config, dotted_items, load_config, split_assignment
 from sfp_ray.errors import ConfigError
+from sfp_ray.preflight import check_out_dir, check_run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ConfigLike = Config | str | os.PathLike | Mapping[str, Any] | Sequence[str] | None
 
@@ -43,8 +47,8 @@ class Results:
     summary_by_seed: pd.DataFrame
     rounds: pd.DataFrame
     costs: pd.DataFrame
-    messages: pd.DataFrame = field(default_factory=pd.DataFrame)
-    clients: pd.DataFrame = field(default_factory=pd.DataFrame)
+    messages: pd.DataFrame = field(default_factory=lambda: _frame())
+    clients: pd.DataFrame = field(default_factory=lambda: _frame())
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> Results:
@@ -56,6 +60,8 @@ class Results:
         by_seed = summarize_by_seed(costs, rounds)
 
         def read(name: str) -> pd.DataFrame:
+            import pandas as pd
+
             p = d / name
             return pd.read_csv(p, dtype={"run_id": str}) if p.is_file() else pd.DataFrame()
 
@@ -63,28 +69,88 @@ class Results:
                    read("clients.csv"))
 
 
+def _frame() -> pd.DataFrame:
+    import pandas as pd  # imported when needed: checks before a run stay fast
+
+    return pd.DataFrame()
+
+
+def default_out_dir(base: str | Path = "runs") -> Path:
+    """``runs/<timestamp>`` (not created)."""
+    return Path(base) / time.strftime("%Y%m%d-%H%M%S")
+
+
 def to_config(config: ConfigLike = None, overrides: Sequence[str] = ()) -> Config:
     """A :class:`Config` from a Config, a YAML path, a nested mapping or ``key=value`` strings, plus overrides."""
+    overrides = string_list(overrides, "overrides", "'KEY=VALUE' strings")
     if isinstance(config, Config):
         return config.replace(**dict(_split(o) for o in overrides)) if overrides else config
     if config is None:
-        return load_config(None, overrides)
+        return load_config(None, overrides, flag="overrides")
     if isinstance(config, (str, os.PathLike)) and not (isinstance(config, str) and "=" in config):
-        return load_config(config, overrides)
+        return load_config(config, overrides, flag="overrides")
     if isinstance(config, Mapping):
-        return build_config(config, overrides)
+        return build_config(config, overrides, flag="overrides")
     if isinstance(config, str):
-        return load_config(None, [config, *overrides])
-    return load_config(None, [*config, *overrides])
+        return load_config(None, [config, *overrides], flag="config")
+    return load_config(None, [*string_list(config, "config", "'KEY=VALUE' strings"), *overrides], flag="config")
+
+
+def string_list(value: Any, name: str, what: str) -> list[str]:
+    """``value`` as a list of strings; a bare string (which Python would iterate character by character),
+    or anything else that is not a sequence of strings, is a :class:`ConfigError` in Python terms.
+
+    Example:
+        >>> string_list(("a=1",), "overrides", "'KEY=VALUE' strings")
+        ['a=1']
+        >>> string_list("a=1", "overrides", "'KEY=VALUE' strings")
+        Traceback (most recent call last):
+        ...
+        sfp_ray.errors.ConfigError: overrides: expected a list of 'KEY=VALUE' strings, got the string 'a=1'; \
+write overrides=['a=1']
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")] if "=" not in value else [value]
+        raise ConfigError(f"{name}: expected a list of {what}, got the string {value!r}; write {name}={items!r}")
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a list of {what}, got {type(value).__name__} {value!r}")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"{name}: expected a list of {what}, got {bad[0]!r} ({type(bad[0]).__name__}) in it")
+    return out
+
+
+def seed_list(value: Any, name: str = "seeds") -> list[int]:
+    """``value`` as a list of distinct integer seeds; a string, a bare number or a repeated seed is a
+    :class:`ConfigError` in Python terms.
+
+    Example:
+        >>> seed_list(range(3))
+        [0, 1, 2]
+    """
+    if isinstance(value, str):
+        raise ConfigError(f"{name}: expected a list of integers, got the string {value!r}; write "
+                          f"{name}=[{', '.join(v.strip() for v in value.split(',') if v.strip())}]")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a list of integers, got the number {value!r}; write {name}=[{value!r}]")
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a list of integers, got {type(value).__name__} {value!r}")
+    out = list(value)
+    bad = [v for v in out if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise ConfigError(f"{name}: expected a list of integers, got {bad[0]!r} ({type(bad[0]).__name__}) in it")
+    seeds = [int(v) for v in out]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{name}: give distinct seeds, got {seeds}")
+    return seeds
 
 
 def _split(item: str) -> tuple[str, Any]:
     import yaml
 
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. federation.rounds=3")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    key, raw = split_assignment(item, "overrides", "KEY=VALUE, e.g. federation.rounds=3")
+    return key, yaml.safe_load(raw) if raw.strip() else None
 
 
 def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides: Sequence[str] = (),
@@ -115,20 +181,15 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         device: where the serial executor computes: ``auto`` (where the Ray executor's actors
             would), ``cpu`` or ``cuda`` (:func:`sfp_ray.executors.serial.mirrored_device`).
     """
-    from sfp_ray.methods import get_method
-    from sfp_ray.orchestrator import default_out_dir
-
     cfg = to_config(config, overrides)
     _check_executor(executor)
-    methods = list(methods)
+    methods = string_list(methods, "methods", "method names")
     if not methods:
         raise ConfigError("methods: give at least one method, e.g. sfprompt,fl_full")
-    for m in methods:
-        get_method(m)  # validate all names before any work
-    seeds = list(seeds) if seeds is not None else [cfg.seed]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
-    folder = check_out_dir(Path(out) if out is not None else default_out_dir())
+    seeds = seed_list(seeds) if seeds is not None else [cfg.seed]
+    folder = Path(out) if out is not None else default_out_dir()
+    # every check that needs no data: before Ray starts and before the folder exists
+    check_run(methods, cfg, seeds, executor=executor, address=address, out=folder)
     return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False,
                     threads=threads, device=device)
 
@@ -158,21 +219,22 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     where = f"{folder}/checkpoint/run.yaml"
     if config is not None or overrides:
         asked = to_config(config if config is not None else saved, overrides)
-        a, b = _flat(saved), _flat(asked)
+        a, b = dotted_items(saved), dotted_items(asked)
         differ = [k for k in a if a[k] != b.get(k)]
         if differ:
             k = differ[0]
             raise ConfigError(f"--resume: {k}={b.get(k)!r} conflicts with the run being resumed ({k}={a[k]!r} in "
                               f"{where}); a resumed run keeps its configuration: drop the setting or start a new run")
-    if methods is not None and list(methods) != plan.methods:
+    if methods is not None and string_list(methods, "methods", "method names") != plan.methods:
         raise ConfigError(f"--resume: methods {','.join(methods)} conflict with the run being resumed "
                           f"({','.join(plan.methods)} in {where})")
-    if seeds is not None and [int(s) for s in seeds] != plan.seeds:
+    if seeds is not None and seed_list(seeds) != plan.seeds:
         raise ConfigError(f"--resume: seeds {','.join(map(str, seeds))} conflict with the run being resumed "
                           f"({','.join(map(str, plan.seeds))} in {where})")
     kind = executor if executor is not None else plan.executor
     _check_executor(kind)
     check_out_dir(folder)
+    check_run(plan.methods, saved, plan.seeds, executor=kind, address=address)
     return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
                     threads=threads, device=device)
 
@@ -180,22 +242,6 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
 def _check_executor(executor: str) -> None:
     if executor not in ("ray", "serial"):
         raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
-
-
-def _flat(cfg: Config) -> dict[str, Any]:
-    from sfp_ray.config import to_dict
-
-    out: dict[str, Any] = {}
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping) and k != "mix":
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-
-    walk(to_dict(cfg), "")
-    return out
 
 
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
@@ -306,9 +352,9 @@ class _executors:
         """Start Ray and the actors for the runs ``(seed, method)`` still to do (Ray executor; none: nothing)."""
         if self.kind != "ray" or not pending:  # nothing left to run needs no Ray
             return
+        from sfp_ray.devices import run_devices
         from sfp_ray.executors.ray import ActorPool, start_ray
         from sfp_ray.methods import get_method
-        from sfp_ray.orchestrator import run_devices
         from sfp_ray.sizing import pool_memory
 
         resolved = [get_method(m).resolve(self.cfg.replace(seed=s)) for s, m in pending]
@@ -359,18 +405,5 @@ def compare(methods: Sequence[str] = ("sfprompt", "fl_full"), config: ConfigLike
     return run_methods(methods, config, overrides=overrides, **kwargs)
 
 
-def check_out_dir(path: Path) -> Path:
-    """Create the output folder (or check the existing one) and that it is writable; one-line errors."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out: {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sfp-ray-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out: cannot write to {path} ({e.strerror or e})") from None
-    return path
-
-
-__all__ = ["Results", "check_out_dir", "compare", "resume", "run", "run_methods", "share_datasets", "to_config"]
+__all__ = ["Results", "check_out_dir", "compare", "default_out_dir", "resume", "run", "run_methods", "seed_list",
+           "share_datasets", "string_list", "to_config"]

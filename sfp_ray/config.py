@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ConfigError, yaml_problem
 
 Partition = Literal["iid", "dirichlet", "shards"]
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -309,8 +309,9 @@ class RayConfig:
     """Logical GPUs of a private local Ray (lets GPU-share device classes schedule without a GPU); ``null``:
     Ray's detection."""
     address: str = "local"
-    """``local`` starts a private Ray, ``auto`` joins this machine's cluster, ``HOST:PORT`` that head
-    (``--address`` overrides it)."""
+    """``local`` starts a private Ray, ``auto`` joins this machine's cluster (``$RAY_ADDRESS``, else the
+    ``ray_current_cluster`` file ``ray start`` writes in Ray's temporary folder), ``HOST:PORT`` that head
+    (``--address`` overrides it); the address must answer within 3 s, before anything starts."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
     memory_fraction: float = 0.5
@@ -373,6 +374,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             out[f.name] = dict(value)
         else:
             out[f.name] = value
+    return out
+
+
+def dotted_items(cfg: Any) -> dict[str, Any]:
+    """Every key of a configuration as ``dotted key -> value`` (``devices.mix`` stays one mapping).
+
+    Example:
+        >>> items = dotted_items(Config())
+        >>> items["federation.rounds"], items["devices.mix"]["rpi4"]
+        (8, 0.5)
+    """
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping) and f"{prefix}{k}" != "devices.mix":
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
     return out
 
 
@@ -578,19 +600,27 @@ def split_assignment(item: str, flag: str, expected: str) -> tuple[str, str]:
     return key, raw
 
 
-def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
+def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), *,
+                 flag: str = "--set") -> Config:
+    """Build and validate a Config from a nested mapping plus ``key=value`` overrides.
+
+    ``flag`` names the overrides in error messages (``--set`` on the command line,
+    ``overrides`` from Python).
+    """
     tree: dict[str, Any] = _merge({}, dict(data or {}))
     for item in overrides:
-        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. federation.rounds=3")
+        if not isinstance(item, str):
+            raise ConfigError(f"{flag}: expected 'KEY=VALUE' strings, got {item!r}")
+        key, raw = split_assignment(item, flag, "KEY=VALUE, e.g. federation.rounds=3")
         _set_dotted(tree, key, raw.strip())
     cfg = _from_dict(Config, tree, "")
     validate(cfg)
     return cfg
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML file (optional) and apply ``key=value`` overrides."""
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), *,
+                flag: str = "--set") -> Config:
+    """Load a YAML file (optional) and apply ``key=value`` overrides (``flag``: see :func:`build_config`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -601,7 +631,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ConfigError(f"--config: {p} is not valid YAML: {e}".splitlines()[0]) from None
+            raise ConfigError(f"--config: {p} is not valid YAML: {yaml_problem(e)}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"--config: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except OSError as e:
@@ -611,7 +641,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"--config: {p} must hold a mapping of sections at the top level")
         data = dict(loaded)
-    return build_config(data, overrides)
+    return build_config(data, overrides, flag=flag)
+
+
+def checkpoint_file(model: ModelConfig) -> Path | None:
+    """The file ``model.checkpoint`` names, checked to exist; None for ``pretrain`` and ``none``.
+
+    Example:
+        >>> checkpoint_file(ModelConfig(checkpoint="pretrain")) is None, checkpoint_file(ModelConfig(checkpoint=None))
+        (True, None)
+    """
+    ck = model.checkpoint
+    if ck is None or str(ck).lower() in ("none", "null", "", "pretrain"):
+        return None
+    p = Path(ck)
+    if p.is_dir():
+        raise ConfigError(f"model.checkpoint: {p} is a folder, not a checkpoint file")
+    if not p.is_file():
+        raise ConfigError(f"model.checkpoint: file not found: {p}")
+    return p
 
 
 def dump_config(cfg: Config, extra: Mapping[str, Any] | None = None) -> str:

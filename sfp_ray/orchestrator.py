@@ -33,7 +33,7 @@ from sfp_ray.availability import RoundJudge, cohort_size, draw, draw_traced, loa
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
-from sfp_ray.devices import DeviceProfile, assign_devices, get_device, load_catalog
+from sfp_ray.devices import run_devices
 from sfp_ray.errors import ConfigError, RoundFailed, ServerLost
 from sfp_ray.executors.base import Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
@@ -149,22 +149,6 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
         ws = spec.workspace(("head", "body", "tail"), meta=True)
         check_checkpoint(ws.vit, read_checkpoint(spec.checkpoint), spec.checkpoint)
     return spec
-
-
-def run_devices(cfg: Config) -> tuple[list[DeviceProfile], DeviceProfile]:
-    """Every client's device profile (drawn from ``devices.mix`` and the seed) and the server's.
-
-    Needs no data: the Ray executor plans its actors from it while the data loads.
-    """
-    catalog = load_catalog(cfg.devices.catalog)
-    names = assign_devices(cfg.federation.num_clients, cfg.devices.mix, cfg.seed, catalog)
-    devices = [get_device(n, catalog) for n in names]
-    try:
-        server_device = get_device(cfg.devices.server, catalog)
-    except ConfigError:
-        raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
-                          f"{', '.join(catalog)}") from None
-    return devices, server_device
 
 
 def validate_model(spec: RunSpec) -> None:
@@ -501,8 +485,3 @@ class Orchestrator:
             "client": client, "server": server, "client_states": dict(client_states), "totals": dict(totals),
             "config": to_dict(self.spec.cfg),
         })
-
-
-def default_out_dir(base: str | Path = "runs") -> Path:
-    """``runs/<timestamp>`` (not created)."""
-    return Path(base) / time.strftime("%Y%m%d-%H%M%S")

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from sfp_ray.compute import choose_device
-from sfp_ray.config import Config, to_dict
+from sfp_ray.config import Config, checkpoint_file, to_dict
 from sfp_ray.data import load_dataset
-from sfp_ray.errors import ConfigError
 from sfp_ray.models import build_from_config, input_shape, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -109,8 +108,6 @@ def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = No
     ck = cfg.model.checkpoint
     if cfg.model.pretrained and (ck is None or str(ck).lower() in ("none", "null", "", "pretrain")):
         return timm_weights(cfg, log_fn=log_fn)
-    if ck is None or str(ck).lower() in ("none", "null", ""):
-        return None
     if ck == "pretrain":
         path = pretrain_path(cfg)
         if not path.is_file():
@@ -118,12 +115,8 @@ def resolve_checkpoint(cfg: Config, *, log_fn: Callable[[str], None] | None = No
                                     "(sfp-ray pretrain; done once)")
             pretrain(cfg, out=path)
         return str(path)
-    p = Path(ck)
-    if p.is_dir():
-        raise ConfigError(f"model.checkpoint: {p} is a folder, not a checkpoint file")
-    if not p.is_file():
-        raise ConfigError(f"model.checkpoint: file not found: {p}")
-    return str(p)
+    p = checkpoint_file(cfg.model)
+    return str(p) if p is not None else None
 
 
 def pretrain(cfg: Config, out: str | os.PathLike | None = None, *, progress: bool = True) -> dict:

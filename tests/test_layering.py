@@ -19,7 +19,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "sfp_ray"
 
 #: Modules (or packages) of the lower layer: pure computation, no Ray, nothing above them.
-LOWER = {"errors", "config", "models", "data", "pruning", "aggregation", "costs", "records", "devices", "stats",
+LOWER = {"errors", "lazy", "config", "models", "data", "pruning", "aggregation", "costs", "records", "devices", "stats",
          "tensors", "compute"}
 #: Where Ray may be imported.
 RAY_ALLOWED = ("sfp_ray.executors.ray", "sfp_ray.cli")

@@ -47,6 +47,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from sfp_ray.data.catalog import canonical, dataset_num_classes, record
 from sfp_ray.data.core import (
     ArrayDataset,
     convert_channels,
@@ -128,14 +129,10 @@ Loader = Callable[[str | None, bool, int], ArrayDataset]
 """A raw loader: ``fn(root, train, seed) -> ArrayDataset`` (native size/channels, all classes)."""
 
 _REGISTRY: dict[str, Loader] = {}
-_NUM_CLASSES: dict[str, int] = {}
 
 
-def _canonical(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def register_dataset(name: str, num_classes: int | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, num_classes: int | None = None,
+                     description: str | None = None) -> Callable[[Loader], Loader]:
     """Registers a raw dataset loader under ``name``.
 
     Use as a decorator. The loader is called as ``fn(root, train, seed)`` and must return
@@ -146,32 +143,23 @@ def register_dataset(name: str, num_classes: int | None = None) -> Callable[[Loa
     Args:
         name: Dataset name, e.g. ``"fashion-mnist"``.
         num_classes: how many classes the dataset has, when known without loading it
-            (cost projections use it; see :func:`dataset_num_classes`).
+            (cost projections and the checks before a run use it; see :func:`dataset_num_classes`).
+        description: one line for ``sfp-ray datasets`` (the built-in ones are in
+            :mod:`sfp_ray.data.catalog`).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
     """
-    key = _canonical(name)
+    key = canonical(name)
     if not key:
         raise ConfigError("data.name: a dataset name must not be empty")
 
     def decorator(fn: Loader) -> Loader:
         _REGISTRY[key] = fn
-        if num_classes is not None:
-            _NUM_CLASSES[key] = int(num_classes)
+        record(key, num_classes, description)
         return fn
 
     return decorator
-
-
-def dataset_num_classes(name: str) -> int | None:
-    """Classes of a registered dataset without loading it (None when its loader did not say).
-
-    Example:
-        >>> dataset_num_classes("cifar100"), dataset_num_classes("fashion-mnist")
-        (100, 10)
-    """
-    return _NUM_CLASSES.get(_canonical(name))
 
 
 def list_datasets() -> list[str]:
@@ -226,7 +214,7 @@ def load_dataset(
             bad ``max_samples`` (``data.max_samples``).
         DataError: The dataset's files cannot be found or read.
     """
-    key = _canonical(str(name))
+    key = canonical(str(name))
     if key not in _REGISTRY:
         raise ConfigError(
             f"data.name: unknown dataset {name!r}; registered datasets: "
@@ -306,7 +294,7 @@ def dataset_search_path(name: str, root: str | None) -> list[Path]:
     Raises:
         ConfigError: ``name`` is not a registered dataset.
     """
-    key = _canonical(str(name))
+    key = canonical(str(name))
     if key not in _REGISTRY:
         raise ConfigError(
             f"data.name: unknown dataset {name!r}; registered datasets: "

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 import torch
 
-from sfp_ray.config import Config
+from sfp_ray.config import Config, dotted_items
 from sfp_ray.costs import RoundClock, simulate_round
+from sfp_ray.methods.catalog import NOT_IN_RESULTS, MethodInfo, ignored, reads, resolve
 from sfp_ray.records import FINISHED, Segment
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
 from sfp_ray.roles.server import BODY_PREFIX
@@ -161,6 +162,8 @@ class Method(abc.ABC):
         overrides: dotted settings the method forces (see :meth:`resolve`).
         default_lr: the learning rate it trains with when ``train.lr`` is null (the default),
             tuned per method on the default task (``benchmarks/results/learning_rate.md``).
+        ignores: configuration keys (a section stands for all its keys) whose values the method
+            never reads once its forced settings apply (see :meth:`reads`); default none.
     """
 
     #: phase names its cost rows may carry
@@ -171,21 +174,49 @@ class Method(abc.ABC):
     plan: RoundPlan = ParallelFedAvg()
 
     def __init__(self, name: str, description: str, overrides: Mapping[str, Any] | None = None, *,
-                 default_lr: float = 1e-3) -> None:
+                 default_lr: float = 1e-3, ignores: Sequence[str] = ()) -> None:
         self.name = name
         self.description = description
         self.overrides = dict(overrides or {})
         self.default_lr = float(default_lr)
+        self.ignores = tuple(ignores)
+
+    @classmethod
+    def from_info(cls, info: MethodInfo, **kwargs: Any) -> Method:
+        """The method described by a catalogue entry (``kwargs``: what the subclass needs besides)."""
+        return cls(info.name, info.description, overrides=info.overrides, default_lr=info.default_lr,
+                   ignores=info.ignores, **kwargs)
+
+    def info(self) -> MethodInfo:
+        """The method's catalogue entry (what ``sfp-ray methods`` lists and a sweep compares)."""
+        return MethodInfo(self.name, self.description, self.default_lr, dict(self.overrides), self.ignores)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+    def reads(self, cfg: Config | None = None) -> list[str]:
+        """The dotted configuration keys whose values this method reads: every key but those it ignores.
+
+        ``ignores`` (keys, or sections standing for all their keys) is the method's declaration of
+        what it never looks at once its forced settings are applied (:mod:`sfp_ray.methods.catalog`).
+        """
+        return reads(self.info(), dotted_items(cfg if cfg is not None else Config()))
+
+    def effective_config(self, cfg: Config) -> dict[str, Any]:
+        """What identifies a run of this method: the resolved configuration (:meth:`resolve`) restricted
+        to the keys it reads, without the sections that never change results (``ray``, ``project``).
+
+        Two configurations with the same effective configuration (and seed) give the same run.
+        """
+        resolved = dotted_items(self.resolve(cfg))
+        return {k: v for k, v in resolved.items()
+                if k.split(".", 1)[0] not in NOT_IN_RESULTS and not ignored(k, self.ignores)}
 
     def resolve(self, cfg: Config) -> Config:
         """The configuration this method runs with: its forced settings, and its own learning rate
         when ``train.lr`` is null.
         """
-        lr = {"train.lr": self.default_lr} if cfg.train.lr is None else {}
-        return cfg.replace(method=self.name, **lr, **self.overrides)
+        return resolve(self.info(), cfg)
 
     # ------------------------------------------------------------------ state
 

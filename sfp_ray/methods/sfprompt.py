@@ -31,6 +31,7 @@ from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
+from sfp_ray.methods.catalog import method_info
 from sfp_ray.pruning import el2n_scores, keep_count, select
 from sfp_ray.roles.client import (
     BodyLink,
@@ -243,13 +244,6 @@ class SFPrompt(Method):
 
 
 def register(register_method: Any) -> None:
-    # the family's rate: SFPrompt's best of 1e-3..1e-2 on the default task (benchmarks/results/learning_rate.md);
-    # the ablations share it, so that each differs from SFPrompt in the one part it switches off
-    lr = 3e-3
-    register_method(SFPrompt("sfprompt", "SFPrompt: prompts + tail on clients, body on the server", default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_prune", "SFPrompt without EL2N pruning", {"pruning.keep_ratio": 1.0},
-                             default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_local", "SFPrompt without the local-loss update",
-                             {"train.local_update": False}, default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_prompt", "SFPrompt without prompts (tail only)", {"prompt.num_tokens": 0},
-                             default_lr=lr))
+    # descriptions, the family's shared rate and the ablations' forced settings: sfp_ray.methods.catalog
+    for name in ("sfprompt", "sfprompt_no_prune", "sfprompt_no_local", "sfprompt_no_prompt"):
+        register_method(SFPrompt.from_info(method_info(name)))

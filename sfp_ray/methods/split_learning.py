@@ -27,6 +27,7 @@ from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ConfigError
 from sfp_ray.methods.base import SPLIT_PHASES, CostContext, Method, SequentialRelay, ServerSpec, is_body
+from sfp_ray.methods.catalog import method_info
 from sfp_ray.roles.client import BodyLink, ClientTask, SplitClientRole, TrainResult, forward_pass, tail_loss
 from sfp_ray.roles.workspace import PARTS, Workspace
 
@@ -112,12 +113,7 @@ class VanillaSplitLearning(SplitLearning):
     plan = SequentialRelay()
 
 
-# the split-learning baselines train no prompts and run neither pruning nor the local-loss update
-_SPLIT_LEARNING = {"prompt.num_tokens": 0, "pruning.keep_ratio": 1.0, "train.local_update": False}
-
-
 def register(register_method: Any) -> None:
-    register_method(SplitLearning("sfl", "SplitFed-V1: head + tail on clients, body trained on the server "
-                                  "(FedAvg of both)", _SPLIT_LEARNING))
-    register_method(VanillaSplitLearning("sl", "vanilla split learning: clients one after another on one body, "
-                                         "head + tail relayed", _SPLIT_LEARNING))
+    # descriptions and forced settings (no prompts, pruning or local-loss update): sfp_ray.methods.catalog
+    register_method(SplitLearning.from_info(method_info("sfl")))
+    register_method(VanillaSplitLearning.from_info(method_info("sl")))
