@@ -12,50 +12,30 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sfp_ray.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Config": "sfp_ray.config",
-    "load_config": "sfp_ray.config",
-    "create_model": "sfp_ray.models",
-    "split_vit": "sfp_ray.models",
-    "load_checkpoint": "sfp_ray.models",
-    "load_dataset": "sfp_ray.data",
-    "partition": "sfp_ray.data",
-    "list_datasets": "sfp_ray.data",
-    "el2n_scores": "sfp_ray.pruning",
-    "fedavg": "sfp_ray.aggregation",
-    "list_methods": "sfp_ray.methods",
-    "get_method": "sfp_ray.methods",
-    "list_devices": "sfp_ray.devices",
-    "get_device": "sfp_ray.devices",
-    "prepare_run": "sfp_ray.orchestrator",
-    "Orchestrator": "sfp_ray.orchestrator",
-    "run": "sfp_ray.api",
-    "compare": "sfp_ray.api",
-    "sweep": "sfp_ray.sweeps",
-    "Results": "sfp_ray.api",
-    "SerialExecutor": "sfp_ray.executors.serial",
-    "RayExecutor": "sfp_ray.executors.ray",
-    "start_ray": "sfp_ray.executors.ray",
-    "ReportSink": "sfp_ray.reports",
-    "project": "sfp_ray.projection",
-    "pretrain": "sfp_ray.pretrain",
+    "sfp_ray.config": ("Config", "load_config"),
+    "sfp_ray.models": ("create_model", "split_vit", "load_checkpoint"),
+    "sfp_ray.data": ("load_dataset", "partition", "list_datasets"),
+    "sfp_ray.pruning": ("el2n_scores",),
+    "sfp_ray.aggregation": ("fedavg",),
+    "sfp_ray.methods": ("list_methods", "get_method"),
+    "sfp_ray.devices": ("list_devices", "get_device"),
+    "sfp_ray.orchestrator": ("prepare_run", "Orchestrator"),
+    "sfp_ray.api": ("run", "compare", "Results"),
+    "sfp_ray.sweeps": ("sweep",),
+    "sfp_ray.executors.serial": ("SerialExecutor",),
+    "sfp_ray.executors.ray": ("RayExecutor", "start_ray"),
+    "sfp_ray.reports": ("ReportSink",),
+    "sfp_ray.projection": ("project",),
+    "sfp_ray.pretrain": ("pretrain",),
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sfp_ray' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(n for names in _EXPORTS.values() for n in names) + ["__version__"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -34,6 +34,83 @@ def _order(n: int, weights: Sequence[float], client_ids: Sequence[int] | None) -
     return order
 
 
+class StateSum:
+    """A sample-weighted sum of client states, folded in one state at a time.
+
+    Each name is summed in float64 over the states that hold it, with its own total weight,
+    so clients of different cuts fold together; :meth:`average` divides and casts back to
+    the dtype of the first state that held the name (float32 when that dtype is not
+    floating). Folding states one after another in ascending client id gives exactly the
+    float64 sums, hence the bits, of :func:`fedavg_arrays`; the sum holds two float32
+    states' worth of memory (float64) whatever the number of clients. :meth:`merge` adds
+    another sum (a per-node partial) into this one.
+
+    Example:
+        >>> s = StateSum()
+        >>> s.add(1, {"w": np.float32([1, 2])}); s.add(2, {"w": np.float32([4, 8])})
+        >>> s.average()["w"], s.clients, s.flops  # (1*[1,2] + 2*[4,8]) / 3
+        (array([3., 6.], dtype=float32), 2, 8.0)
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.weights: dict[str, float] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.clients = 0
+        #: FedAvg arithmetic folded so far: one multiply and one add per element and client
+        self.flops = 0.0
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def add(self, weight: float, state: Mapping[str, Any]) -> None:
+        """Fold one client's state (name -> array; only read) with its weight (a sample count)."""
+        w = float(weight)
+        if not w >= 0:
+            raise ValueError(f"fedavg: weights must be >= 0, got {weight!r}")
+        for k, v in state.items():
+            a = np.asarray(v)
+            term = a.astype(np.float64)
+            term *= w
+            acc = self.sums.get(k)
+            if acc is None:
+                self.sums[k] = term
+                self.weights[k] = w
+                self.dtypes[k] = a.dtype
+            else:
+                acc += term
+                self.weights[k] += w
+            self.flops += 2 * a.size
+        self.clients += 1
+
+    def merge(self, other: StateSum) -> None:
+        """Add another sum into this one (its arrays are only read)."""
+        for k, acc in other.sums.items():
+            mine = self.sums.get(k)
+            if mine is None:
+                self.sums[k] = np.array(acc, dtype=np.float64, copy=True)
+                self.weights[k] = other.weights[k]
+                self.dtypes[k] = other.dtypes[k]
+            else:
+                mine += acc
+                self.weights[k] += other.weights[k]
+        self.clients += other.clients
+        self.flops += other.flops
+
+    def average(self, *, release: bool = False) -> dict[str, np.ndarray]:
+        """Name -> weighted average; ``release`` frees each sum as soon as its average is made."""
+        out: dict[str, np.ndarray] = {}
+        for k in list(self.sums):
+            total = self.weights[k]
+            if total <= 0:
+                raise ValueError(f"fedavg: key {k!r} has zero total weight")
+            dtype = self.dtypes[k]
+            out[k] = np.asarray(self.sums[k] / total).astype(dtype if dtype.kind == "f" else np.float32)
+            if release:
+                del self.sums[k]
+        return out
+
+
 def fedavg_arrays(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float],
                   client_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Weighted average of numpy states, key by key over the clients that hold the key.
@@ -53,27 +130,10 @@ def fedavg_arrays(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[
         >>> fedavg_arrays([a, b], [1, 2])["w"]  # (1*[1,2] + 2*[4,8]) / 3
         array([3., 6.], dtype=float32)
     """
-    order = _order(len(states), weights, client_ids)
-    keys = list(dict.fromkeys(k for i in order for k in states[i]))
-    out: dict[str, np.ndarray] = {}
-    for k in keys:
-        total = 0.0
-        acc: np.ndarray | None = None
-        dtype = None
-        for i in order:
-            if k not in states[i]:
-                continue
-            v = np.asarray(states[i][k])
-            if dtype is None:  # (a numpy dtype is falsy: no `or` here)
-                dtype = v.dtype
-            w = float(weights[i])
-            term = v.astype(np.float64) * w
-            acc = term if acc is None else acc + term
-            total += w
-        if acc is None or total <= 0:
-            raise ValueError(f"fedavg: key {k!r} has zero total weight")
-        out[k] = np.asarray(acc / total).astype(dtype if dtype is not None and dtype.kind == "f" else np.float32)
-    return out
+    total = StateSum()
+    for i in _order(len(states), weights, client_ids):
+        total.add(weights[i], states[i])
+    return total.average()
 
 
 def aggregation_flops(states: Sequence[Mapping[str, Any]]) -> float:
@@ -103,16 +163,58 @@ def average_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence
         >>> {k: v.tolist() for k, v in c.items()}, s, f
         ({'t.w': [2.0, 6.0], 't.u': [1.0], 't.v': [2.0]}, None, {'all': 10.0})
     """
-    flops = {"all": aggregation_flops(client)}
-    new_server = None
-    if server is not None:
-        new_server = fedavg_arrays(server, weights, ids)
-        flops["body"] = aggregation_flops(server)
-    new_client = fedavg_arrays(client, weights, ids)
-    if previous is not None:
-        new_client = {k: new_client[k] if k in new_client else np.array(v, copy=True) for k, v in previous.items()} | {
-            k: v for k, v in new_client.items() if k not in previous}
-    return new_client, new_server, flops
+    sums = PartSums()
+    for i in _order(len(client), weights, ids):
+        sums.add(weights[i], client[i], server[i] if server is not None else None)
+    return sums.finish(previous)
+
+
+class PartSums:
+    """The running sums of a round's FedAvg: the client part and, when the server trains one, the server part."""
+
+    def __init__(self) -> None:
+        self.client = StateSum()
+        self.server: StateSum | None = None
+
+    def add(self, weight: float, client: Mapping[str, Any], server: Mapping[str, Any] | None = None) -> None:
+        """Fold one client's state parts."""
+        self.client.add(weight, client)
+        if server is not None:
+            if self.server is None:
+                self.server = StateSum()
+            self.server.add(weight, server)
+
+    def merge(self, other: PartSums) -> None:
+        """Add another round's partial sums (another node's) into these."""
+        self.client.merge(other.client)
+        if other.server is not None:
+            if self.server is None:
+                self.server = StateSum()
+            self.server.merge(other.server)
+
+    @property
+    def flops(self) -> dict[str, float]:
+        """FedAvg FLOPs per part: ``all`` for the client part, ``body`` for the server's."""
+        out = {"all": self.client.flops}
+        if self.server is not None:
+            out["body"] = self.server.flops
+        return out
+
+    def finish(self, previous: Mapping[str, np.ndarray] | None = None, *, release: bool = False,
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict[str, float]]:
+        """``(averaged client part, averaged server part or None, FLOPs per part)``.
+
+        ``previous`` supplies the names no client holds (per-device cuts); they keep their values.
+        """
+        if not self.client.clients:
+            raise ValueError("fedavg: no client states to average")
+        flops = self.flops
+        new_server = self.server.average(release=release) if self.server is not None else None
+        new_client = self.client.average(release=release)
+        if previous is not None:
+            new_client = {k: new_client[k] if k in new_client else np.array(v, copy=True)
+                          for k, v in previous.items()} | {k: v for k, v in new_client.items() if k not in previous}
+        return new_client, new_server, flops
 
 
 def to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -158,4 +260,4 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor | np.ndarray]], weights: S
     return {k: torch.from_numpy(v).to(dtypes[k]) for k, v in out.items()}
 
 
-__all__ = ["aggregation_flops", "average_parts", "fedavg", "fedavg_arrays", "to_arrays"]
+__all__ = ["PartSums", "StateSum", "aggregation_flops", "average_parts", "fedavg", "fedavg_arrays", "to_arrays"]

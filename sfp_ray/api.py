@@ -17,17 +17,21 @@ Example (a tiny run on synthetic data, in-process; the Ray executor is the defau
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from sfp_ray.config import Config, build_config, load_config
+from sfp_ray.config import Config, build_config, dotted_items, load_config, split_assignment
 from sfp_ray.errors import ClusterError, ConfigError
+from sfp_ray.preflight import check_out_dir, check_run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ConfigLike = Config | str | os.PathLike | Mapping[str, Any] | Sequence[str] | None
 
@@ -45,8 +49,8 @@ class Results:
     summary_by_seed: pd.DataFrame
     rounds: pd.DataFrame
     costs: pd.DataFrame
-    messages: pd.DataFrame = field(default_factory=pd.DataFrame)
-    clients: pd.DataFrame = field(default_factory=pd.DataFrame)
+    messages: pd.DataFrame = field(default_factory=lambda: _frame())
+    clients: pd.DataFrame = field(default_factory=lambda: _frame())
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> Results:
@@ -58,6 +62,8 @@ class Results:
         by_seed = summarize_by_seed(costs, rounds)
 
         def read(name: str) -> pd.DataFrame:
+            import pandas as pd
+
             p = d / name
             return pd.read_csv(p, dtype={"run_id": str}) if p.is_file() else pd.DataFrame()
 
@@ -65,35 +71,95 @@ class Results:
                    read("clients.csv"))
 
 
+def _frame() -> pd.DataFrame:
+    import pandas as pd  # imported when needed: checks before a run stay fast
+
+    return pd.DataFrame()
+
+
+def default_out_dir(base: str | Path = "runs") -> Path:
+    """``runs/<timestamp>`` (not created)."""
+    return Path(base) / time.strftime("%Y%m%d-%H%M%S")
+
+
 def to_config(config: ConfigLike = None, overrides: Sequence[str] = ()) -> Config:
     """A :class:`Config` from a Config, a YAML path, a nested mapping or ``key=value`` strings, plus overrides."""
+    overrides = string_list(overrides, "overrides", "'KEY=VALUE' strings")
     if isinstance(config, Config):
         return config.replace(**dict(_split(o) for o in overrides)) if overrides else config
     if config is None:
-        return load_config(None, overrides)
+        return load_config(None, overrides, flag="overrides")
     if isinstance(config, (str, os.PathLike)) and not (isinstance(config, str) and "=" in config):
-        return load_config(config, overrides)
+        return load_config(config, overrides, flag="overrides")
     if isinstance(config, Mapping):
-        return build_config(config, overrides)
+        return build_config(config, overrides, flag="overrides")
     if isinstance(config, str):
-        return load_config(None, [config, *overrides])
-    return load_config(None, [*config, *overrides])
+        return load_config(None, [config, *overrides], flag="config")
+    return load_config(None, [*string_list(config, "config", "'KEY=VALUE' strings"), *overrides], flag="config")
+
+
+def string_list(value: Any, name: str, what: str) -> list[str]:
+    """``value`` as a list of strings; a bare string (which Python would iterate character by character),
+    or anything else that is not a sequence of strings, is a :class:`ConfigError` in Python terms.
+
+    Example:
+        >>> string_list(("a=1",), "overrides", "'KEY=VALUE' strings")
+        ['a=1']
+        >>> string_list("a=1", "overrides", "'KEY=VALUE' strings")
+        Traceback (most recent call last):
+        ...
+        sfp_ray.errors.ConfigError: overrides: expected a list of 'KEY=VALUE' strings, got the string 'a=1'; \
+write overrides=['a=1']
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")] if "=" not in value else [value]
+        raise ConfigError(f"{name}: expected a list of {what}, got the string {value!r}; write {name}={items!r}")
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a list of {what}, got {type(value).__name__} {value!r}")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"{name}: expected a list of {what}, got {bad[0]!r} ({type(bad[0]).__name__}) in it")
+    return out
+
+
+def seed_list(value: Any, name: str = "seeds") -> list[int]:
+    """``value`` as a list of distinct integer seeds; a string, a bare number or a repeated seed is a
+    :class:`ConfigError` in Python terms.
+
+    Example:
+        >>> seed_list(range(3))
+        [0, 1, 2]
+    """
+    if isinstance(value, str):
+        raise ConfigError(f"{name}: expected a list of integers, got the string {value!r}; write "
+                          f"{name}=[{', '.join(v.strip() for v in value.split(',') if v.strip())}]")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a list of integers, got the number {value!r}; write {name}=[{value!r}]")
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a list of integers, got {type(value).__name__} {value!r}")
+    out = list(value)
+    bad = [v for v in out if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise ConfigError(f"{name}: expected a list of integers, got {bad[0]!r} ({type(bad[0]).__name__}) in it")
+    seeds = [int(v) for v in out]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{name}: give distinct seeds, got {seeds}")
+    return seeds
 
 
 def _split(item: str) -> tuple[str, Any]:
     import yaml
 
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. federation.rounds=3")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    key, raw = split_assignment(item, "overrides", "KEY=VALUE, e.g. federation.rounds=3")
+    return key, yaml.safe_load(raw) if raw.strip() else None
 
 
 def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides: Sequence[str] = (),
                 seeds: Sequence[int] | None = None, executor: str = "ray", address: str | None = None,
                 out: str | os.PathLike | None = None, plots: bool = True,
                 progress: Callable[[Any], None] | None = None, echo: Callable[[str], None] | None = None,
-                threads: int | None = None) -> Results:
+                threads: int | None = None, device: str = "auto") -> Results:
     """Run every method once per seed on the same data and devices; write the report to ``out``.
 
     The folder also receives ``checkpoint/``: the plan of this call and, after every round,
@@ -119,29 +185,26 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
             goes) and warnings (clients that failed, rounds started over).
         threads: torch threads of the serial executor (default: the counts the Ray
             executor's actors use, so that the two executors compute the same floats).
+        device: where the serial executor computes: ``auto`` (where the Ray executor's actors
+            would), ``cpu`` or ``cuda`` (:func:`sfp_ray.executors.serial.mirrored_device`).
     """
-    from sfp_ray.methods import get_method
-    from sfp_ray.orchestrator import default_out_dir
-
     cfg = to_config(config, overrides)
     _check_executor(executor)
-    methods = list(methods)
+    methods = string_list(methods, "methods", "method names")
     if not methods:
         raise ConfigError("methods: give at least one method, e.g. sfprompt,fl_full")
-    for m in methods:
-        get_method(m)  # validate all names before any work
-    seeds = list(seeds) if seeds is not None else [cfg.seed]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
-    folder = check_out_dir(Path(out) if out is not None else default_out_dir())
+    seeds = seed_list(seeds) if seeds is not None else [cfg.seed]
+    folder = Path(out) if out is not None else default_out_dir()
+    # every check that needs no data: before Ray starts and before the folder exists
+    check_run(methods, cfg, seeds, executor=executor, address=address, out=folder)
     return _execute(methods, cfg, seeds, executor, address, folder, plots, progress, echo, resuming=False,
-                    threads=threads)
+                    threads=threads, device=device)
 
 
 def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: Sequence[str] = (),
            methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, executor: str | None = None,
            address: str | None = None, plots: bool = True, progress: Callable[[Any], None] | None = None,
-           echo: Callable[[str], None] | None = None, threads: int | None = None) -> Results:
+           echo: Callable[[str], None] | None = None, threads: int | None = None, device: str = "auto") -> Results:
     """Continue an interrupted :func:`run_methods` call in its folder ``run_dir``.
 
     The methods, seeds and configuration are the ones saved in ``run_dir/checkpoint/run.yaml``.
@@ -166,24 +229,38 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     where = f"{folder}/checkpoint/run.yaml"
     if config is not None or overrides:
         asked = to_config(config if config is not None else saved, overrides)
-        a, b = _flat(saved), _flat(asked)
+        a, b = dotted_items(saved), dotted_items(asked)
         differ = [k for k in a if a[k] != b.get(k)]
         if differ:
             k = differ[0]
             raise ConfigError(f"--resume: {k}={b.get(k)!r} conflicts with the run being resumed ({k}={a[k]!r} in "
                               f"{where}); a resumed run keeps its configuration: drop the setting or start a new run")
-    if methods is not None and list(methods) != plan.methods:
+    if methods is not None and string_list(methods, "methods", "method names") != plan.methods:
         raise ConfigError(f"--resume: methods {','.join(methods)} conflict with the run being resumed "
                           f"({','.join(plan.methods)} in {where})")
-    if seeds is not None and [int(s) for s in seeds] != plan.seeds:
+    if seeds is not None and seed_list(seeds) != plan.seeds:
         raise ConfigError(f"--resume: seeds {','.join(map(str, seeds))} conflict with the run being resumed "
                           f"({','.join(map(str, plan.seeds))} in {where})")
     kind = executor if executor is not None else plan.executor
     _check_executor(kind)
     check_out_dir(folder)
     saved_address = address is None and plan.address is not None
-    return _execute(plan.methods, saved, plan.seeds, kind, plan.address if saved_address else address, folder, plots,
-                    progress, echo, resuming=True, threads=threads, address_saved=saved_address)
+    if saved_address:
+        address = plan.address
+    try:
+        check_run(plan.methods, saved, plan.seeds, executor=kind, address=address)
+    except ClusterError as e:
+        if not saved_address:
+            raise
+        raise _saved_cluster_unreachable(address, e) from None
+    return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
+                    threads=threads, device=device, address_saved=saved_address)
+
+
+def _saved_cluster_unreachable(address: str | None, e: ClusterError) -> ClusterError:
+    """The one line of a resume whose saved Ray cluster (``run.yaml``) does not answer."""
+    return ClusterError(f"--resume: the run's Ray cluster at {address} (checkpoint/run.yaml) cannot be reached: {e}; "
+                        "start it again, or pass --address (HOST:PORT, auto, or local for a private Ray)")
 
 
 def _check_executor(executor: str) -> None:
@@ -191,26 +268,10 @@ def _check_executor(executor: str) -> None:
         raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
 
 
-def _flat(cfg: Config) -> dict[str, Any]:
-    from sfp_ray.config import to_dict
-
-    out: dict[str, Any] = {}
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping) and k != "mix":
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-
-    walk(to_dict(cfg), "")
-    return out
-
-
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
              folder: Path, plots: bool, progress: Callable[[Any], None] | None,
              echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None,
-             address_saved: bool = False) -> Results:
+             device: str = "auto", address_saved: bool = False) -> Results:
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
     from sfp_ray.methods import get_method
@@ -232,7 +293,7 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
     ckpts: list[dict[str, Any] | None] = [
         checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
     pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
-    with _executors(executor, cfg, address, say, threads, folder=folder, warn=warn,
+    with _executors(executor, cfg, address, say, threads, device, folder=folder, warn=warn,
                     address_saved=address_saved) as pool:
         # the Ray executor's actors start now and import torch while the data loads here
         pool.start(pending)
@@ -316,10 +377,10 @@ class _executors:
     """
 
     def __init__(self, kind: str, cfg: Config, address: str | None, say: Callable[[str], None],
-                 threads: int | None = None, *, folder: Path | None = None,
+                 threads: int | None = None, device: str = "auto", *, folder: Path | None = None,
                  warn: Callable[[str], None] | None = None, address_saved: bool = False) -> None:
         self.kind, self.cfg, self.requested, self.say, self.threads = kind, cfg, address, say, threads
-        self.folder, self.warn, self.address_saved = folder, warn, address_saved
+        self.device, self.folder, self.warn, self.address_saved = device, folder, warn, address_saved
         self.started = False
         self.joined = False
         self.pool: Any = None
@@ -334,15 +395,18 @@ class _executors:
         """Start Ray and the actors for the runs ``(seed, method)`` still to do (Ray executor; none: nothing)."""
         if self.kind != "ray" or not pending:  # nothing left to run needs no Ray
             return
+        from sfp_ray.devices import run_devices
         from sfp_ray.executors.ray import ActorPool, start_ray
         from sfp_ray.executors.ray.terminal import HeadWatch, RayLog, connected_address, ray_running
         from sfp_ray.methods import get_method
-        from sfp_ray.orchestrator import run_devices
+        from sfp_ray.sizing import pool_memory
 
         resolved = [get_method(m).resolve(self.cfg.replace(seed=s)) for s, m in pending]
         devices, server = run_devices(resolved[0])  # the pool is planned for the first run, as the runs share it
         needs_server = any(get_method(m).server(c) is not None for (_, m), c in zip(pending, resolved))
         caps = [c.ray.max_actors for c in resolved if c.ray.max_actors is not None]
+        distinct = {m: c for (_, m), c in zip(pending, resolved)}  # seeds do not change what an actor holds
+        memory = pool_memory([(c, get_method(m)) for m, c in distinct.items()])
         if self.folder is not None:
             self.ray_log = RayLog(self.folder / "ray.log")
             self.ray_log.start()
@@ -353,9 +417,7 @@ class _executors:
         except ClusterError as e:
             if not self.address_saved:
                 raise
-            raise ClusterError(f"--resume: the run's Ray cluster at {address} (checkpoint/run.yaml) cannot be "
-                               f"reached: {e}; start it again, or pass --address (HOST:PORT, auto, or local for a "
-                               "private Ray)") from None
+            raise _saved_cluster_unreachable(address, e) from None
         if not reused:
             self.joined = not self.started
             self.address = "local" if self.started else connected_address()
@@ -364,8 +426,8 @@ class _executors:
         rc = self.cfg.ray
         self.pool = ActorPool.for_devices(devices, server if needs_server else None,
                                           max_actors=min(caps) if caps else None,
-                                          server_max_concurrency=rc.server_max_concurrency,
-                                          ready_timeout_s=rc.placement_timeout_s,
+                                          server_max_concurrency=rc.server_max_concurrency, memory=memory,
+                                          memory_fraction=rc.memory_fraction, ready_timeout_s=rc.placement_timeout_s,
                                           placement_timeout_s=rc.placement_timeout_s, on_node_loss=rc.on_node_loss,
                                           notify=self.warn)
         for note in self.pool.plan.notices:
@@ -393,7 +455,7 @@ class _executors:
             raise RuntimeError("start() the Ray executor's pool first")
         from sfp_ray.executors.serial import SerialExecutor
 
-        return SerialExecutor(self.threads)
+        return SerialExecutor(self.threads, self.device)
 
     def __exit__(self, *exc: Any) -> None:
         if self.watch is not None:
@@ -424,18 +486,5 @@ def compare(methods: Sequence[str] = ("sfprompt", "fl_full"), config: ConfigLike
     return run_methods(methods, config, overrides=overrides, **kwargs)
 
 
-def check_out_dir(path: Path) -> Path:
-    """Create the output folder (or check the existing one) and that it is writable; one-line errors."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out: {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sfp-ray-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out: cannot write to {path} ({e.strerror or e})") from None
-    return path
-
-
-__all__ = ["Results", "check_out_dir", "compare", "resume", "run", "run_methods", "share_datasets", "to_config"]
+__all__ = ["Results", "check_out_dir", "compare", "default_out_dir", "resume", "run", "run_methods", "seed_list",
+           "share_datasets", "string_list", "to_config"]

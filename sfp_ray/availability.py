@@ -45,10 +45,9 @@ from typing import Any
 import numpy as np
 
 from sfp_ray.errors import ConfigError
-from sfp_ray.records import Segment
+from sfp_ray.records import FINISHED, Segment
 
 #: Statuses of a client whose state is averaged.
-AVERAGED = ("ok", "retried")
 #: Stream of the availability draws within a ``(seed, round, client_id)`` seed.
 _STREAM = 104729
 
@@ -287,12 +286,24 @@ class RoundJudge:
         #: per client ``(phase, side, start, end)`` of the round's simulated schedule (after :meth:`round_seconds`)
         self.schedule: dict[int, list[tuple[str, str, float, float]]] = {}
 
+    @property
+    def decides_alone(self) -> bool:
+        """Whether each client's fate is known without the others' finish times: no deadline, and no more clients
+        running than are averaged (no over-selection). Then a client's state can be averaged as soon as it finishes.
+        """
+        return self.deadline_s is None and len(self.draws) <= self.keep
+
+    def drops(self, client_id: int) -> bool:
+        """Whether the client drops out this round (drawn before it runs)."""
+        d = self.draws.get(client_id)
+        return d is not None and d.drops
+
     def __call__(self, outputs: Sequence[object]) -> None:
         for o in outputs:
             d = self.draws.get(o.client_id)
-            if o.status in AVERAGED and d is not None and d.drops:
+            if o.status in FINISHED and d is not None and d.drops:
                 truncate(o, d.point)
-        done = [o for o in outputs if o.status in AVERAGED]
+        done = [o for o in outputs if o.status in FINISHED]
         if not done:
             return
         if self.sequential:
@@ -321,7 +332,7 @@ class RoundJudge:
         self.schedule = clock.schedule
         if self.sequential:
             return float(clock.seconds)
-        averaged = [clock.finish[o.client_id] for o in outputs if o.status in AVERAGED and o.client_id in clock.finish]
+        averaged = [clock.finish[o.client_id] for o in outputs if o.status in FINISHED and o.client_id in clock.finish]
         dropped = [clock.finish[o.client_id] for o in outputs if o.status == "dropped" and o.client_id in clock.finish]
         # the round closes when enough clients finished; until then it also notices every dropout
         end = max(averaged) if averaged and len(averaged) >= self.keep else max(averaged + dropped, default=0.0)
@@ -330,5 +341,5 @@ class RoundJudge:
         return float(end)
 
 
-__all__ = ["AVERAGED", "AvailabilityTrace", "ClientTrace", "Draw", "RoundJudge", "cohort_size", "draw", "draw_traced",
+__all__ = ["AvailabilityTrace", "ClientTrace", "Draw", "RoundJudge", "cohort_size", "draw", "draw_traced",
            "load_trace", "phase_fractions", "truncate"]

@@ -3,18 +3,22 @@
 ::
 
     sfp-ray run      [--config FILE] [--set KEY=VALUE ...] [--method NAME] [--seeds 0,1,2]
-                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--device auto|cpu|cuda]
+                     [--out DIR | --resume RUN_DIR]
     sfp-ray compare  [--config FILE] [--set KEY=VALUE ...] --methods sfprompt,fl_full[,...] [--seeds ...]
-                     [--executor ray|serial] [--address ADDR] [--threads N] [--out DIR | --resume RUN_DIR]
+                     [--executor ray|serial] [--address ADDR] [--threads N] [--device auto|cpu|cuda]
+                     [--out DIR | --resume RUN_DIR]
     sfp-ray sweep    --grid KEY=V1,V2,... [--grid ...] [--config FILE] [--set KEY=VALUE ...]
                      [--methods sfprompt,fl_full] [--seeds 0,1,2] [--executor ray|serial] [--address ADDR]
-                     [--cell-cpus N] [--out DIR]
+                     [--cell-cpus N] [--no-share] [--out DIR]
     sfp-ray pretrain [--config FILE] [--set KEY=VALUE ...] [--out FILE] [--force]
     sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--grid KEY=V1,V2 ...] [--methods ...]
                      [--out DIR]
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices | datasets
 
+``--debug`` and ``--quiet`` go before or after the subcommand. Everything that needs no data
+is checked before Ray starts and before ``--out`` is created (:mod:`sfp_ray.preflight`).
 Exit code 0 on success (also when some clients failed: one warning line each); a bad
 configuration or input, a ``--resume`` that does not fit, or a round that too few clients
 survive (``federation.min_success_fraction``) exits with code 2 and one line on stderr
@@ -72,6 +76,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", metavar="N", type=int, default=None,
                    help="torch threads of the serial executor; default: those of the client actors (one for the "
                         "built-in device classes), so that serial and Ray runs give the same numbers bit for bit")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where the serial executor computes: auto (default: where the Ray executor's actors would: "
+                        "the GPU when every device class holds a GPU share and torch can use one), cpu or cuda; Ray "
+                        "actors always follow their class's GPU share")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the interrupted run in RUN_DIR from its checkpoints: methods, seeds and "
@@ -108,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sfp-ray",
         description="Ray actor-based simulator of split federated prompt fine-tuning (SFPrompt, arXiv 2407.17533).",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    _add_global_args(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run one method and write a report", epilog=FAULTS_HELP,
@@ -131,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed, each cell into its own run folder OUT/cells/<cell-id>/, and gather them into "
                     "OUT/sweep.csv (one row per cell x method x seed, the swept keys as columns, ratios to fl_full "
                     "in the same cell and seed), OUT/sweep_summary.csv (mean, std and 95% CI over seeds per cell "
-                    "x method) and one plot per swept key (OUT/sweep_<key>.png). Every cell's configuration is "
-                    "validated before anything runs. Running the same command again skips the finished cells "
+                    "x method) and one plot per swept key (OUT/sweep_<key>.png: accuracy, client FLOPs, bytes). "
+                    "Every cell's configuration is validated before anything runs. A method runs once per distinct "
+                    "setting of the keys it reads (fl_full reads no split.*, prompt.* or pruning.*): cells that "
+                    "differ only in other keys share that run, and the sweep says how many runs it saved. "
+                    "Running the same command again skips the finished cells "
                     "(a cell is finished when OUT/cells/<cell-id>/sweep-cell.json exists), so an interrupted sweep "
                     "resumes and a finished one only rewrites its tables.")
     p.add_argument("--grid", metavar="KEY=V1,V2,...", action="append", default=[], required=True, help=GRID_HELP)
@@ -153,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="sweep folder (default: runs/sweep); the same folder again resumes the sweep")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots (the sweep's and the cells')")
+    p.add_argument("--no-share", action="store_true",
+                   help="train every cell's runs; by default a method runs once per distinct setting of the keys it "
+                        "reads (fl_full reads no split.*, prompt.* or pruning.*) and cells that differ only in other "
+                        "keys share that run")
 
     p = sub.add_parser("pretrain", help="pre-train the configured ViT on the source task (offline backbone)")
     _add_config_args(p)
@@ -175,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
 
     p = sub.add_parser("timeline", help="plot one round's simulated schedule per client from a run folder",
-                       description="Plot one round of RUN_DIR/timeline.csv: a bar per selected client that ran, a "
-                                   "segment per phase (download, prune, local update, split training, upload; grey: "
-                                   "waiting for the server; hatched: on the server), client labels coloured by "
-                                   "device class.")
+                       description="Plot one round of RUN_DIR/timeline.csv: a row per selected client, labelled "
+                                   "with its device class (colour) and cut, a segment per phase (download, prune, "
+                                   "local update, split training, upload; dark, hatched: computed on the server; "
+                                   "grey: waiting for it; both drawn at a visible width and summed after the bar), "
+                                   "offline, dropped and late clients marked, the server's busy time on the top "
+                                   "row and federation.deadline_s as a line.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--round", type=int, default=None, help="round to plot (default: the last)")
     p.add_argument("--method", default=None, help="method (default: the folder's first)")
@@ -187,8 +203,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list registered methods")
     sub.add_parser("devices", help="list device profiles")
-    sub.add_parser("datasets", help="list registered datasets")
+    sub.add_parser("datasets", help="list registered datasets, one line of description each")
+    for p in sub.choices.values():  # global flags work after the subcommand too
+        _add_global_args(p, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_args(p: argparse.ArgumentParser, default: object) -> None:
+    """``--debug`` and ``--quiet``; a subcommand's copy defaults to SUPPRESS so it never undoes the global one."""
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show tracebacks and debug logs (before or after the subcommand)")
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="no per-round progress lines (before or after the subcommand)")
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, command: str | None, extra: Sequence[str]) -> str:
+    """The message for arguments no parser took, with the closest flag of the subcommand when one is close."""
+    import difflib
+
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(command) if sub is not None and command else parser
+    flags = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        if command == "run" and name == "--methods":
+            return f"{message}; run takes one --method NAME (several methods: sfp-ray compare --methods A,B)"
+        close = difflib.get_close_matches(name, flags, n=1, cutoff=0.75)
+        if close:
+            return f"{message}; did you mean {close[0]}?"
+    return message
 
 
 # --------------------------------------------------------------------------- helpers
@@ -258,14 +304,20 @@ def _threads(args: argparse.Namespace) -> int | None:
     return args.threads
 
 
+def _device(args: argparse.Namespace) -> str:
+    if args.device is not None and (args.executor or "ray") == "ray" and args.resume is None:
+        raise ConfigError("--device sets where the serial executor computes; Ray actors follow their device class's "
+                          "GPU share (add --executor serial)")
+    return args.device or "auto"
+
+
 def _run_methods(args: argparse.Namespace, methods: list[str], cfg) -> int:
-    from sfp_ray.api import run_methods
-    from sfp_ray.orchestrator import default_out_dir
+    from sfp_ray.api import default_out_dir, run_methods
 
     seeds = parse_seeds(args.seeds, cfg.seed)
     args.run_dir = Path(args.out) if args.out else default_out_dir()
     res = run_methods(methods, cfg, seeds=seeds, executor=args.executor or "ray", address=args.address,
-                      out=args.run_dir, plots=not args.no_plots, threads=_threads(args),
+                      out=args.run_dir, plots=not args.no_plots, threads=_threads(args), device=_device(args),
                       progress=_progress(cfg.federation.rounds, args.quiet, len(seeds) > 1), echo=_say)
     return _print_results(res, len(seeds))
 
@@ -281,7 +333,7 @@ def _resume(args: argparse.Namespace, methods: list[str] | None) -> int:
     plan = read_plan(folder)
     seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else None
     res = resume(folder, args.config, overrides=args.overrides, methods=methods, seeds=seeds, executor=args.executor,
-                 address=args.address, plots=not args.no_plots, threads=_threads(args),
+                 address=args.address, plots=not args.no_plots, threads=_threads(args), device=_device(args),
                  progress=_progress(plan.config.federation.rounds, args.quiet, len(plan.seeds) > 1), echo=_say)
     return _print_results(res, len(plan.seeds))
 
@@ -331,7 +383,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: {out} is a folder; give the checkpoint file to write")
     from sfp_ray.api import check_out_dir
 
-    check_out_dir(out.parent)  # refuse an unwritable destination before training, not after
+    check_out_dir(out.parent, create=False)  # refuse an unwritable destination before training, not after
     meta = pretrain(cfg, out, progress=not args.quiet)
     cap = cfg.pretrain.max_samples
     if cap is not None and meta["train_samples"] < cap:
@@ -348,29 +400,29 @@ MODEL_RESET = ("model.img_size=null", "model.patch_size=null", "model.in_chans=n
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from sfp_ray.projection import format_projection, project
+    from sfp_ray.projection import assumptions, format_projection, project
 
     extra = [f"model.name={args.model}", *MODEL_RESET] if args.model else []
     cfg = _load(args, extra)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     from sfp_ray.api import check_out_dir
 
+    out = Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}"
+    check_out_dir(out, create=False)
     if args.grid:
         from sfp_ray.sweeps import parse_grid, project_grid
 
         grid = parse_grid(args.grid)
         df = project_grid(grid, cfg, methods=methods)  # every cell is validated before the folder is made
-        out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
-        df.to_csv(out / "projection.csv", index=False)
+        check_out_dir(out).joinpath("projection.csv").write_text(df.to_csv(index=False))
         for cid, g in df.groupby("cell_id", sort=False):
-            print(f"cell {cid}\n{format_projection(g)}\n")
+            print(f"cell {cid}\n{format_projection(g)}\n{assumptions(cfg, g)}\n")
         print(f"projection: {out}/projection.csv ({df['cell_id'].nunique()} cells x {df['method'].nunique()} methods)")
         return 0
-    out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"project-{cfg.model.name}")
     df = project(cfg, methods=methods)
-    df.to_csv(out / "projection.csv", index=False)
+    check_out_dir(out).joinpath("projection.csv").write_text(df.to_csv(index=False))
     print(format_projection(df))
-    print(f"\nprojection: {out}/projection.csv")
+    print(f"\n{assumptions(cfg, df)}\nprojection: {out}/projection.csv")
     return 0
 
 
@@ -381,12 +433,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     cfg = _load(args)
     res = sweep(grid, methods, cfg, seeds=parse_seeds(args.seeds, cfg.seed), executor=args.executor,
-                address=args.address, out=args.out, plots=not args.no_plots, cell_cpus=args.cell_cpus, echo=_say)
+                address=args.address, out=args.out, plots=not args.no_plots, cell_cpus=args.cell_cpus,
+                share=not args.no_share, echo=_say)
     print(format_sweep(res.summary, list(grid)))
     print(f"\nsweep: {res.out}/ (sweep.csv: {len(res.sweep)} runs, sweep_summary.csv, sweep.yaml"
           + (", " + ", ".join(p.name for p in res.plots) if res.plots else "") + "; cells/<cell-id>/: run reports)")
     print(f"cells: {len(res.ran)} run now, {len(res.skipped)} already finished, {len(res.failed)} failed, "
-          f"{len(res.invalid)} (cell, method) pairs invalid")
+          f"{len(res.invalid)} (cell, method) pairs invalid; {res.runs_saved} runs saved by sharing a run between "
+          "cells whose settings differ only in keys the method does not read")
     if res.failed:
         cid, err = next(iter(res.failed.items()))
         print(f"sfp-ray: error: {len(res.failed)} cell(s) failed, e.g. {cid}: {err}; the same command runs them again",
@@ -415,12 +469,13 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``methods``, ``devices``, ``datasets``: read from the catalogues, without importing torch (well under 1 s)."""
     if args.command == "methods":
-        from sfp_ray.methods import get_method, list_methods
+        from sfp_ray.methods.catalog import list_methods, method_info
 
-        for m in list_methods():
-            meth = get_method(m)
-            print(f"{m:20} lr {meth.default_lr:<7g} {meth.description}")
+        for name in list_methods():
+            m = method_info(name)
+            print(f"{name:20} lr {m.default_lr:<7g} {m.description}")
     elif args.command == "devices":
         from sfp_ray.devices import load_catalog
 
@@ -431,9 +486,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                   f"{d.peak_flops / 1e9:8.1f} GFLOP/s x{d.efficiency:<4}  up {d.uplink_mbps:>7} / down "
                   f"{d.downlink_mbps:>7} Mbit/s  {d.latency_ms} ms{chances}")
     else:
-        from sfp_ray.data import list_datasets
+        from sfp_ray.data.catalog import dataset_info, dataset_names
 
-        print("\n".join(list_datasets()))
+        for name in dataset_names():
+            d = dataset_info(name)
+            classes = f"{d.num_classes} classes" if d.num_classes else "classes: see its loader"
+            print(f"{name:14} {classes:11}  {d.description}")
     return 0
 
 
@@ -454,7 +512,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            prog = f"{parser.prog} {args.command}" if args.command else parser.prog
+            raise UsageError(f"{_did_you_mean(parser, args.command, extra)} (see '{prog} --help')")
     except UsageError as e:
         print(f"sfp-ray: error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ConfigError, yaml_problem
 
 Partition = Literal["iid", "dirichlet", "shards"]
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -34,6 +34,7 @@ ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
 CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
 NodeLossPolicy = Literal["replace", "fail"]  # sfp_ray.executors.ray.pool
+Precision = Literal["fp32", "bf16", "fp16"]  # sfp_ray.compute
 #: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
@@ -63,11 +64,14 @@ class ModelConfig:
     global_pool: str | None = None
     """Pooling before the classifier (``token``, ``avg``, ``max``, ``avgmax``). ``null``: the timm model's own."""
     fused_attn: bool = False
-    """timm's fused attention kernel. Off: every pass runs the arithmetic of the FLOP-counted ones (counting
-    forces PyTorch's MATH kernel), so serial and Ray runs agree bit for bit; turn it on for speed on GPUs."""
+    """timm's fused attention kernel (PyTorch's scaled-dot-product attention: a flash or memory-efficient kernel on a
+    GPU, a fused one on the CPU). Off: every pass runs the arithmetic of the FLOP-counted ones (counting forces the
+    MATH kernel), so serial and Ray runs agree bit for bit. On: faster attention, above all on a GPU; FLOPs are still
+    counted exactly (under the MATH kernel, once per shape)."""
     pretrained: bool = False
-    """Start from timm's pre-trained weights (Hugging Face hub or its local cache); ``checkpoint: pretrain`` is
-    then ignored."""
+    """Start from timm's pre-trained weights (Hugging Face hub or its local cache), adapted to ``img_size`` and
+    ``in_chans`` by timm and kept once as a local checkpoint (``.cache/sfp-ray``) that each actor reads its parts
+    from; ``checkpoint: pretrain`` is then ignored, a checkpoint file given still wins."""
     checkpoint: str | None = "pretrain"
     """Weights to start from: a file (``.pt``/``.pth``/``.safetensors``, a state dict or ``{"model": ...}``),
     ``pretrain`` (the backbone ``sfp-ray pretrain`` caches for this model, pre-trained on first use) or
@@ -166,6 +170,13 @@ class TrainConfig:
     """Run SFPrompt's local-loss update (phase 1b: prompts + tail trained with the body bypassed)."""
     eval_batch_size: int = 256
     """Batch size of evaluation and of EL2N scoring (passes without gradients)."""
+    precision: Precision = "fp32"
+    """Arithmetic of the forward passes: ``fp32``; ``bf16`` (autocast, on a GPU or the CPU) or ``fp16`` (autocast on
+    a GPU, with dynamic loss scaling). Weights, optimizer state and FedAvg stay float32; activations and their
+    gradients cross the cut in this precision, and their bytes are counted so."""
+    deterministic: bool = True
+    """torch's deterministic algorithms (and on a GPU the cuBLAS workspace setting they need): the serial and Ray
+    executors then give the same bits on one GPU model; off, they agree to float rounding."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,9 @@ class DataConfig:
     datasets``)."""
     root: str | None = None
     """Folder searched first for the dataset's files (then ``$SFP_DATA_ROOT`` and the default places)."""
+    download: bool = False
+    """Fetch a missing ``cifar10``/``cifar100``/``svhn`` into its torchvision root with torchvision's downloader
+    (needs internet; done once). Off: a missing dataset fails with one line saying how to fetch it."""
     partition: Partition = "dirichlet"
     """Split of the training samples among clients: ``iid``, ``dirichlet`` (label skew, Hsu et al. 2019) or
     ``shards`` (label-sorted shards, McMahan et al. 2017)."""
@@ -296,8 +310,9 @@ class RayConfig:
     """Logical GPUs of a private local Ray (lets GPU-share device classes schedule without a GPU); ``null``:
     Ray's detection."""
     address: str = "local"
-    """``local`` starts a private Ray, ``auto`` joins this machine's cluster, ``HOST:PORT`` that head
-    (``--address`` overrides it)."""
+    """``local`` starts a private Ray, ``auto`` joins this machine's cluster (``$RAY_ADDRESS``, else the
+    ``ray_current_cluster`` file ``ray start`` writes in Ray's temporary folder), ``HOST:PORT`` that head
+    (``--address`` overrides it); the address must answer within 3 s, before anything starts."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
     on_node_loss: NodeLossPolicy = "replace"
@@ -310,6 +325,11 @@ class RayConfig:
     """Seconds an actor may take to be placed and started (after the pool's start: while no actor becomes
     ready) before the run gives up on it: a client slot is then left out as under ``on_node_loss`` and
     tried again when the cluster's nodes change; a server or aggregator that cannot be placed stops the run."""
+    memory_fraction: float = 0.5
+    """Share of each node's memory (Ray's ``memory`` resource) the pool plans to fill with its actors' estimates, in
+    (0, 1]; the rest stays free for the driver, Ray's own processes, states in flight and the page cache. Every actor
+    still asks Ray for its whole estimate; when even the smallest pool needs more than this share, it is planned
+    against the whole node (with a notice)."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +385,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             out[f.name] = dict(value)
         else:
             out[f.name] = value
+    return out
+
+
+def dotted_items(cfg: Any) -> dict[str, Any]:
+    """Every key of a configuration as ``dotted key -> value`` (``devices.mix`` stays one mapping).
+
+    Example:
+        >>> items = dotted_items(Config())
+        >>> items["federation.rounds"], items["devices.mix"]["rpi4"]
+        (8, 0.5)
+    """
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping) and f"{prefix}{k}" != "devices.mix":
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
     return out
 
 
@@ -570,19 +611,27 @@ def split_assignment(item: str, flag: str, expected: str) -> tuple[str, str]:
     return key, raw
 
 
-def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
+def build_config(data: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), *,
+                 flag: str = "--set") -> Config:
+    """Build and validate a Config from a nested mapping plus ``key=value`` overrides.
+
+    ``flag`` names the overrides in error messages (``--set`` on the command line,
+    ``overrides`` from Python).
+    """
     tree: dict[str, Any] = _merge({}, dict(data or {}))
     for item in overrides:
-        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. federation.rounds=3")
+        if not isinstance(item, str):
+            raise ConfigError(f"{flag}: expected 'KEY=VALUE' strings, got {item!r}")
+        key, raw = split_assignment(item, flag, "KEY=VALUE, e.g. federation.rounds=3")
         _set_dotted(tree, key, raw.strip())
     cfg = _from_dict(Config, tree, "")
     validate(cfg)
     return cfg
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML file (optional) and apply ``key=value`` overrides."""
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), *,
+                flag: str = "--set") -> Config:
+    """Load a YAML file (optional) and apply ``key=value`` overrides (``flag``: see :func:`build_config`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -593,7 +642,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ConfigError(f"--config: {p} is not valid YAML: {e}".splitlines()[0]) from None
+            raise ConfigError(f"--config: {p} is not valid YAML: {yaml_problem(e)}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"--config: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except OSError as e:
@@ -603,7 +652,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"--config: {p} must hold a mapping of sections at the top level")
         data = dict(loaded)
-    return build_config(data, overrides)
+    return build_config(data, overrides, flag=flag)
+
+
+def checkpoint_file(model: ModelConfig) -> Path | None:
+    """The file ``model.checkpoint`` names, checked to exist; None for ``pretrain`` and ``none``.
+
+    Example:
+        >>> checkpoint_file(ModelConfig(checkpoint="pretrain")) is None, checkpoint_file(ModelConfig(checkpoint=None))
+        (True, None)
+    """
+    ck = model.checkpoint
+    if ck is None or str(ck).lower() in ("none", "null", "", "pretrain"):
+        return None
+    p = Path(ck)
+    if p.is_dir():
+        raise ConfigError(f"model.checkpoint: {p} is a folder, not a checkpoint file")
+    if not p.is_file():
+        raise ConfigError(f"model.checkpoint: file not found: {p}")
+    return p
 
 
 def dump_config(cfg: Config, extra: Mapping[str, Any] | None = None) -> str:
@@ -715,6 +782,8 @@ def validate(cfg: Config) -> None:
     )
     _require(r.num_cpus is None or r.num_cpus > 0, "ray.num_cpus", f"must be > 0, got {r.num_cpus}")
     _require(r.num_gpus is None or r.num_gpus >= 0, "ray.num_gpus", f"must be >= 0, got {r.num_gpus}")
+    _require(0.0 < r.memory_fraction <= 1.0, "ray.memory_fraction",
+             f"must be in (0, 1] (the share of a node's memory the pool plans for), got {r.memory_fraction}")
     _require(
         r.server_max_concurrency >= 1,
         "ray.server_max_concurrency",

@@ -109,7 +109,9 @@ def serialized_bytes(t: torch.Tensor | np.ndarray) -> int:
     key = (shape, dtype)
     overhead = _SER_OVERHEAD.get(key)
     if overhead is None:
-        if isinstance(t, torch.Tensor):
+        if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16:
+            arr = np.zeros(shape, dtype=np.int16)  # numpy has no bfloat16: it crosses as its 16-bit patterns
+        elif isinstance(t, torch.Tensor):
             arr = np.zeros(shape, dtype=torch.empty((), dtype=t.dtype).numpy().dtype)
         else:
             arr = np.zeros(shape, dtype=t.dtype)
@@ -163,6 +165,8 @@ class Ledger:
     timeline: list[Segment] = field(default_factory=list)
     phase_wall: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     server_queue_s: float = 0.0
+    #: waits for the compute device's queued work (a GPU's) before a phase's wall time is read
+    sync: Callable[[], None] | None = None
     _phase: str = "idle"
 
     def _device_of(self, side: Side) -> Any:
@@ -189,6 +193,8 @@ class Ledger:
         try:
             yield
         finally:
+            if self.sync is not None:
+                self.sync()
             self.phase_wall[name] += time.perf_counter() - t0
             self._phase = prev
 

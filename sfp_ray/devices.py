@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ConfigError, yaml_problem
 
 __all__ = [
     "DEVICE_RESOURCE_PREFIX",
@@ -45,6 +45,7 @@ __all__ = [
     "get_device",
     "list_devices",
     "load_catalog",
+    "run_devices",
 ]
 
 #: Prefix of the Ray custom resource a node offers for each device class it stands for.
@@ -229,78 +230,79 @@ def _coerce_number(v: Any) -> Any:
     return v
 
 
-def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
+def _parse_entry(key: Any, entry: Any) -> tuple[DeviceProfile | None, list[str]]:
+    """A catalogue entry as a profile, and every problem found in it (the profile is None when there is any).
+
+    Each problem is one phrase naming the field (``missing fields 'description', 'num_gpus'``,
+    ``efficiency must be in (0, 1], got 0``), so that a file's problems can be reported together.
+    """
     if not isinstance(key, str) or not _NAME_RE.match(key):
-        raise ConfigError(
-            f"devices.catalog: {src}: device name {key!r} is invalid "
-            "(use letters, digits, '_', '-', '.', starting with a letter)"
-        )
-    where = f"devices.catalog: {src}: device '{key}'"
+        return None, [f"device name {key!r} is invalid (use letters, digits, '_', '-', '.', starting with a letter)"]
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: entry must be a mapping of fields, got {type(entry).__name__}")
+        return None, [f"entry must be a mapping of fields, got {type(entry).__name__}"]
+    problems: list[str] = []
     unknown = sorted(str(k) for k in entry if k not in _ALLOWED)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(_ALLOWED))})"
-        )
-    for fname in _REQUIRED:
-        if fname not in entry:
-            raise ConfigError(f"{where}: missing field '{fname}'")
+        problems.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)} "
+                        f"(allowed: {', '.join(sorted(_ALLOWED))})")
+    missing = [f for f in _REQUIRED if f not in entry]
+    if missing:
+        problems.append(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}")
     if "name" in entry and entry["name"] != key:
-        raise ConfigError(f"{where}: name must match the entry key '{key}', got {entry['name']!r}")
-
-    description = entry["description"]
+        problems.append(f"name must match the entry key '{key}', got {entry['name']!r}")
+    description = entry.get("description", "")
     if not isinstance(description, str):
-        raise ConfigError(f"{where}: description must be a string, got {type(description).__name__}")
+        problems.append(f"description must be a string, got {type(description).__name__}")
 
     values: dict[str, float] = {}
     for fname in _REQUIRED[1:]:
+        if fname not in entry:
+            continue
         v = _coerce_number(entry[fname])
         if not _is_number(v) or not math.isfinite(v):
-            raise ConfigError(f"{where}: {fname} must be a finite number, got {v!r}")
-        values[fname] = v
+            problems.append(f"{fname} must be a finite number, got {v!r}")
+        else:
+            values[fname] = v
 
-    def _check(cond: bool, fname: str, rule: str) -> None:
-        if not cond:
-            raise ConfigError(f"{where}: {fname} {rule}, got {values[fname]!r}")
+    def check(fname: str, rule: Any, says: str) -> None:
+        if fname in values and not rule(values[fname]):
+            problems.append(f"{fname} {says}, got {values[fname]!r}")
 
     for fname in ("num_cpus", "num_gpus", "latency_ms", "memory_mb"):
-        _check(values[fname] >= 0, fname, "must be >= 0")
-    _check(float(values["memory_mb"]).is_integer(), "memory_mb", "must be a whole number of MiB")
+        check(fname, lambda v: v >= 0, "must be >= 0")
+    check("memory_mb", lambda v: float(v).is_integer(), "must be a whole number of MiB")
     for fname in ("peak_flops", "uplink_mbps", "downlink_mbps"):
-        _check(values[fname] > 0, fname, "must be > 0")
-    _check(0 < values["efficiency"] <= 1, "efficiency", "must be in (0, 1]")
-    _check(
-        values["num_gpus"] <= 1 or float(values["num_gpus"]).is_integer(),
-        "num_gpus",
-        "must be <= 1 or a whole number (Ray accepts fractional GPUs only up to 1)",
-    )
+        check(fname, lambda v: v > 0, "must be > 0")
+    check("efficiency", lambda v: 0 < v <= 1, "must be in (0, 1]")
+    check("num_gpus", lambda v: v <= 1 or float(v).is_integer(),
+          "must be <= 1 or a whole number (Ray accepts fractional GPUs only up to 1)")
 
     chances: dict[str, float] = {}
     for fname, default in (("availability", 1.0), ("dropout", 0.0)):
         v = _coerce_number(entry.get(fname, default))
         if not _is_number(v) or not math.isfinite(v) or not 0 <= v <= 1:
-            raise ConfigError(f"{where}: {fname} must be a probability in [0, 1], got {v!r}")
-        chances[fname] = float(v)
+            problems.append(f"{fname} must be a probability in [0, 1], got {v!r}")
+        else:
+            chances[fname] = float(v)
 
     raw_res = entry.get("resources") or {}
-    if not isinstance(raw_res, Mapping):
-        raise ConfigError(
-            f"{where}: resources must be a mapping of resource name to amount, got {type(raw_res).__name__}"
-        )
     res: dict[str, float] = {}
+    if not isinstance(raw_res, Mapping):
+        problems.append(f"resources must be a mapping of resource name to amount, got {type(raw_res).__name__}")
+        raw_res = {}
     for rk, rv in raw_res.items():
         rv = _coerce_number(rv)
         if not isinstance(rk, str) or not rk:
-            raise ConfigError(f"{where}: resources keys must be non-empty strings, got {rk!r}")
-        if rk in ("CPU", "GPU", "memory", "object_store_memory"):
-            raise ConfigError(
-                f"{where}: resources: {rk!r} is a built-in Ray resource; use num_cpus/num_gpus/memory_mb"
-            )
-        if not _is_number(rv) or not math.isfinite(rv) or rv < 0:
-            raise ConfigError(f"{where}: resources['{rk}'] must be a finite number >= 0, got {rv!r}")
-        res[rk] = float(rv)
+            problems.append(f"resources keys must be non-empty strings, got {rk!r}")
+        elif rk in ("CPU", "GPU", "memory", "object_store_memory"):
+            problems.append(f"resources: {rk!r} is a built-in Ray resource; use num_cpus/num_gpus/memory_mb")
+        elif not _is_number(rv) or not math.isfinite(rv) or rv < 0:
+            problems.append(f"resources['{rk}'] must be a finite number >= 0, got {rv!r}")
+        else:
+            res[rk] = float(rv)
 
+    if problems:
+        return None, problems
     return DeviceProfile(
         name=key,
         description=description,
@@ -314,10 +316,11 @@ def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
         latency_ms=float(values["latency_ms"]),
         resources=res,
         **chances,
-    )
+    ), []
 
 
 def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:
+    """The profiles of a catalogue file; every problem of every entry is reported at once, in one line."""
     src = os.fspath(path)
     p = Path(src)
     if p.is_dir():
@@ -325,28 +328,39 @@ def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:
     if not p.is_file():
         raise ConfigError(f"devices.catalog: file not found: {src}")
     try:
-        with p.open("r", encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"devices.catalog: {src}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"devices.catalog: {src} is not valid YAML: {yaml_problem(exc)}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"devices.catalog: {src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+        raise ConfigError(f"devices.catalog: {src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
-        raise ConfigError(f"devices.catalog: {src}: cannot read: {exc.strerror or exc}") from exc
+        raise ConfigError(f"devices.catalog: {src}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(doc, Mapping) or "devices" not in doc:
         raise ConfigError(
             f"devices.catalog: {src}: expected a top-level mapping with a 'devices' key "
             "(devices: {<class>: {description: ..., num_cpus: ..., ...}})"
         )
+    problems: list[str] = []
     extra_keys = sorted(str(k) for k in doc if k != "devices")
     if extra_keys:
-        raise ConfigError(f"devices.catalog: {src}: unknown top-level key {extra_keys[0]!r} (only 'devices')")
+        problems.append(f"unknown top-level key{'s' if len(extra_keys) > 1 else ''} "
+                        f"{', '.join(repr(k) for k in extra_keys)} (only 'devices')")
     devices = doc["devices"]
     if devices is None:
         devices = {}
     if not isinstance(devices, Mapping):
         raise ConfigError(f"devices.catalog: {src}: 'devices' must be a mapping of class name to fields")
-    return {str(k): _parse_entry(src, k, v) for k, v in devices.items()}
+    profiles: dict[str, DeviceProfile] = {}
+    for key, entry in devices.items():
+        profile, found = _parse_entry(key, entry)
+        if profile is not None:
+            profiles[str(key)] = profile
+        problems += [f"device {str(key)!r}: {f}" if isinstance(key, str) and _NAME_RE.match(key) else f
+                     for f in found]
+    if problems:
+        head = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise ConfigError(f"devices.catalog: {src}: {head}{'; '.join(problems)}")
+    return profiles
 
 
 @lru_cache(maxsize=1)
@@ -379,7 +393,8 @@ def get_device(name: str, catalog: Mapping[str, DeviceProfile] | None = None) ->
         return cat[name]
     except (KeyError, TypeError):
         raise ConfigError(
-            f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)}"
+            f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)} (define more in a "
+            "devices.catalog file, see sfp_ray/devices.yaml)"
         ) from None
 
 
@@ -407,7 +422,8 @@ def assign_devices(
     for name, w in mix.items():
         if name not in cat:
             raise ConfigError(
-                f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)}"
+                f"devices.mix: unknown device class {name!r}; known classes: {', '.join(cat)} (define more in a "
+                "devices.catalog file, see sfp_ray/devices.yaml)"
             )
         if not _is_number(w) or not math.isfinite(w) or w < 0:
             raise ConfigError(f"devices.mix: fraction of {name!r} must be a finite number >= 0, got {w!r}")
@@ -434,3 +450,18 @@ def assign_devices(
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(assignment))
     return [assignment[i] for i in perm]
+
+
+def run_devices(cfg: Any) -> tuple[list[DeviceProfile], DeviceProfile]:
+    """Every client's device profile (drawn from ``devices.mix`` and the seed) and the server's.
+
+    ``cfg`` is a :class:`~sfp_ray.config.Config`. Needs no data and no torch: the checks before
+    a run call it, and the Ray executor plans its actors from it while the data loads.
+    """
+    catalog = load_catalog(cfg.devices.catalog)
+    names = assign_devices(cfg.federation.num_clients, cfg.devices.mix, cfg.seed, catalog)
+    devices = [get_device(n, catalog) for n in names]
+    if cfg.devices.server not in catalog:
+        raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
+                          f"{', '.join(catalog)}")
+    return devices, catalog[cfg.devices.server]

@@ -36,3 +36,37 @@ class ServerLost(RoundLost):
 
 class RoundFailed(SfpRayError):
     """Too few clients of a round succeeded (``federation.min_success_fraction``), even after a retry."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    r"""One line for a YAML parse error: line and column, what went wrong, and a tab named as such.
+
+    PyYAML's own message spreads over several lines and starts with its parser state
+    ("while scanning for the next token"); this keeps the position (1-based) and the
+    problem. Works on any exception; without a position it is the first line of the message.
+
+    Example:
+        >>> import yaml
+        >>> try:
+        ...     yaml.safe_load("federation:\n\trounds: 3\n")
+        ... except yaml.YAMLError as e:
+        ...     print(yaml_problem(e))
+        line 2, column 1: a tab character; YAML indents with spaces, never tabs
+    """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = str(getattr(exc, "problem", None) or getattr(exc, "context", None) or "").strip()
+    if not problem:
+        text = str(exc).strip()
+        problem = text.splitlines()[0] if text else type(exc).__name__
+    line_text = ""
+    if mark is not None and getattr(mark, "buffer", None) is not None:
+        start = mark.buffer.rfind("\n", 0, mark.pointer) + 1
+        end = mark.buffer.find("\n", mark.pointer)
+        line_text = mark.buffer[start:end if end >= 0 else len(mark.buffer)]
+    if "\\t" in problem or "\t" in problem:
+        problem = "a tab character; YAML indents with spaces, never tabs"
+    elif "\t" in line_text[: len(line_text) - len(line_text.lstrip())]:
+        problem += " (the line is indented with a tab; YAML indents with spaces, never tabs)"
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"

@@ -140,11 +140,49 @@ def _probe(name: str) -> nn.Module | None:
         return None
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+class LazySafetensors(Mapping):
+    """The tensors of a ``.safetensors`` file, read one at a time on access (shapes without reading any).
+
+    A process that holds only some parts of a model reads only their tensors: a ViT-L
+    client actor does not load the server's 1 GB body to initialise its head and tail.
+    """
+
+    def __init__(self, path: str | os.PathLike, keys: Mapping[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
+        self.path = str(path)
+        self._keys = dict(keys)  # name (``module.`` stripped) -> the file's own key
+        self.shapes = shapes
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.shapes:
+            raise KeyError(key)
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt", device="cpu") as f:
+            return f.get_tensor(self._keys[key])
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def shape_of(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """The shape of ``state[key]`` without reading it when ``state`` is lazy."""
+    if isinstance(state, LazySafetensors):
+        return state.shapes[key]
+    return tuple(state[key].shape)
+
+
+def read_checkpoint(path: str | os.PathLike, *, lazy: bool = False) -> Mapping[str, torch.Tensor]:
     """The state dict in a local checkpoint file (``.pt``/``.pth``/``.safetensors``).
 
     Accepted: a raw state dict, or a dict holding it under ``model``/``state_dict``/
     ``model_state_dict``; a ``module.`` prefix (DataParallel) is stripped.
+
+    ``lazy``: read tensors only when they are used: a ``.safetensors`` file one tensor at a
+    time (:class:`LazySafetensors`), a ``.pt``/``.pth`` file memory-mapped (its pages are
+    read when touched; a file in PyTorch's legacy format is read whole).
 
     Raises:
         ModelError: the file is missing, unreadable, or not a state dict of tensors.
@@ -154,11 +192,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelError(f"model.checkpoint: file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # timm depends on safetensors
+            from safetensors import safe_open  # timm depends on safetensors
+
+            if lazy:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    keys = {k.removeprefix("module."): k for k in f.keys()}
+                    shapes = {k: tuple(f.get_slice(own).get_shape()) for k, own in keys.items()}
+                if not keys:
+                    raise ModelError(f"model.checkpoint: {path} does not hold a state dict of tensors")
+                return LazySafetensors(path, keys, shapes)
+            from safetensors.torch import load_file
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
+            except RuntimeError:
+                if not lazy:
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
+    except ModelError:
+        raise
     except Exception as e:  # noqa: BLE001  (any unreadable file is the same user error)
         raise ModelError(f"model.checkpoint: cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
     if isinstance(obj, Mapping):
@@ -177,10 +231,11 @@ def check_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
     The classifier (``head.weight``/``head.bias``) may be absent or of another width (a
     checkpoint of another task): it is then left as initialised. Any other missing,
     unexpected or mis-shaped tensor is an error naming the file and the first offenders.
+    ``state`` may be lazy (:func:`read_checkpoint`): only shapes are read.
     """
     own = model.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-              if k in own and k not in CLASSIFIER_KEYS and v.shape != own[k].shape]
+    shapes = [f"{k} {shape_of(state, k)} vs model {tuple(own[k].shape)}" for k in state
+              if k in own and k not in CLASSIFIER_KEYS and shape_of(state, k) != tuple(own[k].shape)]
     missing = [k for k in own if k not in state and k not in CLASSIFIER_KEYS]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected or shapes:
@@ -192,7 +247,7 @@ def check_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
         if unexpected:
             parts.append(f"unexpected: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise ModelError(f"model.checkpoint: {path} does not fit the model ({'; '.join(parts)})")
-    return [k for k in CLASSIFIER_KEYS if k in own and (k not in state or state[k].shape != own[k].shape)]
+    return [k for k in CLASSIFIER_KEYS if k in own and (k not in state or shape_of(state, k) != tuple(own[k].shape))]
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> list[str]:
@@ -761,12 +816,12 @@ def materialize(parts: Iterable[nn.Module], owners: Iterable[nn.Module],
                 device: str | torch.device = "cpu") -> list[nn.Parameter]:
     """Give the parameters of ``parts`` fresh, uninitialised storage on ``device``.
 
-    Parameters already on ``device`` are kept. Building on ``meta`` and materialising
-    on ``cpu`` gives a process only the parts it holds; materialising on ``meta`` frees
-    parts again. A parameter object may be registered in several modules (the split parts
-    share the ViT's modules and some of its parameters, e.g. ``cls_token``); every module
-    of ``owners`` that registers a replaced parameter is updated, so all views stay one
-    tensor. Returns the new parameters (fill them with :func:`init_parameters` and a
+    Parameters that are not on ``meta`` already hold values and are kept. Building on
+    ``meta`` and materialising on ``cpu`` gives a process only the parts it holds;
+    materialising on ``meta`` frees parts again. A parameter object may be registered in
+    several modules (the split parts share the ViT's modules and some of its parameters,
+    e.g. ``cls_token``); every module of ``owners`` that registers a replaced parameter is
+    updated, so all views stay one tensor. Returns the new parameters (fill them with :func:`init_parameters` and a
     checkpoint).
 
     Raises:
@@ -778,7 +833,10 @@ def materialize(parts: Iterable[nn.Module], owners: Iterable[nn.Module],
     for part in parts:
         for mod in part.modules():
             for p in mod.parameters(recurse=False):
-                if p.device != target and id(p) not in new:
+                # materialising replaces meta parameters only (one held elsewhere, e.g. on a GPU, stays); dropping
+                # to meta replaces every real one
+                pending = (not p.is_meta) if target.type == "meta" else p.is_meta
+                if pending and id(p) not in new:
                     new[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=target),
                                               requires_grad=p.requires_grad)
             for name, b in mod.named_buffers(recurse=False):

@@ -33,15 +33,16 @@ from sfp_ray.availability import RoundJudge, cohort_size, draw, draw_traced, loa
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
 from sfp_ray.data import load_dataset, partition
-from sfp_ray.devices import DeviceProfile, assign_devices, get_device, load_catalog
+from sfp_ray.devices import run_devices
 from sfp_ray.errors import ConfigError, RoundFailed, RoundLost
-from sfp_ray.executors.base import FINISHED, Executor, RunSpec, State
+from sfp_ray.executors.base import Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
 from sfp_ray.methods import Method, RoundOutcome, get_method
 from sfp_ray.models import check_checkpoint, input_shape, read_checkpoint
 from sfp_ray.placement import CutPlan, plan_cuts, typical_samples
 from sfp_ray.records import (
     EVAL_PHASE,
+    FINISHED,
     NO_CLIENT,
     ClientRecord,
     CostRecord,
@@ -116,10 +117,10 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     d, f = cfg.data, cfg.federation
     img_size, in_chans = input_shape(cfg.model)
     train = load_dataset(d.name, train=True, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
-                         seed=cfg.seed)
+                         seed=cfg.seed, download=d.download)
     # the test set does not depend on the run's seed: runs over seeds are measured on the same samples
     test = load_dataset(d.name, train=False, root=d.root, classes=d.classes, img_size=img_size, in_chans=in_chans,
-                        seed=TEST_SEED, max_samples=d.test_samples)
+                        seed=TEST_SEED, max_samples=d.test_samples, download=d.download)
     if d.test_samples is not None and len(test) < d.test_samples:
         notes.append(f"data.test_samples={d.test_samples}: the test set has only {len(test)} samples; using all")
     parts = partition(train.labels.numpy(), f.num_clients, d.partition, alpha=d.alpha,
@@ -148,22 +149,6 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
         ws = spec.workspace(("head", "body", "tail"), meta=True)
         check_checkpoint(ws.vit, read_checkpoint(spec.checkpoint), spec.checkpoint)
     return spec
-
-
-def run_devices(cfg: Config) -> tuple[list[DeviceProfile], DeviceProfile]:
-    """Every client's device profile (drawn from ``devices.mix`` and the seed) and the server's.
-
-    Needs no data: the Ray executor plans its actors from it while the data loads.
-    """
-    catalog = load_catalog(cfg.devices.catalog)
-    names = assign_devices(cfg.federation.num_clients, cfg.devices.mix, cfg.seed, catalog)
-    devices = [get_device(n, catalog) for n in names]
-    try:
-        server_device = get_device(cfg.devices.server, catalog)
-    except ConfigError:
-        raise ConfigError(f"devices.server: unknown device class {cfg.devices.server!r}; known: "
-                          f"{', '.join(catalog)}") from None
-    return devices, server_device
 
 
 def validate_model(spec: RunSpec) -> None:
@@ -401,6 +386,7 @@ class Orchestrator:
                 server_queue_s=sum(o.server_queue_s for o in outcome.outputs), seed=cfg.seed,
                 selected=selected, finished=len(finished), failed=status.count("failed"),
                 offline=status.count("offline"), dropped=status.count("dropped"), late=status.count("late"),
+                precision=cfg.train.precision,
             )
             if not finished:
                 self.warn(f"{self._who} round {r}: no client's state was averaged ({len(outcome.outputs)} selected: "
@@ -411,12 +397,15 @@ class Orchestrator:
             self._emit("add_messages", [m for o in outcome.outputs for m in o.messages])
             self._emit("add_clients", _client_rows(r, outcome.outputs, spec))
             self._emit("add_timeline", _timeline_rows(r, judge.schedule, outcome.outputs, spec))
-            self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id)
+            self._emit("add_resources", [dict(o.resources, round=r, client_id=o.client_id, stage="task")
                                          for o in outcome.outputs if o.resources])
             self._emit("add_round", rec)  # the rows are flushed here, before the checkpoint
             self._save(r, state, client_states, totals)
             if self.progress is not None:
                 self.progress(rec)
+        end = ex.resources()  # each actor's memory after the run: its peaks over every task and fold
+        if end:
+            self._emit("add_resources", [dict(row, round=f.rounds) for row in end])
         final = state.tensors()
         self._emit("end_run", final)
         return RunResult(meta, rounds, final, client_states)
@@ -504,8 +493,3 @@ class Orchestrator:
             "client": client, "server": server, "client_states": dict(client_states), "totals": dict(totals),
             "config": to_dict(self.spec.cfg),
         })
-
-
-def default_out_dir(base: str | Path = "runs") -> Path:
-    """``runs/<timestamp>`` (not created)."""
-    return Path(base) / time.strftime("%Y%m%d-%H%M%S")

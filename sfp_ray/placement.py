@@ -5,12 +5,12 @@ not give a rule; this is ours. For every candidate cut ``(head_blocks, tail_bloc
 in ``[split.min_blocks, split.max_blocks]`` with at least one block left to the server, the
 method's own cost model (:meth:`~sfp_ray.methods.base.Method.project`, the one ``sfp-ray
 project`` uses) gives a client's per-round FLOPs, the server's FLOPs for it and the bytes
-up and down, and :func:`client_memory_bytes` what the client must hold. Then, per device
+up and down, and :func:`~sfp_ray.sizing.device_memory_bytes` what the client must hold. Then, per device
 class:
 
 1. **memory**: a cut is feasible when ``memory_mb`` holds the client's parameters (head and
-   tail), the gradients and optimiser state of what it trains, and the activations one
-   training batch keeps for its backward pass (measured on the ``meta`` device);
+   tail), the gradients and optimiser state of what it trains, and the peak of the tensors
+   one training step keeps alive (measured on the ``meta`` device, :mod:`sfp_ray.sizing`);
 2. **time**: a cut's simulated round time on that device is
    ``client FLOPs / achieved FLOP/s + bytes up / uplink + bytes down / downlink +
    messages x latency + server FLOPs x clients_per_round / server FLOP/s`` (the server's
@@ -38,6 +38,7 @@ import torch
 
 from sfp_ray.config import Config
 from sfp_ray.errors import ConfigError
+from sfp_ray.sizing import device_memory_bytes
 
 _MIB = 2**20
 #: relative tolerance of "finishes within the round's time"
@@ -130,63 +131,6 @@ def choose_cuts(costs: Sequence[CutCost], devices: Sequence[object], server: obj
 # --------------------------------------------------------------------------- cost table
 
 
-def optimizer_slots(cfg: Config) -> int:
-    """Tensors the optimiser keeps per trainable parameter: Adam/AdamW 2, SGD with momentum 1, plain SGD 0."""
-    t = cfg.train
-    if t.optimizer in ("adam", "adamw"):
-        return 2
-    return 1 if t.momentum > 0 else 0
-
-
-def saved_bytes(fn: object) -> int:
-    """Bytes of the tensors autograd saves for the backward pass while ``fn()`` runs (works on ``meta``)."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
-
-
-def _memory_terms(ws: object, names: Sequence[str], cfg: Config, x: torch.Tensor,
-                  y: torch.Tensor) -> tuple[int, int, int]:
-    """``(parameters + gradients + optimiser state, split-pass activations, bypassed-pass activations)``."""
-    from sfp_ray.roles.client import bypass_loss, forward_pass, tail_loss
-
-    split = ws.split
-    held = {id(p): p for part in (split.head, split.tail) for p in part.parameters()}
-    params = sum(p.numel() * p.element_size() for p in held.values())
-    named = dict(split.named_parameters())
-    trained = sum(named[n].numel() * named[n].element_size() for n in names)
-    ws.set_trainable(names)
-    head_trains = split.num_prompts > 0
-
-    def split_pass() -> None:
-        h = forward_pass(split.head, x, head_trains)
-        out = forward_pass(split.body, h.detach(), False).requires_grad_(True)
-        tail_loss(split, out, y)
-
-    def bypass_pass() -> None:
-        h = forward_pass(split.head, x, head_trains)
-        bypass_loss(split, h, y)
-
-    return int(params + trained * (1 + optimizer_slots(cfg))), saved_bytes(split_pass), saved_bytes(bypass_pass)
-
-
-def client_memory_bytes(ws: object, names: Sequence[str], cfg: Config, x: torch.Tensor, y: torch.Tensor) -> int:
-    """What a split client holds at its cut: head and tail parameters, gradients and optimiser state of
-    ``names``, and the activations one training batch ``x`` keeps for backward (the larger of the split
-    and the body-bypassed pass). ``ws`` is a :class:`~sfp_ray.roles.workspace.Workspace` on ``meta``
-    holding every part.
-    """
-    fixed, split_acts, bypass_acts = _memory_terms(ws, names, cfg, x, y)
-    return fixed + max(split_acts, bypass_acts)
-
-
 def _exact_terms(cfg: Config, method: object, num_classes: int, samples: int, cut: tuple[int, int]) -> list[float]:
     """The cost terms of one cut, from the method's cost model on ``meta`` (see :func:`cut_costs`)."""
     from sfp_ray.methods.base import CostContext
@@ -203,9 +147,9 @@ def _exact_terms(cfg: Config, method: object, num_classes: int, samples: int, cu
                 torch.zeros(n, dtype=torch.long, device="meta"))
 
     row = method.project(CostContext(ws, c, *batch(1), samples))
-    mem = _memory_terms(ws, method.client_names(ws), c, *batch(c.train.batch_size))
+    mem = device_memory_bytes(ws, method, c, *batch(c.train.batch_size))
     return [float(row["client_flops"]), float(row["server_flops"]), float(row["bytes_up"]), float(row["bytes_down"]),
-            *map(float, mem), float(row.get("messages_per_round", 0.0))]
+            float(mem), float(row.get("messages_per_round", 0.0))]
 
 
 def cut_costs(cfg: Config, method: object, num_classes: int, samples: int,
@@ -240,7 +184,7 @@ def cut_costs(cfg: Config, method: object, num_classes: int, samples: int,
             v = [b + (h - a) * sh + (t - a) * st for b, sh, st in zip(base, slope_h, slope_t, strict=True)]
         else:
             v = terms((h, t))
-        out.append(CutCost(h, t, v[0], v[1], v[2], v[3], int(round(v[4] + max(v[5], v[6]))), v[7]))
+        out.append(CutCost(h, t, v[0], v[1], v[2], v[3], int(round(v[4])), v[5]))
     return out
 
 
@@ -295,5 +239,5 @@ def typical_samples(sizes: Sequence[int]) -> int:
     return ordered[len(ordered) // 2] if ordered else 1
 
 
-__all__ = ["Choice", "CutCost", "CutPlan", "candidate_cuts", "choose_cuts", "client_memory_bytes", "cut_costs",
-           "optimizer_slots", "plan_cuts", "round_seconds", "saved_bytes", "typical_samples", "with_cut"]
+__all__ = ["Choice", "CutCost", "CutPlan", "candidate_cuts", "choose_cuts", "cut_costs", "plan_cuts", "round_seconds",
+           "typical_samples", "with_cut"]

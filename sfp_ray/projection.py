@@ -27,10 +27,11 @@ import pandas as pd
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.data import dataset_num_classes
+from sfp_ray.data.catalog import dataset_info
 from sfp_ray.errors import ConfigError
 from sfp_ray.methods import REFERENCE_METHOD, CostContext, get_method, list_methods
 from sfp_ray.roles.workspace import PARTS, Workspace
+from sfp_ray.stats import ratio_text
 
 #: The columns of ``projection.csv`` that scripts rely on (more follow them).
 PROJECTION_COLUMNS = ["method", "model", "samples_per_client", "client_flops", "server_flops", "bytes_up",
@@ -46,7 +47,7 @@ def projection_config(cfg: Config) -> tuple[Config, int, int]:
     if samples is None:
         raise ConfigError("project.samples_per_client: set it (or data.samples_per_client): a projection assumes a "
                           "local data size")
-    classes = pj.num_classes or (len(d.classes) if d.classes else dataset_num_classes(d.name))
+    classes = pj.num_classes or (len(d.classes) if d.classes else dataset_info(d.name).num_classes)
     if classes is None:
         raise ConfigError(f"project.num_classes: dataset {d.name!r} does not say how many classes it has; set it")
     return cfg, int(samples), int(classes)
@@ -88,14 +89,38 @@ def project(cfg: Config, methods: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 def format_projection(df: pd.DataFrame) -> str:
-    """Terminal table of a projection."""
+    """Terminal table of a projection (ratios as in every table: :func:`~sfp_ray.stats.ratio_text`)."""
     lines = [f"{'method':>20} {'client GFLOP':>13} {'server GFLOP':>13} {'MB up':>9} {'MB down':>9} "
-             f"{'FLOPs/fl_full':>14} {'bytes/fl_full':>14}"]
+             f"{'FLOPs vs fl_full':>17} {'bytes vs fl_full':>17}"]
     for _, r in df.iterrows():
         lines.append(f"{r['method']:>20} {r['client_flops'] / 1e9:13.1f} {r['server_flops'] / 1e9:13.1f} "
-                     f"{r['bytes_up'] / 1e6:9.1f} {r['bytes_down'] / 1e6:9.1f} {r['client_flops_ratio']:14.4%} "
-                     f"{r['bytes_ratio']:14.3f}")
+                     f"{r['bytes_up'] / 1e6:9.1f} {r['bytes_down'] / 1e6:9.1f} "
+                     f"{ratio_text(r['client_flops_ratio']):>17} {ratio_text(r['bytes_ratio']):>17}")
     return "\n".join(lines)
 
 
-__all__ = ["PROJECTION_COLUMNS", "format_projection", "project", "project_method", "projection_config"]
+def assumptions(cfg: Config, df: pd.DataFrame) -> str:
+    """One line: what the projection assumed that a run would have measured, and which key set each.
+
+    Example (the default configuration)::
+
+        assumed: 64 samples per client (data.samples_per_client), 5 classes (data.classes), 28x28 px
+        images, 1 channel (model.img_size, model.in_chans), 6 blocks cut 1/1, ...
+    """
+    pj, d = cfg.project, cfg.data
+    r = df.iloc[0]
+    samples = "project.samples_per_client" if pj.samples_per_client else "data.samples_per_client"
+    classes = ("project.num_classes" if pj.num_classes else "data.classes" if d.classes
+               else f"all of {d.name}")
+    size = "project.img_size" if pj.img_size else "model.img_size" if cfg.model.img_size else cfg.model.name
+    chans = int(r["in_chans"])
+    f = cfg.federation
+    return (f"assumed: {int(r['samples_per_client'])} samples per client ({samples}), {int(r['num_classes'])} "
+            f"classes ({classes}), {int(r['img_size'])}x{int(r['img_size'])} px images ({size}) with {chans} "
+            f"channel{'s' if chans != 1 else ''}, {int(r['depth'])} blocks, EL2N scoring spread over "
+            f"{max(1.0, f.rounds * f.clients_per_round / f.num_clients):g} participations per client "
+            "(federation.*); set project.* to change them")
+
+
+__all__ = ["PROJECTION_COLUMNS", "assumptions", "format_projection", "project", "project_method",
+           "projection_config"]

@@ -25,6 +25,8 @@ Side = Literal["client", "server", "link"]
 Direction = Literal["up", "down"]
 Kind = Literal["activation", "gradient", "parameters"]
 Status = Literal["ok", "retried", "failed", "offline", "dropped", "late"]
+#: Statuses of a client whose state reaches the round's result (averaged, or relayed).
+FINISHED: tuple[Status, ...] = ("ok", "retried")
 
 #: The phase of evaluation rows: a measurement of the global model, not part of the
 #: protocol, so it counts towards neither client nor server FLOPs.
@@ -119,6 +121,8 @@ class RoundRecord:
     offline: int = 0
     dropped: int = 0
     late: int = 0
+    #: ``train.precision`` the round computed in
+    precision: str = "fp32"
 
 
 @dataclass
@@ -210,6 +214,7 @@ __all__ = [
     "RunMeta",
     "Segment",
     "Side",
+    "FINISHED",
     "Status",
     "Tally",
     "tally",

@@ -27,6 +27,21 @@ class Spread:
         return f"{self.mean:.3f} ± {self.ci95:.3f}" if self.n > 1 else f"{self.mean:.3f}"
 
 
+def ratio_text(x: float) -> str:
+    """A ratio (to ``fl_full``) as every table prints it: a plain number, three significant digits.
+
+    The CSV files hold the same quantity unrounded (a ratio, never a percentage), so a
+    terminal figure and its CSV cell read alike.
+
+    Example:
+        >>> [ratio_text(x) for x in (1.0, 0.69301, 0.2913, 0.001809, 12.34, float("nan"))]
+        ['1.00', '0.693', '0.291', '0.00181', '12.3', '-']
+    """
+    if x != x:
+        return "-"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:#.3g}"
+
+
 def t_quantile(df: int, q: float = 0.975) -> float:
     """Quantile ``q`` of Student's t distribution with ``df`` degrees of freedom.
 

@@ -40,9 +40,10 @@ Executors: ``serial`` runs the cells one after another in this process; ``ray`` 
 runs it with the serial executor (:mod:`sfp_ray.executors.ray.sweep`), so Ray runs as many
 cells at once as the cluster has CPUs for.
 
-Plots: for each swept key, final accuracy (left) and client FLOPs relative to ``fl_full``
-(right; absolute client GFLOPs per client-round without ``fl_full``) against the key's
-values, one line per method. Each point is the mean over the cells with that value, i.e.
+Plots: for each swept key, final accuracy (left), client FLOPs (middle) and bytes (right)
+relative to ``fl_full`` (absolute client GFLOPs and MB per client-round without
+``fl_full``; a log axis when the methods span more than 10x) against the key's values, one
+line per method. Each point is the mean over the cells with that value, i.e.
 averaged over the other swept keys; the error bars span the lowest to the highest of
 those cells' means. With a single swept key, the error bars are the 95 % CI over seeds.
 """
@@ -66,9 +67,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sfp_ray.api import ConfigLike, check_out_dir, run_methods, to_config
+from sfp_ray.api import ConfigLike, check_out_dir, run_methods, seed_list, string_list, to_config
 from sfp_ray.config import Config, dump_config, set_value, split_assignment, to_dict
 from sfp_ray.errors import ConfigError, SfpRayError
+from sfp_ray.stats import ratio_text
 
 log = logging.getLogger(__name__)
 
@@ -260,24 +262,87 @@ def check_datasets(cells: Sequence[Cell]) -> None:
 def method_error(cfg: Config, method: str) -> str | None:
     """Why ``method`` cannot run on ``cfg`` (its settings, the model, the cut), or None when it can.
 
-    Checked on the ``meta`` device, without data or weights, like the run's own check
-    before round 1 (:func:`~sfp_ray.orchestrator.validate_model`).
+    Checked on the ``meta`` device, without data or weights, like the checks before a run
+    (:func:`~sfp_ray.preflight.check_on_meta`).
     """
-    from sfp_ray.data import dataset_num_classes
-    from sfp_ray.methods import get_method
-    from sfp_ray.roles.workspace import PARTS, Workspace
+    from sfp_ray.methods.catalog import method_info, resolve
+    from sfp_ray.preflight import check_cut, check_on_meta
 
     try:
-        m = get_method(method)
-        rcfg = m.resolve(cfg)
-        d = rcfg.data
-        classes = len(d.classes) if d.classes else (dataset_num_classes(d.name) or 2)
-        ws = Workspace(rcfg.model, rcfg.split, rcfg.prompt, num_classes=classes, checkpoint=None, seed=rcfg.seed,
-                       parts=PARTS, meta=True)
-        m.client_role(ws, rcfg)
+        rcfg = resolve(method_info(method), cfg)
+        check_cut(rcfg)
+        check_on_meta([(method, rcfg)])
     except SfpRayError as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
+
+
+def check_cells(cells: Sequence[Cell], methods: Sequence[str]) -> None:
+    """What every cell's configuration can be checked for without torch: the dataset and its classes, the
+    device mix, catalogue and server, a checkpoint file (:func:`~sfp_ray.preflight.check_config`; the cut is
+    checked per method, :func:`method_error`). One line naming the swept value when one is the cause.
+    """
+    from sfp_ray.methods.catalog import method_info, resolve
+    from sfp_ray.preflight import check_config
+
+    check_datasets(cells)
+    for cell in cells:
+        for m in methods:
+            try:
+                check_config(resolve(method_info(m), cell.cfg), cut=False)
+            except ConfigError as e:
+                key = next((k for k in cell.values if str(e).startswith(f"{k}:") or str(e).startswith(f"{k}.")),
+                           None)
+                if key is None:
+                    raise
+                raise ConfigError(f"--grid {key}={_show(cell.values[key])}: {_strip_key(key, str(e))}") from None
+
+
+def share_runs(cells: Sequence[Cell], methods: Sequence[str],
+               invalid: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+    """``(cell, method) -> cell`` whose run it shares: the first cell with the same effective configuration.
+
+    A method's effective configuration (:meth:`~sfp_ray.methods.base.Method.effective_config`) holds
+    only the keys it reads, so a swept key it ignores (``fl_full`` and ``split.*``) gives it the
+    same run in several cells; that run is trained once, in the first of them, and its rows are
+    shared by the others. Invalid pairs share nothing.
+    """
+    from sfp_ray.methods import get_method
+
+    first: dict[tuple[str, str], str] = {}
+    shared: dict[tuple[str, str], str] = {}
+    for cell in cells:
+        for m in methods:
+            if (cell.id, m) in invalid:
+                continue
+            key = (m, json.dumps(get_method(m).effective_config(cell.cfg), sort_keys=True, default=str))
+            owner = first.setdefault(key, cell.id)
+            if owner != cell.id:
+                shared[(cell.id, m)] = owner
+    return shared
+
+
+def _sharing_note(cells: Sequence[Cell], methods: Sequence[str], seeds: Sequence[int],
+                  invalid: Mapping[tuple[str, str], str], shared: Mapping[tuple[str, str], str]) -> str:
+    """One line: runs in the grid, runs to train, runs saved by sharing, and why."""
+    from sfp_ray.methods import get_method
+
+    total = len(cells) * len(methods) * len(seeds)
+    valid = total - len(invalid) * len(seeds)
+    saved = len(shared) * len(seeds)
+    line = (f"{total} runs in the grid ({len(cells)} cells x {len(methods)} methods x {len(seeds)} seeds"
+            + (f", {len(invalid) * len(seeds)} invalid" if invalid else "") + f"), {valid - saved} distinct to train")
+    if not saved:
+        return line + ": no run saved (every method reads every swept key)"
+    keys = list(cells[0].values)
+    why = []
+    for m in dict.fromkeys(mm for (_, mm) in shared):
+        method = get_method(m)
+        unread = [k for k in keys if k not in method.reads(cells[0].cfg)]
+        forced = [k for k in keys if k in method.overrides]
+        why.append(f"{m} does not read {', '.join(unread)}" if unread else
+                   f"{m} forces {', '.join(forced)}" if forced else f"{m} runs the same in several cells")
+    return f"{line}: {saved} runs saved by sharing ({'; '.join(why)})"
 
 
 # --------------------------------------------------------------------------- one cell
@@ -363,7 +428,12 @@ def finished(folder: Path, job: CellJob) -> bool | None:
         done = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
-    return done.get("request") == _request(job)
+    req, want = done.get("request") or {}, _request(job)
+    if req == want:
+        return True
+    # a cell that ran more methods than it must run now (an earlier sweep, before runs were shared) will do
+    return (isinstance(req, dict) and req.get("config") == want["config"] and req.get("seeds") == want["seeds"]
+            and set(want["methods"]) <= set(req.get("methods") or []))
 
 
 def _write_marker(folder: Path, job: CellJob, cell: Cell, res: CellOutput) -> None:
@@ -391,7 +461,8 @@ class SweepResults:
 
     ``sweep`` has one row per cell x method x seed, ``summary`` one per cell x method;
     ``ran`` / ``skipped`` list the cells run now / found finished, ``failed`` maps a cell
-    that raised to its error, ``invalid`` maps ``(cell, method)`` pairs not run to the reason.
+    that raised to its error, ``invalid`` maps ``(cell, method)`` pairs not run to the reason,
+    ``shared`` maps ``(cell, method)`` pairs whose rows come from another cell's run to that cell.
     """
 
     out: Path
@@ -403,14 +474,20 @@ class SweepResults:
     failed: dict[str, str] = field(default_factory=dict)
     invalid: dict[tuple[str, str], str] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+    shared: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def runs_saved(self) -> int:
+        """Runs not trained because a cell shares another cell's run (:func:`share_runs`)."""
+        return len(self.shared) * int(self.sweep["seed"].nunique()) if len(self.sweep) else 0
 
 
-def _cell_frames(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from sfp_ray.reports import load_run, summarize, summarize_by_seed
+def _cell_frames(folder: Path) -> pd.DataFrame:
+    """A finished cell's runs: one row per (method, seed), as ``summary_by_seed.csv``."""
+    from sfp_ray.reports import load_run, summarize_by_seed
 
     costs, rounds = load_run(folder)
-    by_seed = summarize_by_seed(costs, rounds)
-    return by_seed, summarize(costs, rounds, by_seed)
+    return summarize_by_seed(costs, rounds)
 
 
 def _per_seed_ratios(rows: pd.DataFrame) -> pd.DataFrame:
@@ -437,30 +514,54 @@ def _order(df: pd.DataFrame, first: Sequence[str], last: Sequence[str] = ("error
 
 
 def build_tables(cells: Sequence[Cell], methods: Sequence[str], seeds: Sequence[int], frames: Mapping[str, Any],
-                 invalid: Mapping[tuple[str, str], str], failed: Mapping[str, str]) -> tuple[pd.DataFrame,
-                                                                                              pd.DataFrame]:
-    """``sweep.csv`` and ``sweep_summary.csv`` rows, in grid order, methods order, seeds order."""
+                 invalid: Mapping[tuple[str, str], str], failed: Mapping[str, str],
+                 shared: Mapping[tuple[str, str], str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``sweep.csv`` and ``sweep_summary.csv`` rows, in grid order, methods order, seeds order.
+
+    ``frames`` maps a finished cell to its runs (:func:`_cell_frames`); a (cell, method) pair in
+    ``shared`` takes its rows from the cell that ran them (:func:`share_runs`), unless its own
+    folder holds the method. Ratios to ``fl_full`` and the summary are computed within each cell.
+    """
+    from sfp_ray.reports import summarize
+
+    shared = shared or {}
     keys = list(cells[0].values) if cells else []
     runs, summaries = [], []
     for cell in cells:
         head = {"cell_id": cell.id, **{k: _column(v) for k, v in cell.values.items()}}
-        got = frames.get(cell.id)
-        ok_by_seed = _per_seed_ratios(got[0]) if got is not None else None
+        state: dict[str, tuple[str, str | None]] = {}
+        rows = []
         for m in methods:
             why = invalid.get((cell.id, m))
-            status, error = ("invalid", why) if why else (("failed", failed[cell.id]) if cell.id in failed
-                                                          else ("ok", None) if got is not None else ("pending", None))
+            own = frames.get(cell.id)
+            source = cell.id if own is not None and (own["method"] == m).any() else shared.get((cell.id, m), cell.id)
+            got = frames.get(source)
+            if why:
+                state[m] = ("invalid", why)
+            elif got is not None and (got["method"] == m).any():
+                state[m] = ("ok", None)
+                rows.append(got[got["method"] == m])
+            elif source in failed:
+                err = failed[source]
+                state[m] = ("failed", err if source == cell.id else f"shared with cell {source}, which failed: {err}")
+            else:
+                state[m] = ("pending", None)
+        by_seed = _per_seed_ratios(pd.concat(rows, ignore_index=True)) if rows else None
+        summary = summarize(pd.DataFrame(), pd.DataFrame(), by_seed) if by_seed is not None else None
+        for m in methods:
+            status, error = state[m]
             if status == "ok":
-                mine = ok_by_seed[ok_by_seed["method"] == m]
-                for s in seeds:
-                    row = mine[mine["seed"] == s].iloc[0].to_dict()
-                    runs.append({**head, "method": m, "seed": s, "status": status,
+                assert by_seed is not None and summary is not None
+                mine = by_seed[by_seed["method"] == m]
+                for sd in seeds:
+                    row = mine[mine["seed"] == sd].iloc[0].to_dict()
+                    runs.append({**head, "method": m, "seed": sd, "status": status,
                                  **{k: v for k, v in row.items() if k not in ("method", "seed")}})
-                srow = got[1][got[1]["method"] == m].iloc[0].to_dict()
+                srow = summary[summary["method"] == m].iloc[0].to_dict()
                 summaries.append({**head, "method": m, "status": status,
                                   **{k: v for k, v in srow.items() if k != "method"}})
             else:
-                runs += [{**head, "method": m, "seed": s, "status": status, "error": error} for s in seeds]
+                runs += [{**head, "method": m, "seed": sd, "status": status, "error": error} for sd in seeds]
                 summaries.append({**head, "method": m, "status": status, "seeds": 0, "error": error})
     first = ["cell_id", *keys, "method", "seed", "status", "rounds", "final_accuracy", "best_accuracy"]
     sweep = _order(pd.DataFrame(runs), first)
@@ -476,7 +577,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: Sequence[str]) -> list[Path]:
-    """One PNG per swept key: accuracy and client FLOPs (relative to fl_full when it ran) against the key.
+    """One PNG per swept key: accuracy, client FLOPs and bytes (relative to fl_full when it ran) against the key.
 
     A point is the mean over the cells with that value of the key (over the other swept
     keys); its bars span the lowest to the highest of those cells, or, with one swept key,
@@ -492,18 +593,23 @@ def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: 
     ok = summary[summary["status"] == "ok"]
     if ok.empty:
         return []
+    from sfp_ray.reports import log_axis
+
     relative = "client_flops_ratio" in ok.columns and ok["client_flops_ratio"].notna().any()
     panels = [("final_accuracy_mean", "final test accuracy", 1.0),
               ("client_flops_ratio", "client FLOPs / fl_full (same cell and seeds)", 1.0) if relative
-              else ("client_flops_per_client_round", "client GFLOPs per client-round", 1e-9)]
+              else ("client_flops_per_client_round", "client GFLOPs per client-round", 1e-9),
+              ("bytes_ratio", "bytes / fl_full (same cell and seeds)", 1.0) if relative
+              else ("bytes_per_client_round", "MB per client-round", 1e-6)]
     paths = []
     for key in keys:
         xv = summary[key].astype(object).where(summary[key].notna(), "null")
         order = list(dict.fromkeys(xv.tolist()))
         numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in order)
         x_of = {v: (float(v) if numeric else float(i)) for i, v in enumerate(order)}
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for ax, (col, label, scale) in zip(axes, panels):
+            tops = []
             for m in methods:
                 g = ok[ok["method"] == m]
                 pts = []
@@ -515,15 +621,23 @@ def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: 
                     mean = float(vals.mean())
                     if len(keys) == 1 and col == "final_accuracy_mean":
                         ci = float(here["final_accuracy_ci95"].iloc[0])
-                        lo = hi = 0.0 if math.isnan(ci) else ci
+                        ci = 0.0 if math.isnan(ci) else ci
+                        lo, hi = min(ci, mean), min(ci, 1.0 - mean)  # the bar stays within [0, 1]
                     else:
                         lo, hi = mean - float(vals.min()), float(vals.max()) - mean
                     pts.append((x_of[v], mean, lo, hi))
                 if pts:
                     pts.sort()
+                    tops.append(max(p[1] for p in pts))
                     ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                                 yerr=[[p[2] for p in pts], [p[3] for p in pts]], marker="o", capsize=3, label=m)
             ax.set_xlabel(key)
+            if col != "final_accuracy_mean" and log_axis(tops):
+                ax.set_yscale("log")
+                label += " (log scale)"
+            elif col == "final_accuracy_mean":
+                low, high = ax.get_ylim()
+                ax.set_ylim(max(low, -0.02), min(high, 1.02))
             ax.set_ylabel(label)
             if not numeric or len(order) <= 12:
                 ax.set_xticks([x_of[v] for v in order], [_show(v) for v in order])
@@ -546,7 +660,7 @@ def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: 
 def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[str] = ("sfprompt", "fl_full"),
           config: ConfigLike = None, *, overrides: Sequence[str] = (), seeds: Sequence[int] | None = None,
           executor: str = "ray", address: str | None = None, out: str | os.PathLike | None = None,
-          plots: bool = True, cell_cpus: int | None = None,
+          plots: bool = True, cell_cpus: int | None = None, share: bool = True,
           echo: Callable[[str], None] | None = None) -> SweepResults:
     """Run every cell of ``grid`` once per method and seed; write and return the sweep's tables.
 
@@ -563,32 +677,42 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
         plots: write the PNG plots (the sweep's and every cell's).
         cell_cpus: CPUs per cell task with the Ray executor (default: the cluster's CPUs
             shared out among the cells, at least 1).
+        share: train a method once per distinct configuration of the keys it reads and share
+            the run among the cells that differ only in keys it ignores (:func:`share_runs`);
+            False trains every cell's runs (to check that the shared rows are what each cell gives).
         echo: called with one-line progress messages and notices.
 
     Raises:
         ConfigError: a grid key or value, a method, the seeds or the executor are invalid
             (before anything runs), or no method can run on any cell.
     """
-    from sfp_ray.methods import get_method
+    from sfp_ray.methods.catalog import method_info
 
     say = echo or (lambda _msg: None)
     if executor not in ("ray", "serial"):
         raise ConfigError(f"executor: got {executor!r}, allowed: 'ray', 'serial'")
     base = to_config(config, overrides)
+    if isinstance(grid, str):
+        raise ConfigError(f"grid: expected a mapping {{key: [values]}} or a list of 'KEY=V1,V2' strings, got the "
+                          f"string {grid!r}; write grid=[{grid!r}]")
     grid = parse_grid(grid) if not isinstance(grid, Mapping) else dict(grid)
-    methods = list(methods)
+    methods = string_list(methods, "methods", "method names")
     if not methods:
         raise ConfigError("methods: give at least one method, e.g. sfprompt,fl_full")
     for m in methods:
-        get_method(m)
+        method_info(m)
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods: a method is repeated: {methods}")
-    seeds = list(seeds) if seeds is not None else [base.seed]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
+    seeds = seed_list(seeds) if seeds is not None else [base.seed]
     cells = build_cells(grid, base)
-    check_datasets(cells)
+    check_cells(cells, methods)
     keys = list(cells[0].values)
+    folder = Path(out) if out is not None else DEFAULT_OUT
+    if executor == "ray":  # the cluster must answer before anything is written
+        from sfp_ray.executors.ray.runtime import resolve_address
+
+        resolve_address(address if address is not None else base.ray.address)
+    check_out_dir(folder, create=False)
 
     invalid = {(c.id, m): why for c in cells for m in methods if (why := method_error(c.cfg, m)) is not None}
     if len(invalid) == len(cells) * len(methods):
@@ -600,9 +724,13 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
     for (cid, why), ms in grouped.items():
         say(f"notice: cell {cid}: skipping {', '.join(ms)}, which cannot run there: {why}")
 
-    folder = check_out_dir(Path(out) if out is not None else DEFAULT_OUT)
+    shared = share_runs(cells, methods, invalid) if share else {}
+    say(_sharing_note(cells, methods, seeds, invalid, shared))
+
+    check_out_dir(folder)
     (folder / "cells").mkdir(exist_ok=True)
-    jobs = {c.id: CellJob(c.id, c.cfg, tuple(m for m in methods if (c.id, m) not in invalid), tuple(seeds), plots)
+    jobs = {c.id: CellJob(c.id, c.cfg, tuple(m for m in methods if (c.id, m) not in invalid
+                                             and (c.id, m) not in shared), tuple(seeds), plots)
             for c in cells}
     grid_values: dict[str, list[Any]] = {k: [] for k in keys}
     for c in cells:
@@ -610,7 +738,8 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
             if c.values[k] not in grid_values[k]:
                 grid_values[k].append(c.values[k])
     record = {"grid": {k: [_column(v) for v in vs] for k, vs in grid_values.items()}, "methods": methods,
-              "seeds": seeds, "executor": executor, "cells": [c.id for c in cells]}
+              "seeds": seeds, "executor": executor, "cells": [c.id for c in cells],
+              "shared_runs": [{"cell": cid, "method": m, "run_in": owner} for (cid, m), owner in shared.items()]}
     (folder / "sweep.yaml").write_text(yaml.safe_dump(record, sort_keys=False)
                                        + "# the base configuration of every cell\n" + dump_config(base))
 
@@ -641,7 +770,7 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
     t0 = time.perf_counter()
 
     def write_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-        sw, sm = build_tables(cells, methods, seeds, frames, invalid, failed)
+        sw, sm = build_tables(cells, methods, seeds, frames, invalid, failed, shared)
         _atomic_csv(sw, folder / "sweep.csv")
         _atomic_csv(sm, folder / "sweep_summary.csv")
         return sw, sm
@@ -672,8 +801,8 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
         if where.exists():
             shutil.rmtree(where)
     if todo:
-        say(f"running {len(todo)} cells x {len(methods)} methods x {len(seeds)} seeds with the {executor} "
-            f"executor; cells in {folder / 'cells'}")
+        n_runs = sum(len(jobs[c.id].methods) for c in todo) * len(seeds)
+        say(f"running {len(todo)} cells ({n_runs} runs) with the {executor} executor; cells in {folder / 'cells'}")
     if executor == "serial":
         for cell in todo:
             where = folder / "cells" / cell.id
@@ -693,7 +822,7 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[str], methods: Sequence[s
 
     sw, sm = write_tables()
     paths = write_plots(folder, sm, keys, methods) if plots else []
-    return SweepResults(folder, sw, sm, grid_values, ran, skipped, failed, invalid, paths)
+    return SweepResults(folder, sw, sm, grid_values, ran, skipped, failed, invalid, paths, shared)
 
 
 def _resolve_backbones(jobs: Sequence[CellJob], say: Callable[[str], None]) -> None:
@@ -761,7 +890,8 @@ def format_sweep(summary: pd.DataFrame, keys: Sequence[str]) -> str:
     for _, r in summary.iterrows():
         row = [_show(r[k]) for k in keys] + [str(r["method"]), acc(r)]
         if rel:
-            row += [num(r, "client_flops_ratio", ".4f"), num(r, "bytes_ratio", ".3f"), num(r, "accuracy_delta", "+.3f")]
+            row += [ratio_text(r["client_flops_ratio"]) if r["status"] == "ok" else "-",
+                    ratio_text(r["bytes_ratio"]) if r["status"] == "ok" else "-", num(r, "accuracy_delta", "+.3f")]
         else:
             row += [num(r, "client_flops_per_client_round", ".3g", 1e-9), num(r, "bytes_per_client_round", ".3g", 1e-6)]
         body.append(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,6 +45,46 @@ def as_view(x: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x))
 
 
+@dataclass(frozen=True)
+class Bf16:
+    """A bfloat16 array as its raw 16-bit patterns: numpy has no bfloat16, so it crosses processes this way."""
+
+    bits: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.bits.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+
+def to_wire(t: torch.Tensor) -> np.ndarray | Bf16:
+    """A tensor as a CPU array for another process (bfloat16 as :class:`Bf16`).
+
+    Example:
+        >>> w = to_wire(torch.tensor([1.5, -2.0], dtype=torch.bfloat16))
+        >>> type(w).__name__, from_wire(w).tolist(), from_wire(w).dtype
+        ('Bf16', [1.5, -2.0], torch.bfloat16)
+    """
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return Bf16(t.view(torch.int16).numpy())
+    return t.numpy()
+
+
+def from_wire(x: torch.Tensor | np.ndarray | Bf16, device: torch.device | str | None = None) -> torch.Tensor:
+    """An owned tensor on ``device`` (default: the CPU) of what :func:`to_wire` made, or of a tensor or array."""
+    if isinstance(x, Bf16):
+        t = torch.from_numpy(np.array(x.bits, copy=True)).view(torch.bfloat16)
+    else:
+        t = as_tensor(x)
+    if device is not None and t.device != torch.device(device):
+        t = t.to(device)
+    return t
+
+
 def numpy_state(state: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
     """Name -> numpy array (for the object store)."""
     return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in state.items()}
@@ -54,4 +95,4 @@ def torch_state(state: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, tor
     return {k: as_tensor(v).clone() if isinstance(v, torch.Tensor) else as_tensor(v) for k, v in state.items()}
 
 
-__all__ = ["as_tensor", "as_view", "numpy_state", "torch_state"]
+__all__ = ["Bf16", "as_tensor", "as_view", "from_wire", "numpy_state", "to_wire", "torch_state"]

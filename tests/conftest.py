@@ -48,6 +48,13 @@ def ray_session():
     meter per actor could not match the serial one bit for bit. Tests comparing executors turn
     fused attention off in this process too (``fused_attn_off`` in tests/test_ray.py).
 
+    The GPU is logical on every host: on a machine with a real GPU, Ray would hand GPU 0 to the
+    fractional-GPU actors, which would then compute on it while the serial reference computes
+    on the CPU. The workers' ``CUDA_VISIBLE_DEVICES`` is therefore ``-1`` (no device) and Ray is
+    told not to set it (``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES``): these actors hold Ray's
+    GPU share (which Ray reports as id ``-1``) and see no CUDA device, as on CI. Real CUDA is
+    exercised by the tests marked ``gpu`` and by ``benchmarks/gpu_check.py``.
+
     Reuses a Ray instance already initialised in this process (and then leaves it running);
     never calls ``ray stop``.
     """
@@ -63,7 +70,8 @@ def ray_session():
         include_dashboard=False,
         object_store_memory=512 * 2**20,
         logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"TIMM_FUSED_ATTN": "0", "HF_HUB_OFFLINE": "1"}},
+        runtime_env={"env_vars": {"TIMM_FUSED_ATTN": "0", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "-1",
+                                  "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}},
     )
     try:
         yield ray

@@ -108,10 +108,10 @@ def test_python_dash_m_is_the_same_program():
 
 def test_rows_are_flushed_every_round_so_a_crash_keeps_finished_rounds(tmp_path):
     class Crashing(SerialExecutor):
-        def run_clients(self, specs, state):
+        def run_clients(self, specs, state, on_done=None):
             if specs[0].round == 2:
                 raise RuntimeError("node lost")
-            return super().run_clients(specs, state)
+            return super().run_clients(specs, state, on_done)
 
     cfg = load_config(overrides=TINY + ["federation.rounds=3"])
     sink = ReportSink(tmp_path, plots=False)

@@ -14,6 +14,7 @@ import torch
 
 from sfp_ray.data import (
     ArrayDataset,
+    catalog,
     core,
     dataset_search_path,
     label_skew,
@@ -429,16 +430,18 @@ def test_unknown_dataset() -> None:
 
 
 def test_register_dataset() -> None:
-    @register_dataset("tiny-test-ds")
+    @register_dataset("tiny-test-ds", num_classes=3, description="four blank images")
     def _tiny(root: str | None, train: bool, seed: int) -> ArrayDataset:
         return ArrayDataset(torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 2, 1]), 3, "tiny-test-ds")
 
     try:
         assert "tiny-test-ds" in list_datasets()
+        assert catalog.dataset_info("Tiny_Test_DS") == catalog.DatasetInfo("tiny-test-ds", 3, "four blank images")
         ds = load_dataset("tiny-test-ds", classes=[1], img_size=6)
         assert ds.images.shape == (2, 1, 6, 6) and ds.labels.tolist() == [0, 0]
     finally:
         sources._REGISTRY.pop("tiny-test-ds", None)
+        catalog._INFO.pop("tiny-test-ds", None)
 
 
 # ----------------------------------------------------------------------------- layering
@@ -448,7 +451,7 @@ def test_data_package_is_a_lower_layer() -> None:
     """Every import in sfp_ray/data (module level or inside functions) stays below the
     simulator: no Ray, and of sfp_ray only the errors and config modules.
     """
-    allowed = {"sfp_ray.errors", "sfp_ray.config"}
+    allowed = {"sfp_ray.errors", "sfp_ray.config", "sfp_ray.lazy"}
     package_dir = Path(sources.__file__).parent
     files = sorted(package_dir.glob("*.py"))
     assert {f.name for f in files} >= {"__init__.py", "core.py", "sources.py", "partitioning.py"}

@@ -45,6 +45,19 @@ class RecordingSerial(SerialExecutor):
         self.averaged.append([o.client_id for o in outputs])
         return super().aggregate(outputs, state)
 
+    def run_and_aggregate(self, tasks, state, accept):  # type: ignore[override]
+        folded: list[int] = []
+
+        def noted(o):
+            if accept(o):
+                folded.append(o.client_id)
+            return accept(o)
+
+        outputs, agg = super().run_and_aggregate(tasks, state, noted)
+        if agg is not None:
+            self.averaged.append(folded)
+        return outputs, agg
+
 
 def run_serial(method: str, out, extra: Sequence[str] = ()) -> tuple[RunResult, RecordingSerial, list[str]]:
     warnings: list[str] = []

@@ -4,12 +4,15 @@ Each case runs through the CLI entry point (:func:`sfp_ray.cli.main`) and must g
 code 2 and exactly one line on stderr, ``sfp-ray: error: ...``, naming the offending key,
 flag or file, and no traceback. The configurations are tiny and run on the serial
 executor, so a case that were wrongly accepted would cost one small round, never a Ray
-start. Settings that cap user input must say so in a one-line notice instead.
+start; no case leaves its ``--out`` folder behind. Settings that cap user input must say so
+in a one-line notice instead. ``tests/test_first_hour.py`` times the commonest mistakes from
+a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 import subprocess
 import sys
@@ -37,6 +40,18 @@ def _sets(items: list[str]) -> list[str]:
 def run_args(tmp: Path, *extra: str, base: list[str] = TINY) -> list[str]:
     """``sfp-ray run`` of the tiny serial configuration plus ``extra`` arguments."""
     return ["--quiet", "run", "--executor", "serial", *_sets(base), *extra, "--out", str(tmp / "out")]
+
+
+def ray_args(tmp: Path, *extra: str) -> list[str]:
+    """``sfp-ray run`` of the tiny configuration on the Ray executor (refused before Ray starts)."""
+    return ["--quiet", "run", "--executor", "ray", *_sets(TINY), *extra, "--out", str(tmp / "out")]
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def with_set(tmp: Path, *items: str) -> list[str]:
@@ -285,6 +300,24 @@ CORPUS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "idx-not-28x28": (lambda t: fmnist(t, train_images=idx_images(20, size=27)), "train-images"),
     "idx-labels-out-of-range": (lambda t: fmnist(t, train_labels=idx_labels([12] * 20)), "train-labels"),
     "idx-trailing-bytes": (lambda t: fmnist(t, train_labels=idx_labels([1] * 20) + b"xx"), "train-labels"),
+    # caught before anything starts (issue 25): the catalogues, the cut against model.depth, the Ray address
+    "dataset-mnist": (lambda t: with_set(t, "data.name=mnist"), "data.name: unknown dataset 'mnist'"),
+    "cut-beyond-a-3-block-model": (lambda t: with_set(t, "model.depth=3", "split.head_blocks=5"),
+                                   "split.head_blocks: 5 is beyond the model's depth (3 blocks)"),
+    "mix-class-without-catalog": (lambda t: with_set(t, "devices.mix={tablet: 1.0}"), "'tablet'"),
+    "address-not-answering": (lambda t: ray_args(t, "--address", f"127.0.0.1:{closed_port()}"), "127.0.0.1:"),
+    "address-malformed": (lambda t: ray_args(t, "--address", "headnode"), "--address 'headnode'"),
+    "sweep-address-not-answering": (lambda t: ["sweep", "--grid", "train.batch_size=4,8", *_sets(TINY), "--address",
+                                               f"127.0.0.1:{closed_port()}", "--out", str(t / "out")], "127.0.0.1:"),
+    "yaml-tab": (lambda t: config_file(t, "federation:\n\trounds: 3\n"), "line 2, column 1: a tab character"),
+    "catalog-tab": (lambda t: catalog(t, GOOD_DEVICE.replace("    latency_ms: 5\n", "\tlatency_ms: 5\n")),
+                    "a tab character"),
+    "catalog-every-problem-at-once": (lambda t: catalog(t, GOOD_DEVICE.replace("    description: a test device\n", "")
+                                                        .replace("    num_gpus: 0\n", "")),
+                                      "missing fields 'description', 'num_gpus'"),
+    "run-with-methods": (lambda t: run_args(t, "--methods", "sfprompt,fl_full"), "--method NAME"),
+    "project-unknown-dataset": (lambda t: ["project", *_sets(TINY), "--set", "data.name=mnist", "--out",
+                                           str(t / "out")], "data.name"),
     # output folders
     "out-is-a-file": (lambda t: [*run_args(t)[:-1], str(write(t / "taken", "x"))], "--out"),
     "out-under-a-file": (lambda t: [*run_args(t)[:-1], str(write(t / "taken", "x") / "sub")], "--out"),
@@ -309,7 +342,7 @@ def test_hostile_input_is_refused_in_one_line(case, tmp_path, capsys, monkeypatc
     assert len(lines) == 1, err
     assert lines[0].startswith("sfp-ray: error: "), lines[0]
     assert key in lines[0], lines[0]
-    assert not (tmp_path / "out" / "rounds.csv").exists()  # refused before training
+    assert not (tmp_path / "out").exists()  # refused before training, and before the folder was made
 
 
 def test_the_corpus_is_large():

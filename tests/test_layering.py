@@ -19,8 +19,8 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "sfp_ray"
 
 #: Modules (or packages) of the lower layer: pure computation, no Ray, nothing above them.
-LOWER = {"errors", "config", "models", "data", "pruning", "aggregation", "costs", "records", "devices", "stats",
-         "tensors"}
+LOWER = {"errors", "lazy", "config", "models", "data", "pruning", "aggregation", "costs", "records", "devices", "stats",
+         "tensors", "compute"}
 #: Where Ray may be imported.
 RAY_ALLOWED = ("sfp_ray.executors.ray", "sfp_ray.cli")
 
@@ -105,13 +105,15 @@ def test_ray_is_imported_only_by_the_ray_package_and_the_cli():
 
 
 def test_the_executor_interface_is_a_few_verbs():
-    """start, run clients, aggregate, evaluate, close: nothing method-specific."""
+    """start, run clients, aggregate (or both as clients finish), evaluate, resources, close: nothing
+    method-specific.
+    """
     import inspect
 
     from sfp_ray.executors.base import Executor
 
     public = sorted(n for n, v in vars(Executor).items() if not n.startswith("_") and inspect.isfunction(v))
-    assert public == ["aggregate", "close", "evaluate", "run_clients", "start"]
+    assert public == ["aggregate", "close", "evaluate", "resources", "run_and_aggregate", "run_clients", "start"]
 
 
 def test_nothing_outside_a_method_file_tests_a_method_name():

@@ -127,7 +127,7 @@ def _tables(work: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     """clients.csv, rounds.csv, and the per-task rows of resources.csv of a run folder."""
     res = pd.read_csv(work / name / "resources.csv")
     return (pd.read_csv(work / name / "clients.csv"), pd.read_csv(work / name / "rounds.csv"),
-            res[res["round"].notna()].astype({"round": int, "client_id": int}))
+            res[res["stage"] == "task"].astype({"round": int, "client_id": int}))
 
 
 def _on(tasks: pd.DataFrame, round: int, device: str) -> set[tuple[str, bool]]:
@@ -361,6 +361,99 @@ def test_an_actor_not_placed_in_time_is_left_out_in_one_line(ray_session):
     assert 2.0 <= took < 30
     assert lines == ["client:rpi4 slot 0 left out (not placed within 2 s (ray.placement_timeout_s)); the rpi4 clients "
                      "fail until a node can take it (checked before every round)"]
+
+
+
+def _until(condition, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` until it holds (Ray notices a killed actor or a dead owner a moment later)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still not so after {timeout_s:g} s"
+        time.sleep(0.1)
+
+
+def test_restarted_actors_ask_for_the_memory_they_started_with(ray_session):
+    """A slot and the root aggregator started again keep their memory; a lost node's aggregator is dropped."""
+    import ray
+
+    from sfp_ray.devices import get_device
+    from sfp_ray.executors.ray.pool import ActorPool
+    from sfp_ray.sizing import MemoryEstimate, PoolMemory
+
+    mib = 2**20
+    memory = PoolMemory(MemoryEstimate("client", floor=200 * mib), MemoryEstimate("aggregator", floor=30 * mib))
+    lines: list[str] = []
+    pool = ActorPool.for_devices([get_device("rpi4")], None, memory=memory, notify=lines.append)
+    try:
+        rows = pool.wait_ready()
+        assert [(r["label"], r["estimated_memory_mb"], r["stage"]) for r in rows] == [
+            ("client:rpi4", 200.0, "start"), ("aggregator", 30.0, "start")]
+        planned = pool.plan.options["rpi4"]
+        assert planned["memory"] == 200 * mib and pool.plan.aggregator_options["memory"] == 30 * mib
+        first = pool.slots[0]
+        ray.kill(first)
+        pool.restart_slots([0])
+        assert pool.slots[0] is not None and pool.slots[0] is not first and pool.lost == {}
+        assert pool.options_of[0] == planned  # the plan's options, memory included
+        assert ray.get(pool.slots[0].ready.remote())["estimated_memory_mb"] == 200.0
+        ray.kill(pool.aggregator)
+        _until(lambda: not pool.alive(pool.aggregator, timeout_s=5.0))  # ray.kill returns before the actor is gone
+        assert pool.heal_aggregators() == ["aggregator"]
+        assert ray.get(pool.aggregator.ready.remote())["estimated_memory_mb"] == 30.0
+        # one node: the root aggregator folds every slot's states
+        assert pool.aggregator_for(0) == (pool.node_of["aggregator"], pool.aggregator)
+        # an aggregator made for a node that is not (any more) in the cluster is dropped before the next round
+        gone = "ab" * 28  # a node id no node of this cluster has
+        stale = pool._node_aggregators[gone] = pool._new_aggregator(gone)
+        pool.check_nodes()
+        assert pool._node_aggregators == {} and not pool.alive(stale, timeout_s=5.0)
+        assert lines == []  # nothing the user needs to hear: no node of the pool was lost
+    finally:
+        pool.close()
+
+
+def test_a_client_state_lost_before_it_was_folded_starts_the_round_over(ray_session):
+    """The process that held a client's state is gone before the fold ran: RoundLost, and no partial sum stays."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import ray
+
+    from sfp_ray.errors import RoundLost
+    from sfp_ray.executors.ray.actors import RayState
+    from sfp_ray.executors.ray.aggregator import AggregatorActor
+    from sfp_ray.executors.ray.executor import _Fold
+
+    @ray.remote(num_cpus=0)
+    class Holder:  # stands for a client actor whose node dies: it owns the state it put into the store
+        def put(self, state: dict) -> list:
+            return [ray.put(state)]
+
+    agg = AggregatorActor.options(num_cpus=0).remote(None)
+    holder = Holder.remote()
+    try:
+        kept = ray.put({"prompt": np.float32([1.0, 2.0])})
+        [lost] = ray.get(holder.put.remote({"prompt": np.float32([3.0, 4.0])}))
+        ray.kill(holder)
+
+        def unreadable() -> bool:
+            try:
+                ray.get(lost, timeout=5)
+                return False
+            except ray.exceptions.ObjectLostError:  # OwnerDiedError, once Ray noticed
+                return True
+
+        _until(unreadable)
+        pool = SimpleNamespace(aggregator_for=lambda slot: ("", agg), heal_aggregators=list)
+        fold = _Fold(SimpleNamespace(pool=pool, spec=SimpleNamespace(cut_plan=None)), RayState(kept, None))
+        for cid, ref in ((0, kept), (1, lost)):
+            fold.add(SimpleNamespace(client_id=cid, num_samples=1, state=RayState(ref, None)), 0)
+        with pytest.raises(RoundLost, match="client results held on a lost node could not be averaged"):
+            fold.finish()
+        # the aggregator forgot the round's sums: the same round folds from nothing when it starts over
+        assert ray.get(agg.partial.remote(fold.key))[0].client.clients == 0
+    finally:
+        ray.kill(agg)
 
 
 if __name__ == "__main__":

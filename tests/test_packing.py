@@ -39,6 +39,25 @@ def test_pack_copies_and_unpack_gives_views():
     assert view[0] == 5
 
 
+def test_large_arrays_travel_as_they_are_without_a_copy():
+    from sfp_ray.packing import LARGE_BYTES
+
+    big = np.zeros(LARGE_BYTES // 4, dtype=np.float32)  # exactly LARGE_BYTES
+    small = np.ones(3, dtype=np.float32)
+    p = pack({"small": small, "big": big, "tail": small})
+    assert list(p.large) == ["big"] and p.large["big"] is big
+    assert p.buffers[np.dtype(np.float32).str].shape == (6,)
+    assert p.nbytes == LARGE_BYTES + 6 * 4
+    back = unpack(p)
+    assert list(back) == ["small", "big", "tail"] and back["big"] is big
+    big[0] = 3.0  # not copied: the caller must not change it before the object is serialised
+    assert unpack(p)["big"][0] == 3.0
+    import pickle
+
+    again = unpack(pickle.loads(pickle.dumps(p, protocol=5)))
+    assert again["big"][0] == 3.0 and again["tail"].tolist() == [1.0] * 3
+
+
 def test_unpack_passes_plain_mappings_through_and_packs_nothing():
     plain = {"w": np.float32([1.0])}
     assert unpack(plain) == plain and unpack(plain) is not plain

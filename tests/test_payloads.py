@@ -97,13 +97,18 @@ class SpyExecutor(SerialExecutor):
 
         server.forward, server.backward = spy_forward, spy_backward
 
-    def run_clients(self, tasks, state):
+    def run_clients(self, tasks, state, on_done=None):
         for t in tasks:
             data = self.spec.train.subset(t.indices)
             self.tap.data[t.client_id] = (data.images.clone(), data.labels.clone())
-        outputs = super().run_clients(tasks, state)
-        for o in outputs:
-            self.tap.uploads[o.client_id] = {k: as_tensor(v).detach().clone() for k, v in o.state.client.items()}
+
+        def upload(o):  # before a streaming round folds the state away
+            if o.state is not None:
+                self.tap.uploads[o.client_id] = {k: as_tensor(v).detach().clone() for k, v in o.state.client.items()}
+            if on_done is not None:
+                on_done(o)
+
+        outputs = super().run_clients(tasks, state, upload)
         self.tap.outputs.extend(outputs)
         return outputs
 

@@ -39,11 +39,13 @@ class CostSink:
         return lambda *args: None
 
 
-@pytest.mark.parametrize("method", list_methods())
-def test_projection_matches_one_executed_round(method: str) -> None:
-    cfg = load_config(overrides=TINY)
+@pytest.mark.parametrize("method,precision", [(m, "fp32") for m in list_methods()] + [("sfprompt", "bf16"),
+                                                                                        ("sfl", "bf16")])
+def test_projection_matches_one_executed_round(method: str, precision: str) -> None:
+    """Also in bf16 on the CPU, where activations and gradients cross the cut at half the bytes."""
+    cfg = load_config(overrides=[*TINY, f"train.precision={precision}"])
     sink = CostSink()
-    Orchestrator(prepare_run(cfg, method), SerialExecutor(), [sink]).run()
+    Orchestrator(prepare_run(cfg, method), SerialExecutor(device="cpu"), [sink]).run()
     projected = project_method(cfg, method)
     assert projected["samples_per_client"] == 20
     for cid in range(3):

@@ -89,8 +89,8 @@ class RecordingRayExecutor(RayExecutor):
         self.returned: list[dict[int, dict]] = []
         self.routing: list[dict[int, int]] = []
 
-    def run_clients(self, tasks, state):  # type: ignore[override]
-        outs = super().run_clients(tasks, state)
+    def run_clients(self, tasks, state, on_done=None):  # type: ignore[override]
+        outs = super().run_clients(tasks, state, on_done)
         self.sent.append({t.client_id: dict(t.client_state) for t in tasks})
         self.returned.append({o.client_id: dict(o.client_state) for o in outs})
         self.routing.append(dict(self.last_routing))
@@ -101,7 +101,8 @@ def run_serial(spec) -> RunResult:
     old = torch.get_num_threads()
     try:
         with fused_attn_off():
-            return Orchestrator(spec, SerialExecutor()).run()  # the actors' thread count (one, for these classes)
+            # the actors' thread count (one, for these classes) and device (the CPU: the session's GPU is logical)
+            return Orchestrator(spec, SerialExecutor(device="cpu")).run()
     finally:
         torch.set_num_threads(old)
 
@@ -167,26 +168,38 @@ def test_the_serial_executor_takes_the_thread_count_of_the_actors(tmp_path):
     assert mirrored_threads(spec) == (4, None)
 
 
-def test_the_aggregator_actor_averages_numpy_states_without_torch(ray_session):
+def test_the_aggregator_actor_folds_numpy_states_as_they_come_without_torch(ray_session):
     import ray
 
     from sfp_ray.executors.ray.aggregator import AggregatorActor
     from sfp_ray.packing import unpack
 
-    agg = AggregatorActor.options(num_cpus=0).remote()
+    agg, other = (AggregatorActor.options(num_cpus=0).remote({"estimated_memory_mb": 1.5}) for _ in range(2))
     try:
         a = {"tail.w": np.float32([1.0, 2.0]), "prompt": np.float32([0.0])}
         b = {"tail.w": np.float32([4.0, 8.0]), "prompt": np.float32([3.0])}
-        refs = [ray.put(b), ray.put(a)]  # given in another order than their ids
-        packed, server, info = ray.get(agg.aggregate.remote([2, 1], [1, 0], False, False, *refs))
-        client = unpack(packed)  # one buffer per dtype: cheap to put into the object store
-        assert len(packed.buffers) == 1
-        assert client["tail.w"].tolist() == [3.0, 6.0] and client["prompt"].tolist() == [2.0]
-        assert client["tail.w"].dtype == np.float32 and server is None and info["flops"] == {"all": 12.0}
+        c = {"tail.w": np.float32([10.0, -1.0]), "prompt": np.float32([6.0])}
+        # a and b fold here, c on "another node"; each state is an object ref at the top level of its call
+        assert ray.get([agg.fold.remote("r1", 1, ray.put(a)), agg.fold.remote("r1", 2, ray.put(b))]) == [1, 2]
+        assert ray.get(other.fold.remote("r1", 3, ray.put(c))) == 1
+        packed, server, info = ray.get(list(agg.finish.remote("r1", None, other.partial.remote("r1"))))
+        client = unpack(packed)
+        # tail.w = (1*[1,2] + 2*[4,8] + 3*[10,-1]) / 6 = [39, 15] / 6; prompt = (0 + 6 + 18) / 6 = 4
+        assert client["tail.w"].tolist() == [6.5, 2.5] and client["prompt"].tolist() == [4.0]
+        assert client["tail.w"].dtype == np.float32 and server is None
+        assert info["flops"] == {"all": 2 * 3 * 3.0}  # one multiply and one add per element and client
+        # both actors forgot the round: a new round starts from nothing
+        assert ray.get(agg.fold.remote("r2", 1, ray.put(a))) == 1
+        assert ray.get(other.partial.remote("r1"))[0].client.clients == 0
+        ray.get(agg.discard.remote("r2"))
+        assert ray.get(agg.fold.remote("r2", 1, ray.put(b))) == 1
+        row = ray.get(agg.ready.remote())
+        assert row["estimated_memory_mb"] == 1.5 and row["observed_peak_rss_mb"] > 0
         loaded = ray.get(agg.modules.remote())
         assert "torch" not in loaded and "timm" not in loaded and "sfp_ray.aggregation" in loaded
     finally:
         ray.kill(agg)
+        ray.kill(other)
 
 
 def test_plan_slots_proportional_with_one_per_class():
@@ -270,10 +283,52 @@ def test_pool_on_a_gpu_less_two_core_laptop_needs_no_knobs():
     assert len(plan_pool(_profiles(rpi4=5, phone=3, laptop=2), None, [{"CPU": 64.0}], max_actors=4).slot_classes) == 4
 
 
-def test_pool_counts_actor_memory_and_fails_naming_a_missing_custom_resource():
-    # 100 rpi4 clients fit 64 CPUs of tickets, but not 100 x 600 MB of actors in 16 GiB
-    plan = plan_pool(_profiles(rpi4=100), None, [{"CPU": 64.0, "memory": 16 * 2**30}])
-    assert len(plan.slot_classes) == 16 * 1024 // 600
+def _memory(client_gib: float, aggregator_gib: float, server_gib: float | None = None,
+            per_request_gib: float = 0.0) -> Any:
+    from sfp_ray.sizing import MemoryEstimate, PoolMemory
+
+    gib = 2**30
+    server = (MemoryEstimate("server", floor=int(server_gib * gib), activations=int(per_request_gib * gib))
+              if server_gib is not None else None)
+    return PoolMemory(MemoryEstimate("client", floor=int(client_gib * gib)),
+                      MemoryEstimate("aggregator", floor=int(aggregator_gib * gib)), server)
+
+
+def test_pool_asks_ray_for_each_actors_memory_and_sizes_itself_by_it():
+    # 100 rpi4 clients fit 64 CPUs of tickets, but 16 GiB hold the 1 GiB aggregator and only 7 clients of 2 GiB
+    plan = plan_pool(_profiles(rpi4=100), None, [{"CPU": 64.0, "memory": 16 * 2**30}], memory=_memory(2, 1))
+    assert len(plan.slot_classes) == 7 and not plan.per_client
+    assert plan.options["rpi4"] == {"num_cpus": 0.25, "memory": 2 * 2**30}
+    assert plan.aggregator_options == {"num_cpus": 0, "memory": 2**30}
+    # the server's memory grows with the requests it serves at once: min(server_max_concurrency, slots)
+    plan = plan_pool(_profiles(rpi4=100), get_device("rpi4"), [{"CPU": 64.0, "memory": 16 * 2**30}],
+                     memory=_memory(1, 1, server_gib=1, per_request_gib=0.5), server_max_concurrency=4)
+    # 1 (aggregator) + 1 + 4 x 0.5 (server) + 12 x 1 (slots) = 16 GiB; with 4 slots or more the server holds 3 GiB
+    assert len(plan.slot_classes) == 12 and plan.server_concurrency == 4
+    assert plan.server_options["memory"] == 3 * 2**30 and plan.server_estimate.total == 3 * 2**30
+    # without a memory resource (a test cluster) nothing limits it
+    assert len(plan_pool(_profiles(rpi4=10), None, [{"CPU": 64.0}], memory=_memory(2, 1)).slot_classes) == 10
+
+
+def test_pool_shares_slots_between_classes_when_memory_holds_no_actor_per_class():
+    clients = _profiles(rpi4=6, phone=3, laptop=1)
+    plan = plan_pool(clients, None, [{"CPU": 2.0, "memory": 11 * 2**30}], memory=_memory(5, 1))
+    # one slot per class needs 3 x 5 + 1 = 16 GiB; shared slots: 2 x 5 + 1 = 11
+    assert plan.slot_classes == ["rpi4+phone+laptop"] * 2
+    assert plan.classes_of("rpi4+phone+laptop") == ("rpi4", "phone", "laptop")
+    assert plan.options["rpi4+phone+laptop"] == {"num_cpus": 0.5, "memory": 5 * 2**30}  # the largest tickets
+    assert any("share 2 slot actor(s)" in n and "5.0 GiB" in n for n in plan.notices)
+    r = route([(c, d.name) for c, d in enumerate(clients)], plan.slot_classes, plan.serves)
+    assert sorted(set(r.values())) == [0, 1] and sum(1 for v in r.values() if v == 0) == 5
+    # classes that compute differently (a GPU share) do not share a slot
+    jetsons = _profiles(rpi4=2, jetson=2)
+    plan = plan_pool(jetsons, None, [{"CPU": 2.0, "GPU": 1.0, "memory": 11 * 2**30}], memory=_memory(5, 1))
+    assert sorted(plan.slot_classes) == ["jetson", "rpi4"]
+    with pytest.raises(ClusterError, match="memory.*client 5.0 GiB"):
+        plan_pool(jetsons, None, [{"CPU": 2.0, "GPU": 1.0, "memory": 10 * 2**30}], memory=_memory(5, 1))
+
+
+def test_pool_fails_naming_a_missing_custom_resource():
     fpga = dataclasses.replace(get_device("rpi4"), name="fpga", resources={"fpga": 1.0})
     with pytest.raises(ClusterError, match="device class 'fpga' needs resources\\['fpga'\\]=1 but the cluster has no"):
         plan_pool([fpga], None, [{"CPU": 4.0}])
@@ -379,9 +434,9 @@ def test_sfprompt_ray_matches_serial(ray_session):
     for c, st in serial.client_states.items():
         np.testing.assert_array_equal(res.client_states[c]["kept"], st["kept"])
     # each client ran in its own actor and reported requested / enforced / observed resources
-    rows = [r for r in sink.resources if "round" in r]  # per client and round (the rest: per actor at start)
+    rows = [r for r in sink.resources if r["stage"] == "task"]  # per client and round (the rest: per actor)
     assert len(rows) == 8 and len({r["actor_id"] for r in rows}) == 4
-    start = [r for r in sink.resources if "round" not in r]
+    start = [r for r in sink.resources if r["stage"] == "start"]
     assert [r["label"] for r in start] == ["server:edge_server"] + ["client:rpi4"] * 4 + ["aggregator"]
     # memory at start: a torch actor maps more than it owns alone; the torch-free aggregator holds far less
     for r in start:
@@ -455,15 +510,20 @@ def test_pooled_mode_keeps_el2n_indices_between_rounds(pooled):
     assert_same_run(run_serial(spec), res)
 
 
-def test_jetson_slots_schedule_on_a_logical_gpu_and_compute_on_cpu(pooled):
+def test_jetson_slots_schedule_on_a_gpu_and_compute_where_torch_can(pooled):
+    """On CI's logical GPU the jetson slots compute on the CPU and say why; on a GPU host, on the GPU."""
     _, _, ex, sink = pooled
-    rows = [r for r in sink.resources if r.get("device") == "jetson" and "round" in r]
+    rows = [r for r in sink.resources if r.get("device") == "jetson" and r["stage"] == "task"]
     assert rows
     for r in rows:
         assert r["requested_num_gpus"] == 0.25 and r["assigned_num_gpus"] == 0.25
-        assert r["assigned_gpu_ids"] == "0"  # Ray's logical GPU id ...
-        assert r["cuda_available"] is False  # ... but torch sees no CUDA device
-        assert r["tensor_device"] == "cpu"
-        assert r["enforced_gpu_fraction"] != r["enforced_gpu_fraction"]  # NaN: nothing to enforce
+        assert r["assigned_gpu_ids"] != ""  # Ray assigned a GPU ...
+        if r["cuda_available"]:  # ... a real GPU: the actor computes on it, and its share is enforced
+            assert r["compute_device"] == r["tensor_device"] == "cuda:0" and r["gpu_fallback"] is False
+            assert r["enforced_gpu_fraction"] == 0.25 and r["observed_gpu_mem_mb"] > 0
+        else:  # ... a logical one: the CPU, with the reason
+            assert r["compute_device"] == r["tensor_device"] == "cpu" and r["gpu_fallback"] is True
+            assert "no CUDA device visible (CUDA_VISIBLE_DEVICES='-1': a logical GPU)" == r["gpu_fallback_reason"]
+            assert r["enforced_gpu_fraction"] != r["enforced_gpu_fraction"]  # NaN: nothing to enforce
     slots = [r for r in ex.report_rows if r.get("role") == "client"]
     assert len(slots) == 4 and sum(r["assigned_num_gpus"] for r in slots) == 0.5

@@ -49,7 +49,7 @@ def main() -> None:
                 return lambda *a, **k: None
 
             def add_resources(self, meta, r):
-                rows.extend(x for x in r if "round" in x)  # per client and round
+                rows.extend(x for x in r if x.get("stage") == "task")  # per client and round
 
         try:
             res = Orchestrator(spec, ex, sinks=[Sink()]).run()

@@ -10,6 +10,7 @@ and the Ray executor ends with the same state as the serial one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -196,9 +197,16 @@ class RecordingSerialExecutor(SerialExecutor):
         super().__init__(num_threads=1)
         self.calls: list[tuple[list[int], Any, list[Any]]] = []
 
-    def run_clients(self, tasks, state):  # type: ignore[override]
-        outs = super().run_clients(tasks, state)
-        self.calls.append(([t.client_id for t in tasks], state, outs))
+    def run_clients(self, tasks, state, on_done=None):  # type: ignore[override]
+        seen = {}  # each output as it was made, before a streaming round folds its state away
+
+        def keep(o):
+            seen[o.client_id] = dataclasses.replace(o)
+            if on_done is not None:
+                on_done(o)
+
+        outs = super().run_clients(tasks, state, keep)
+        self.calls.append(([t.client_id for t in tasks], state, [seen[o.client_id] for o in outs]))
         return outs
 
 

@@ -149,19 +149,19 @@ def test_a_failing_cell_is_recorded_the_others_go_on_and_it_runs_again_next_time
     real = sweeps.run_cell
 
     def flaky(job, out):
-        if job.id == "split.head_blocks=0":
+        if job.id == "train.batch_size=4":
             raise RuntimeError("out of memory\nmore detail")
         return real(job, out)
 
     monkeypatch.setattr(sweeps, "run_cell", flaky)
-    grid = {"split.head_blocks": [0, 1]}
+    grid = {"train.batch_size": [4, 8]}
     res = sfp_ray.sweep(grid, ["fl_full"], overrides=TINY, seeds=[0], executor="serial", out=tmp_path, plots=False)
-    assert res.failed == {"split.head_blocks=0": "RuntimeError: out of memory"} and res.ran == ["split.head_blocks=1"]
+    assert res.failed == {"train.batch_size=4": "RuntimeError: out of memory"} and res.ran == ["train.batch_size=8"]
     df = pd.read_csv(tmp_path / "sweep.csv")
     assert list(df["status"]) == ["failed", "ok"] and df["error"].iloc[0] == "RuntimeError: out of memory"
     monkeypatch.setattr(sweeps, "run_cell", real)
     again = sfp_ray.sweep(grid, ["fl_full"], overrides=TINY, seeds=[0], executor="serial", out=tmp_path, plots=False)
-    assert again.ran == ["split.head_blocks=0"] and again.skipped == ["split.head_blocks=1"] and not again.failed
+    assert again.ran == ["train.batch_size=4"] and again.skipped == ["train.batch_size=8"] and not again.failed
     assert set(pd.read_csv(tmp_path / "sweep.csv")["status"]) == {"ok"}
 
 
@@ -180,10 +180,13 @@ def test_project_grid_writes_one_row_per_cell_and_method(tmp_path):
 
 
 def test_ray_runs_cells_as_concurrent_tasks_on_one_cluster(tmp_path, ray_session):
-    """Two cells on the 4-CPU test cluster: two tasks of 2 CPUs each, placed by Ray at the same time."""
-    res = sfp_ray.sweep({"split.head_blocks": [0, 1]}, ["fl_full"], overrides=TINY, seeds=[0], executor="ray",
+    """Two cells on the 4-CPU test cluster: two tasks of 2 CPUs each, placed by Ray at the same time.
+
+    The swept key is one fl_full reads, so that both cells train (see the sharing tests).
+    """
+    res = sfp_ray.sweep({"train.batch_size": [4, 8]}, ["fl_full"], overrides=TINY, seeds=[0], executor="ray",
                         out=tmp_path, plots=False)
-    assert sorted(res.ran) == ["split.head_blocks=0", "split.head_blocks=1"] and not res.failed
+    assert sorted(res.ran) == ["train.batch_size=4", "train.batch_size=8"] and not res.failed
     assert len(pd.read_csv(tmp_path / "sweep.csv")) == 2
     marks = [json.loads((tmp_path / "cells" / c / sweeps.MARKER).read_text()) for c in res.ran]
     assert marks[0]["pid"] != marks[1]["pid"]

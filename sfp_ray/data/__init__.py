@@ -12,8 +12,12 @@ the only other module it would be allowed), and it never imports Ray. Its parts:
 * :mod:`sfp_ray.data.partitioning`: :func:`partition` (``iid``, ``dirichlet``,
   ``shards``, with a minimum-samples repair) and :func:`label_skew`.
 
+* :mod:`sfp_ray.data.catalog`: what each registered dataset is (class count, one line of
+  description), without torch: ``sfp-ray datasets`` and the checks before a run read it.
+
 The names below are re-exported so that ``from sfp_ray.data import X`` works for every
-public ``X``. Module-level settings (such as ``DEFAULT_SEARCH_DIRS``) are read where
+public ``X``; they are imported on first use (PEP 562), so that the catalogue can be read
+without loading torch. Module-level settings (such as ``DEFAULT_SEARCH_DIRS``) are read where
 they are defined: patch them on the submodule, not on this package.
 
 Example:
@@ -26,36 +30,20 @@ Example:
 
 from __future__ import annotations
 
-from sfp_ray.data.core import NORM_MEAN, NORM_STD, ArrayDataset
-from sfp_ray.data.partitioning import PARTITION_SCHEMES, label_skew, partition
-from sfp_ray.data.sources import (
-    DEFAULT_SEARCH_DIRS,
-    DEFAULT_TORCHVISION_ROOT,
-    ENV_DATA_ROOT,
-    FASHION_MNIST_CLASSES,
-    Loader,
-    dataset_num_classes,
-    dataset_search_path,
-    list_datasets,
-    load_dataset,
-    register_dataset,
-)
+from sfp_ray.lazy import lazy_exports
 
-__all__ = [
-    "ArrayDataset",
-    "DEFAULT_SEARCH_DIRS",
-    "DEFAULT_TORCHVISION_ROOT",
-    "ENV_DATA_ROOT",
-    "FASHION_MNIST_CLASSES",
-    "Loader",
-    "NORM_MEAN",
-    "NORM_STD",
-    "PARTITION_SCHEMES",
-    "dataset_num_classes",
-    "dataset_search_path",
-    "label_skew",
-    "list_datasets",
-    "load_dataset",
-    "partition",
-    "register_dataset",
-]
+#: Re-exported names and the submodule that defines each (imported on first use).
+_EXPORTS = {
+    ".core": ("ArrayDataset", "NORM_MEAN", "NORM_STD"),
+    ".partitioning": ("PARTITION_SCHEMES", "label_skew", "partition"),
+    ".sources": ("DEFAULT_SEARCH_DIRS", "DEFAULT_TORCHVISION_ROOT", "ENV_DATA_ROOT", "FASHION_MNIST_CLASSES", "Loader",
+                 "dataset_search_path", "list_datasets", "load_dataset", "register_dataset"),
+    ".catalog": ("DatasetInfo", "dataset_info", "dataset_num_classes"),
+}
+
+__all__ = sorted(n for names in _EXPORTS.values() for n in names)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -82,6 +82,13 @@ class ArrayDataset:
         """Returns the number of samples."""
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        """The same samples on ``device`` (this dataset itself when they are there already)."""
+        if self.images.device == torch.device(device):
+            return self
+        return ArrayDataset(images=self.images.to(device), labels=self.labels.to(device), num_classes=self.num_classes,
+                            name=self.name, class_names=self.class_names)
+
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ArrayDataset:
         """Returns a new dataset holding only the samples at ``indices``.
 

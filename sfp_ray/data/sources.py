@@ -47,6 +47,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from sfp_ray.data.catalog import canonical, dataset_num_classes, record
 from sfp_ray.data.core import (
     ArrayDataset,
     convert_channels,
@@ -128,14 +129,10 @@ Loader = Callable[[str | None, bool, int], ArrayDataset]
 """A raw loader: ``fn(root, train, seed) -> ArrayDataset`` (native size/channels, all classes)."""
 
 _REGISTRY: dict[str, Loader] = {}
-_NUM_CLASSES: dict[str, int] = {}
 
 
-def _canonical(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def register_dataset(name: str, num_classes: int | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, num_classes: int | None = None,
+                     description: str | None = None) -> Callable[[Loader], Loader]:
     """Registers a raw dataset loader under ``name``.
 
     Use as a decorator. The loader is called as ``fn(root, train, seed)`` and must return
@@ -146,32 +143,23 @@ def register_dataset(name: str, num_classes: int | None = None) -> Callable[[Loa
     Args:
         name: Dataset name, e.g. ``"fashion-mnist"``.
         num_classes: how many classes the dataset has, when known without loading it
-            (cost projections use it; see :func:`dataset_num_classes`).
+            (cost projections and the checks before a run use it; see :func:`dataset_num_classes`).
+        description: one line for ``sfp-ray datasets`` (the built-in ones are in
+            :mod:`sfp_ray.data.catalog`).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
     """
-    key = _canonical(name)
+    key = canonical(name)
     if not key:
         raise ConfigError("data.name: a dataset name must not be empty")
 
     def decorator(fn: Loader) -> Loader:
         _REGISTRY[key] = fn
-        if num_classes is not None:
-            _NUM_CLASSES[key] = int(num_classes)
+        record(key, num_classes, description)
         return fn
 
     return decorator
-
-
-def dataset_num_classes(name: str) -> int | None:
-    """Classes of a registered dataset without loading it (None when its loader did not say).
-
-    Example:
-        >>> dataset_num_classes("cifar100"), dataset_num_classes("fashion-mnist")
-        (100, 10)
-    """
-    return _NUM_CLASSES.get(_canonical(name))
 
 
 def list_datasets() -> list[str]:
@@ -194,6 +182,7 @@ def load_dataset(
     in_chans: int | None = None,
     seed: int = 0,
     max_samples: int | None = None,
+    download: bool = False,
 ) -> ArrayDataset:
     """Loads a registered dataset and adapts it to the model's input.
 
@@ -213,6 +202,8 @@ def load_dataset(
         seed: Seed for generated data (``synthetic``) and for sub-sampling.
         max_samples: If set, keep a seeded, class-stratified random subset of at most this
             many samples (all samples if the split is smaller).
+        download: For ``cifar10``, ``cifar100`` and ``svhn``: fetch the split into its
+            torchvision root first when it is missing (:func:`fetch_torchvision`).
 
     Returns:
         The dataset, images normalised to ``[-1, 1]`` as described in the module docstring.
@@ -223,7 +214,7 @@ def load_dataset(
             bad ``max_samples`` (``data.max_samples``).
         DataError: The dataset's files cannot be found or read.
     """
-    key = _canonical(str(name))
+    key = canonical(str(name))
     if key not in _REGISTRY:
         raise ConfigError(
             f"data.name: unknown dataset {name!r}; registered datasets: "
@@ -239,6 +230,8 @@ def load_dataset(
     if bad_max:
         raise ConfigError(f"data.max_samples: must be a positive integer, got {max_samples!r}")
 
+    if download and key in _TORCHVISION_DATASETS:
+        fetch_torchvision(key, root, bool(train))
     ds = _REGISTRY[key](root, bool(train), int(seed))
 
     if classes is not None:
@@ -301,7 +294,7 @@ def dataset_search_path(name: str, root: str | None) -> list[Path]:
     Raises:
         ConfigError: ``name`` is not a registered dataset.
     """
-    key = _canonical(str(name))
+    key = canonical(str(name))
     if key not in _REGISTRY:
         raise ConfigError(
             f"data.name: unknown dataset {name!r}; registered datasets: "
@@ -597,6 +590,33 @@ def _torchvision_missing(name: str, expected: Path, exc: Exception, download_cal
         f"internet access, run torchvision's download once: "
         f"`python -c \"import torchvision; {download_call}\"`."
     )
+
+
+def fetch_torchvision(name: str, root: str | None, train: bool) -> Path:
+    """Fetch a torchvision dataset's split into its root (``data.download``); return the root.
+
+    torchvision checks the files it finds first and downloads only what is missing or
+    corrupt, so a present dataset costs a checksum.
+
+    Raises:
+        DataError: the download failed (no internet, a full disk), with the root and the cause.
+    """
+    import torchvision
+
+    base = _torchvision_root(root)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if name == "svhn":
+            torchvision.datasets.SVHN(str(base), split="train" if train else "test", download=True)
+        else:
+            cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+            cls(str(base), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, OSError, a bad checksum: all the same user error
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"data.download: could not fetch {name} into {base} ({type(exc).__name__}: {first}); "
+                        "without internet, put the torchvision-format files there and set data.download=false"
+                        ) from None
+    return base
 
 
 def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:

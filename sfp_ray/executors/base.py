@@ -1,8 +1,9 @@
 """The executor interface: where the clients, the aggregation and the evaluation of a run execute.
 
-The orchestrator and the methods' round plans know only this interface, five verbs:
+The orchestrator and the methods' round plans know only this interface, six verbs:
 :meth:`Executor.start`, :meth:`Executor.run_clients`, :meth:`Executor.aggregate`,
-:meth:`Executor.evaluate` and :meth:`Executor.close`.
+:meth:`Executor.run_and_aggregate` (both at once, each state folded into the average as
+soon as its client finishes), :meth:`Executor.evaluate` and :meth:`Executor.close`.
 :class:`~sfp_ray.executors.serial.SerialExecutor` runs everything in-process (the
 reference); :class:`~sfp_ray.executors.ray.RayExecutor` runs the same roles inside Ray
 actors. A test checks that they agree.
@@ -16,18 +17,19 @@ passes them back to the executor without looking inside, and calls
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from sfp_ray.aggregation import aggregation_flops, average_parts, to_arrays
+from sfp_ray.aggregation import PartSums, aggregation_flops, to_arrays
 from sfp_ray.config import Config
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import Method
 from sfp_ray.placement import CutPlan, with_cut
+from sfp_ray.records import FINISHED
 from sfp_ray.roles.client import ClientOutput, ClientTask
 from sfp_ray.roles.evaluation import EvalResult
 from sfp_ray.roles.workspace import Workspace
@@ -71,11 +73,12 @@ class RunSpec:
         """The cut whose body holds every client's body (the server's workspace)."""
         return self.cut_plan.server_cut if self.cut_plan is not None else self.cut_of(0)
 
-    def workspace(self, parts: Sequence[str], *, meta: bool = False, cut: tuple[int, int] | None = None) -> Workspace:
-        """A workspace of this run holding ``parts``, cut at ``cut`` (default: the global cut)."""
+    def workspace(self, parts: Sequence[str], *, meta: bool = False, cut: tuple[int, int] | None = None,
+                  device: torch.device | str = "cpu") -> Workspace:
+        """A workspace of this run holding ``parts`` on ``device``, cut at ``cut`` (default: the global cut)."""
         c = with_cut(self.cfg, cut if cut is not None else self.global_cut)
         return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
-                         seed=c.seed, parts=parts, meta=meta)
+                         seed=c.seed, parts=parts, meta=meta, device=device)
 
     def initial_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """The method's global state before round 1: ``(client part, server part or None)``.
@@ -88,7 +91,8 @@ class RunSpec:
             return dict(client), (dict(server) if server is not None else None)
         ws = self.workspace(self.method.state_parts())
         server = self.method.server_names(ws)
-        return ws.get_state(self.method.client_names(ws)), (ws.get_state(server) if server else None)
+        return (ws.get_state(self.method.client_names(ws), copy=False),
+                ws.get_state(server, copy=False) if server else None)
 
 
 class State(abc.ABC):
@@ -166,9 +170,30 @@ class Executor(abc.ABC):
         the round holds (a tail block only deeper cuts have) keeps its value from it.
         """
 
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: State,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Aggregate | None]:
+        """Run a round's clients and average the outputs ``accept`` takes, as they finish.
+
+        Returns the outputs sorted by client id (the accepted ones without their state: it
+        went into the average) and the new global state (None when nothing was accepted).
+        Executors fold each accepted state into a running sum as soon as its client finishes
+        and release it, so memory does not grow with the clients of a round; this default
+        runs every client first, then averages.
+        """
+        outputs = sorted(self.run_clients(tasks, state), key=lambda o: o.client_id)
+        usable = [o for o in outputs if accept(o)]
+        agg = self.aggregate(usable, state) if usable else None
+        for o in usable:
+            o.state = None
+        return outputs, agg
+
     @abc.abstractmethod
     def evaluate(self, state: State) -> EvalResult:
         """Test accuracy/loss of the model assembled from the global ``state``."""
+
+    def resources(self) -> list[dict[str, Any]]:
+        """One ``resources.csv`` row per process the executor runs on, now (none in-process)."""
+        return []
 
     def close(self) -> None:  # noqa: B027  (optional hook, nothing to release by default)
         """Release actors / memory."""
@@ -180,8 +205,6 @@ class Executor(abc.ABC):
         self.close()
 
 
-#: Statuses of a client whose state reached the round's result.
-FINISHED = ("ok", "retried")
 
 
 def failed_output(task: ClientTask, attempts: int, error: str, wall_s: float = 0.0) -> ClientOutput:
@@ -199,32 +222,59 @@ def settle(out: ClientOutput, attempt: int, errors: Sequence[str]) -> ClientOutp
     return out
 
 
+class TensorSums:
+    """:class:`~sfp_ray.aggregation.PartSums` for states of torch tensors; averages come back as tensors.
+
+    Each name comes back in the dtype of the first state that held it (float32 for a
+    non-float one), as :func:`~sfp_ray.aggregation.fedavg` does.
+    """
+
+    def __init__(self) -> None:
+        self.sums = PartSums()
+        self.types: dict[str, torch.dtype] = {}
+        self.server_types: dict[str, torch.dtype] = {}
+
+    @staticmethod
+    def _note(types: dict[str, torch.dtype], state: Mapping[str, Any]) -> None:
+        for k, v in state.items():
+            if k not in types:
+                dt = as_view(v).dtype
+                types[k] = dt if dt.is_floating_point else torch.float32
+
+    def add(self, weight: float, client: Mapping[str, Any], server: Mapping[str, Any] | None = None) -> None:
+        """Fold one client's state parts (name -> tensor or array)."""
+        self._note(self.types, client)
+        if server is not None:
+            self._note(self.server_types, server)
+        self.sums.add(weight, to_arrays(client), to_arrays(server) if server is not None else None)
+
+    def finish(self, previous: Mapping[str, Any] | None = None,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, float]]:
+        """``(client part, server part or None, FLOPs per part)`` as tensors (see ``PartSums.finish``)."""
+        def back(arrays: Mapping[str, np.ndarray], types: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v).to(types[k]) if k in types else as_tensor(v) for k, v in arrays.items()}
+
+        new_client, new_server, flops = self.sums.finish(to_arrays(previous) if previous is not None else None)
+        prev_types = {k: as_view(v).dtype for k, v in previous.items()} if previous is not None else {}
+        return (back(new_client, {**prev_types, **self.types}),
+                back(new_server, self.server_types) if new_server is not None else None, flops)
+
+
 def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[Mapping[str, Any]],
                  server: Sequence[Mapping[str, Any]] | None, previous: Mapping[str, Any] | None = None,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, float]]:
-    """:func:`~sfp_ray.aggregation.average_parts` for states of torch tensors; returns tensors.
+    """FedAvg of states of torch tensors, summed in ascending client id; returns tensors.
 
-    Returns ``(client part, server part or None, FLOPs per part)`` (see ``average_parts``).
+    Returns ``(client part, server part or None, FLOPs per part)`` (see
+    :func:`~sfp_ray.aggregation.average_parts`).
     """
-    def dtypes(states: Sequence[Mapping[str, Any]]) -> dict[str, torch.dtype]:
-        out: dict[str, torch.dtype] = {}  # the first holder's (in id order), float32 for a non-float one
-        for i in sorted(range(len(states)), key=lambda j: ids[j]):
-            for k, v in states[i].items():
-                if k not in out:
-                    dt = as_view(v).dtype
-                    out[k] = dt if dt.is_floating_point else torch.float32
-        return out
-
-    def back(arrays: Mapping[str, np.ndarray], types: Mapping[str, torch.dtype]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v).to(types[k]) if k in types else as_tensor(v) for k, v in arrays.items()}
-
-    new_client, new_server, flops = average_parts(
-        weights, ids, [to_arrays(s) for s in client], [to_arrays(s) for s in server] if server is not None else None,
-        to_arrays(previous) if previous is not None else None)
-    prev_types = {k: as_view(v).dtype for k, v in previous.items()} if previous is not None else {}
-    return (back(new_client, {**prev_types, **dtypes(client)}),
-            back(new_server, dtypes(server)) if new_server is not None and server is not None else None, flops)
+    if len(weights) != len(client) or len(ids) != len(client):
+        raise ValueError(f"fedavg: {len(client)} states but {len(weights)} weights and {len(ids)} ids")
+    sums = TensorSums()
+    for i in sorted(range(len(client)), key=lambda j: ids[j]):
+        sums.add(weights[i], client[i], server[i] if server is not None else None)
+    return sums.finish(previous)
 
 
 __all__ = ["FINISHED", "Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops",
-           "failed_output", "fedavg_parts", "settle"]
+           "TensorSums", "failed_output", "fedavg_parts", "settle"]

@@ -16,11 +16,12 @@ actor dies.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
 
+from sfp_ray.compute import ComputeDevice, DeviceChoice, choose_device, set_determinism
 from sfp_ray.costs import FlopMeter
 from sfp_ray.errors import ServerLost
 from sfp_ray.executors.base import (
@@ -30,6 +31,7 @@ from sfp_ray.executors.base import (
     RunSpec,
     Started,
     State,
+    TensorSums,
     failed_output,
     fedavg_parts,
     settle,
@@ -51,12 +53,15 @@ class SerialExecutor(Executor):
             classes), so that the two executors compute the same floats. A matrix product
             splits its work by thread count, so another count changes results in the last
             bits, and over rounds in the last digits of accuracy.
+        device: ``auto`` (default: the device the Ray executor's actors would compute on,
+            :func:`mirrored_device`), ``cpu`` or ``cuda`` (``--device``).
     """
 
     name = "serial"
 
-    def __init__(self, num_threads: int | None = None) -> None:
+    def __init__(self, num_threads: int | None = None, device: DeviceChoice = "auto") -> None:
         self.num_threads = num_threads
+        self.device = device
         self.spec: RunSpec | None = None
 
     def start(self, spec: RunSpec) -> Started:
@@ -66,8 +71,13 @@ class SerialExecutor(Executor):
             threads, note = mirrored_threads(spec)
             notices += [note] if note else []
         torch.set_num_threads(threads)
+        compute, note = mirrored_device(spec, self.device)
+        notices += [note] if note else []
+        self.compute = compute
+        device = compute.device
+        set_determinism(spec.cfg.train.deterministic, device)
         self.spec = spec
-        self.ws = spec.workspace(PARTS)  # the global cut: evaluation, and every client under a fixed cut
+        self.ws = spec.workspace(PARTS, device=device)  # the global cut: evaluation, every client under a fixed cut
         self.roles: dict[tuple[int, int] | None, ClientRole] = {}
         if spec.cut_plan is None:
             self.roles[None] = spec.method.client_role(self.ws, spec.cfg)
@@ -76,9 +86,10 @@ class SerialExecutor(Executor):
         server = spec.method.server(spec.cfg)
         # per-device cuts: the server's frozen body is a workspace of its own (evaluation loads trained tail
         # blocks into the global one, and the server must keep serving the frozen ones to thinner cuts)
-        self.server_ws = self.ws if spec.cut_plan is None else spec.workspace(("body",), cut=spec.server_cut)
+        self.server_ws = (self.ws if spec.cut_plan is None
+                          else spec.workspace(("body",), cut=spec.server_cut, device=device))
         self.server = ServerRole(self.server_ws.split.body, meter=self.meter, train=server.train,
-                                 body_of=self._body_of) if server else None
+                                 body_of=self._body_of, precision=spec.cfg.train.precision) if server else None
         return Started(LocalState(*spec.initial_state()), notices=notices)
 
     @property
@@ -97,14 +108,16 @@ class SerialExecutor(Executor):
             return self.roles[None]
         role = self.roles.get(task.cut)
         if role is None:
-            ws = spec.workspace(spec.method.client_parts, cut=task.cut)
+            ws = spec.workspace(spec.method.client_parts, cut=task.cut, device=self.compute.device)
             role = self.roles[task.cut] = spec.method.client_role(ws, with_cut(spec.cfg, task.cut))
         return role
 
-    def run_clients(self, tasks: Sequence[ClientTask], state: State) -> list[ClientOutput]:
+    def run_clients(self, tasks: Sequence[ClientTask], state: State,
+                    on_done: Callable[[ClientOutput], None] | None = None) -> list[ClientOutput]:
+        """See :meth:`Executor.run_clients`; ``on_done`` sees each client's final output as soon as it is made."""
         assert self.spec is not None, "start() first"
         values = LocalState(*_parts(state))
-        outputs = []
+        outputs: list[ClientOutput] = []
         for task in sorted(tasks, key=lambda t: t.client_id):
             errors: list[str] = []
             t0 = time.perf_counter()
@@ -122,7 +135,34 @@ class SerialExecutor(Executor):
                 break
             else:
                 outputs.append(failed_output(task, ATTEMPTS, errors[-1], time.perf_counter() - t0))
+            if on_done is not None:
+                on_done(outputs[-1])
         return outputs
+
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: State,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Aggregate | None]:
+        """Clients in ascending id, each accepted state folded into the running sums as soon as it is made."""
+        assert self.spec is not None, "start() first"
+        sums = TensorSums()
+        seconds = 0.0
+
+        def fold(out: ClientOutput) -> None:
+            nonlocal seconds
+            if not accept(out):
+                return
+            t0 = time.perf_counter()
+            client, server = _parts(out.state)
+            sums.add(out.num_samples, client, server)
+            out.state = None
+            seconds += time.perf_counter() - t0
+
+        outputs = self.run_clients(tasks, state, fold)
+        if not sums.sums.client.clients:
+            return outputs, None
+        t0 = time.perf_counter()
+        previous = _parts(state)[0] if self.spec.cut_plan is not None else None
+        client, server, flops = sums.finish(previous)
+        return outputs, Aggregate(LocalState(client, server), flops, seconds + time.perf_counter() - t0)
 
     def _attempt(self, task: ClientTask, values: LocalState) -> ClientOutput:
         """One attempt of one client; raises when it fails."""
@@ -152,7 +192,7 @@ class SerialExecutor(Executor):
         """A fresh server role in place of a lost one (what a restarted server actor is)."""
         if self.server is not None:
             self.server = ServerRole(self.server_ws.split.body, meter=self.meter, train=self.server.train,
-                                     body_of=self._body_of)
+                                     body_of=self._body_of, precision=self.server.precision)
 
     def aggregate(self, outputs: Sequence[ClientOutput], state: State) -> Aggregate:
         assert self.spec is not None, "start() first"
@@ -167,7 +207,8 @@ class SerialExecutor(Executor):
     def evaluate(self, state: State) -> EvalResult:
         assert self.spec is not None, "start() first"
         self.ws.load_state(state.tensors())
-        return evaluate(self.ws.split, self.spec.test, self.spec.cfg.train.eval_batch_size, self.meter)
+        t = self.spec.cfg.train
+        return evaluate(self.ws.split, self.spec.test, t.eval_batch_size, self.meter, precision=t.precision)
 
 
 def mirrored_threads(spec: RunSpec) -> tuple[int, str | None]:
@@ -189,6 +230,34 @@ def mirrored_threads(spec: RunSpec) -> tuple[int, str | None]:
                      "rounding, not bit for bit")
 
 
+def mirrored_device(spec: RunSpec, want: DeviceChoice = "auto") -> tuple[ComputeDevice, str | None]:
+    """The device the serial executor computes on, and a notice when it cannot mirror the Ray executor.
+
+    ``auto`` mirrors the Ray executor's device rule: the GPU when every device class of the
+    run (and the server's, when the method has one) holds a GPU share and torch can use a GPU,
+    the CPU when none does. Classes of both kinds compute on both on Ray: the serial executor
+    then takes the CPU and says so. ``cpu``/``cuda`` are taken as asked.
+    """
+    if want != "auto":
+        return choose_device(want), None
+    classes = {d.name: d.num_gpus > 0 for d in spec.devices}
+    if spec.method.server(spec.cfg):
+        classes[spec.server_device.name] = spec.server_device.num_gpus > 0
+    if not any(classes.values()):
+        return ComputeDevice(torch.device("cpu"), "no device class holds a GPU share"), None
+    compute = choose_device("auto")
+    if all(classes.values()):
+        return compute, None
+    gpu = sorted(c for c, g in classes.items() if g)
+    cpu = sorted(c for c, g in classes.items() if not g)
+    if not compute.is_cuda:
+        return compute, None
+    return ComputeDevice(torch.device("cpu"), "classes with and without GPU shares"), (
+        f"serial executor: on Ray, {', '.join(gpu)} compute on the GPU and {', '.join(cpu)} on the CPU; the serial "
+        "executor computes everything on the CPU (--device cuda for the GPU), so the two executors agree to float "
+        "rounding, not bit for bit")
+
+
 def _parts(state: State) -> tuple[dict, dict | None]:
     """Both parts of a state as tensors (a state from another executor is fetched)."""
     if isinstance(state, LocalState):
@@ -196,4 +265,4 @@ def _parts(state: State) -> tuple[dict, dict | None]:
     raise TypeError(f"the serial executor holds its states in-process, got {type(state).__name__}")
 
 
-__all__ = ["SerialExecutor", "mirrored_threads"]
+__all__ = ["SerialExecutor", "mirrored_device", "mirrored_threads"]

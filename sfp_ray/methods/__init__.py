@@ -24,51 +24,24 @@ sl                 vanilla split learning (Gupta & Raskar, 2018): the same split
 ================== ======================================================================
 
 Each method is an object (:class:`~sfp_ray.methods.base.Method`) defined in one file of
-this package; a new method is a new file whose ``register`` function is called below.
+this package; a new method is a new file whose ``register`` function
+:mod:`~sfp_ray.methods.registry` calls. What the listing needs (names, descriptions,
+rates, forced settings, the keys a method ignores) lives in :mod:`~sfp_ray.methods.catalog`,
+which imports no torch: ``list_methods`` and ``REFERENCE_METHOD`` are cheap, and the method
+objects (``get_method``) and classes are imported on first use (PEP 562).
 """
 
 from __future__ import annotations
 
-from sfp_ray.errors import ConfigError
-from sfp_ray.methods import federated, sfprompt, split_learning
-from sfp_ray.methods.base import (
-    FEDERATED_PHASES,
-    SFPROMPT_PHASES,
-    SPLIT_PHASES,
-    CostContext,
-    Method,
-    RoundOutcome,
-    ServerSpec,
-)
+from sfp_ray.lazy import lazy_exports
+from sfp_ray.methods.catalog import REFERENCE_METHOD, MethodInfo, list_methods, method_info
 
-#: The method every comparison is relative to (``*_ratio`` and ``accuracy_delta`` columns):
-#: full federated fine-tuning, the paper's reference point.
-REFERENCE_METHOD = "fl_full"
-
-_REGISTRY: dict[str, Method] = {}
-
-
-def register_method(method: Method) -> Method:
-    """Add a method to the registry (replacing one of the same name)."""
-    _REGISTRY[method.name] = method
-    return method
-
-
-def list_methods() -> list[str]:
-    """Names of the registered methods."""
-    return list(_REGISTRY)
-
-
-def get_method(name: str) -> Method:
-    """The registered method ``name``; unknown names list the registered ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"method: unknown method {name!r}; registered: {', '.join(_REGISTRY)}") from None
-
-
-for _module in (sfprompt, federated, split_learning):
-    _module.register(register_method)
+#: Names imported on first use, and the module that defines each.
+_LAZY = {
+    ".registry": ("get_method", "register_method"),
+    ".base": ("FEDERATED_PHASES", "SFPROMPT_PHASES", "SPLIT_PHASES", "CostContext", "Method", "RoundOutcome",
+              "ServerSpec"),
+}
 
 __all__ = [
     "FEDERATED_PHASES",
@@ -77,9 +50,16 @@ __all__ = [
     "SPLIT_PHASES",
     "CostContext",
     "Method",
+    "MethodInfo",
     "RoundOutcome",
     "ServerSpec",
     "get_method",
     "list_methods",
+    "method_info",
     "register_method",
 ]
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -24,10 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sfp_ray.config import Config
+import torch
+
+from sfp_ray.config import Config, dotted_items
 from sfp_ray.costs import RoundClock, simulate_round
-from sfp_ray.records import Segment
-from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask
+from sfp_ray.methods.catalog import NOT_IN_RESULTS, MethodInfo, ignored, reads, resolve
+from sfp_ray.records import FINISHED, Segment
+from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
 from sfp_ray.roles.server import BODY_PREFIX
 from sfp_ray.roles.workspace import Workspace
 
@@ -50,9 +53,21 @@ class Runner(Protocol):
 
     def aggregate(self, outputs: Sequence[ClientOutput], state: Any) -> Any: ...
 
+    def run_and_aggregate(self, tasks: Sequence[ClientTask], state: Any,
+                          accept: Callable[[ClientOutput], bool]) -> tuple[list[ClientOutput], Any]: ...
 
-#: Marks a round's outputs ``dropped`` or ``late`` before averaging (see :class:`sfp_ray.availability.RoundJudge`).
-Judge = Callable[[Sequence[ClientOutput]], None]
+
+class Judge(Protocol):
+    """Marks a round's outputs ``dropped`` or ``late`` before averaging (:class:`sfp_ray.availability.RoundJudge`)."""
+
+    def __call__(self, outputs: Sequence[ClientOutput]) -> None: ...
+
+    @property
+    def decides_alone(self) -> bool:
+        """Whether each client's fate is known without the others' (no deadline, no over-selection)."""
+
+    def drops(self, client_id: int) -> bool:
+        """Whether the client drops out this round (known before it runs)."""
 
 
 @dataclass
@@ -78,13 +93,34 @@ class RoundPlan(abc.ABC):
 
 
 class ParallelFedAvg(RoundPlan):
-    """Every client starts from the global state; their states are averaged (FedAvg)."""
+    """Every client starts from the global state; their states are averaged (FedAvg).
+
+    When each client's fate is known on its own (no deadline, no over-selection; dropouts
+    are drawn before the round), the executor folds every accepted state into the average
+    as soon as its client finishes (:meth:`~sfp_ray.executors.base.Executor.run_and_aggregate`),
+    so a round holds a constant number of states whatever its size. A deadline or
+    over-selection needs every client's simulated finish first: then the round runs all
+    clients, the judge decides, and the chosen states are averaged.
+    """
 
     def run(self, runner: Runner, tasks: Sequence[ClientTask], state: Any, judge: Judge | None = None) -> RoundOutcome:
-        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id) if tasks else []
+        if not tasks:
+            return RoundOutcome([], state)
+        if judge is None or judge.decides_alone:
+            def accept(o: ClientOutput) -> bool:
+                return o.status in FINISHED and (judge is None or not judge.drops(o.client_id))
+
+            outputs, agg = runner.run_and_aggregate(tasks, state, accept)
+            outputs = sorted(outputs, key=lambda o: o.client_id)
+            if judge is not None:
+                judge(outputs)
+            if agg is None:
+                return RoundOutcome(outputs, state)
+            return RoundOutcome(outputs, agg.state, agg.flops, agg.wall_s)
+        outputs = sorted(runner.run_clients(tasks, state), key=lambda o: o.client_id)
         if judge is not None:
             judge(outputs)
-        usable = [o for o in outputs if o.status in ("ok", "retried")]
+        usable = [o for o in outputs if o.status in FINISHED]
         if not usable:
             return RoundOutcome(outputs, state)
         agg = runner.aggregate(usable, state)
@@ -109,7 +145,7 @@ class SequentialRelay(RoundPlan):
             if judge is not None:
                 judge([out])
             outputs.append(out)
-            if out.status in ("ok", "retried"):
+            if out.status in FINISHED:
                 current = out.state
         return RoundOutcome(outputs, current, {"all": 0.0})
 
@@ -126,6 +162,8 @@ class Method(abc.ABC):
         overrides: dotted settings the method forces (see :meth:`resolve`).
         default_lr: the learning rate it trains with when ``train.lr`` is null (the default),
             tuned per method on the default task (``benchmarks/results/learning_rate.md``).
+        ignores: configuration keys (a section stands for all its keys) whose values the method
+            never reads once its forced settings apply (see :meth:`reads`); default none.
     """
 
     #: phase names its cost rows may carry
@@ -136,21 +174,49 @@ class Method(abc.ABC):
     plan: RoundPlan = ParallelFedAvg()
 
     def __init__(self, name: str, description: str, overrides: Mapping[str, Any] | None = None, *,
-                 default_lr: float = 1e-3) -> None:
+                 default_lr: float = 1e-3, ignores: Sequence[str] = ()) -> None:
         self.name = name
         self.description = description
         self.overrides = dict(overrides or {})
         self.default_lr = float(default_lr)
+        self.ignores = tuple(ignores)
+
+    @classmethod
+    def from_info(cls, info: MethodInfo, **kwargs: Any) -> Method:
+        """The method described by a catalogue entry (``kwargs``: what the subclass needs besides)."""
+        return cls(info.name, info.description, overrides=info.overrides, default_lr=info.default_lr,
+                   ignores=info.ignores, **kwargs)
+
+    def info(self) -> MethodInfo:
+        """The method's catalogue entry (what ``sfp-ray methods`` lists and a sweep compares)."""
+        return MethodInfo(self.name, self.description, self.default_lr, dict(self.overrides), self.ignores)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+    def reads(self, cfg: Config | None = None) -> list[str]:
+        """The dotted configuration keys whose values this method reads: every key but those it ignores.
+
+        ``ignores`` (keys, or sections standing for all their keys) is the method's declaration of
+        what it never looks at once its forced settings are applied (:mod:`sfp_ray.methods.catalog`).
+        """
+        return reads(self.info(), dotted_items(cfg if cfg is not None else Config()))
+
+    def effective_config(self, cfg: Config) -> dict[str, Any]:
+        """What identifies a run of this method: the resolved configuration (:meth:`resolve`) restricted
+        to the keys it reads, without the sections that never change results (``ray``, ``project``).
+
+        Two configurations with the same effective configuration (and seed) give the same run.
+        """
+        resolved = dotted_items(self.resolve(cfg))
+        return {k: v for k, v in resolved.items()
+                if k.split(".", 1)[0] not in NOT_IN_RESULTS and not ignored(k, self.ignores)}
 
     def resolve(self, cfg: Config) -> Config:
         """The configuration this method runs with: its forced settings, and its own learning rate
         when ``train.lr`` is null.
         """
-        lr = {"train.lr": self.default_lr} if cfg.train.lr is None else {}
-        return cfg.replace(method=self.name, **lr, **self.overrides)
+        return resolve(self.info(), cfg)
 
     # ------------------------------------------------------------------ state
 
@@ -188,6 +254,36 @@ class Method(abc.ABC):
     def round_clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
         return self.plan.clock(timelines)
 
+    def client_passes(self, role: ClientRole, x: Any, y: Any) -> list[Callable[[], Any]]:
+        """The passes a client of this method runs on one training batch ``(x, y)``, as callables.
+
+        :mod:`sfp_ray.sizing` runs them on ``meta`` tensors to measure a client's activation
+        memory. A client holding the whole model runs it forward and backward; a split client
+        runs the split step (head, tail on what the body sends, head backward when something
+        before the cut trains) and the body-bypassed step of SFPrompt's local-loss update.
+        """
+        split = role.ws.split
+        if role.whole_model:
+            return [lambda: model_loss(split, x, y)]
+        head_trains = bool(getattr(role, "head_trains", False))
+        with torch.no_grad():
+            body_out = split.body(split.head(x))  # the shape the server sends back (the body runs elsewhere)
+
+        def split_step() -> None:
+            h = forward_pass(split.head, x, head_trains)
+            tail_loss(split, torch.empty_like(body_out).requires_grad_(True), y)
+            if head_trains:
+                h.backward(torch.empty_like(h))
+
+        def bypassed_step() -> None:
+            h = forward_pass(split.head, x, head_trains)
+            hd = h.detach().requires_grad_(head_trains)
+            bypass_loss(split, hd, y)
+            if head_trains:
+                h.backward(hd.grad)
+
+        return [split_step, bypassed_step]
+
     # ------------------------------------------------------------------ costs
 
     @abc.abstractmethod
@@ -220,6 +316,12 @@ class CostContext:
         from sfp_ray.costs import count_flops
 
         return count_flops(fn)[1]
+
+    def wire_bytes(self, t: Any) -> int:
+        """Bytes of an activation or gradient crossing the cut: its elements in ``train.precision``'s dtype."""
+        from sfp_ray.compute import wire_dtype
+
+        return int(t.numel()) * torch.empty((), dtype=wire_dtype(self.cfg.train.precision)).element_size()
 
     def state_bytes(self, names: Sequence[str]) -> int:
         params = dict(self.split.named_parameters())

@@ -22,7 +22,17 @@ from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import FEDERATED_PHASES, CostContext, Method
-from sfp_ray.roles.client import BodyLink, ClientRole, ClientTask, TrainResult, model_loss, optimizer_step, run_epochs
+from sfp_ray.methods.catalog import method_info
+from sfp_ray.roles.client import (
+    BodyLink,
+    ClientRole,
+    ClientTask,
+    TrainResult,
+    loss_scale,
+    model_loss,
+    optimizer_step,
+    run_epochs,
+)
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.workspace import PARTS, Workspace
 
@@ -47,8 +57,9 @@ class FedAvgClient(ClientRole):
             opt = make_optimizer(self.params, t)
 
             def step(x: torch.Tensor, y: torch.Tensor) -> float:
-                loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y))
-                optimizer_step(opt)
+                scale = loss_scale(self.scaler)
+                loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y, scale))
+                optimizer_step(opt, self.scaler)
                 return float(loss.item())
 
             loss = run_epochs(data, t.local_epochs, t.batch_size, gen, step)
@@ -63,8 +74,9 @@ class FederatedMethod(Method):
     client_parts = PARTS
 
     def __init__(self, name: str, description: str, select: Callable[[str], bool],
-                 overrides: dict[str, Any] | None = None, *, default_lr: float = 1e-3) -> None:
-        super().__init__(name, description, overrides, default_lr=default_lr)
+                 overrides: dict[str, Any] | None = None, *, default_lr: float = 1e-3,
+                 ignores: tuple[str, ...] = ()) -> None:
+        super().__init__(name, description, overrides, default_lr=default_lr, ignores=ignores)
         self.select = select
 
     def client_names(self, ws: Workspace) -> list[str]:
@@ -85,11 +97,7 @@ class FederatedMethod(Method):
 
 
 def register(register_method: Any) -> None:
-    # fl_full's rate: the best of 1e-4..1e-2 on the default task (benchmarks/results/learning_rate.md);
-    # fl_prompt and fl_linear keep 1e-3 (not tuned)
-    register_method(FederatedMethod("fl_full", "FedAvg, full fine-tuning on every client", lambda n: True,
-                                    {"prompt.num_tokens": 0}, default_lr=3e-4))
-    register_method(FederatedMethod("fl_prompt", "FedAvg of prompts + classifier, frozen model on clients (VPT in FL)",
-                                    lambda n: is_prompt(n) or is_classifier(n)))
-    register_method(FederatedMethod("fl_linear", "FedAvg of the classifier only", is_classifier,
-                                    {"prompt.num_tokens": 0}))
+    # descriptions, rates (fl_full's tuned) and forced settings: sfp_ray.methods.catalog
+    for name, select in (("fl_full", lambda n: True), ("fl_prompt", lambda n: is_prompt(n) or is_classifier(n)),
+                         ("fl_linear", is_classifier)):
+        register_method(FederatedMethod.from_info(method_info(name), select=select))

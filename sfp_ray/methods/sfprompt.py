@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.costs import Ledger, payload_bytes
+from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
+from sfp_ray.methods.catalog import method_info
 from sfp_ray.pruning import el2n_scores, keep_count, select
 from sfp_ray.roles.client import (
     BodyLink,
@@ -40,6 +41,7 @@ from sfp_ray.roles.client import (
     batches,
     bypass_loss,
     forward_pass,
+    loss_scale,
     optimizer_step,
     run_epochs,
     split_by_part,
@@ -87,10 +89,11 @@ class SFPromptClient(SplitClientRole):
         h = ledger.compute("head", ("fwd", tuple(x.shape), self.head_trains),
                            lambda: forward_pass(split.head, x, self.head_trains))
         hd = h.detach().requires_grad_(self.head_trains)
-        loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y))
+        scale = loss_scale(self.scaler)
+        loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y, scale))
         if self.head_trains:
             ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(hd.grad))
-        optimizer_step(opt)
+        optimizer_step(opt, self.scaler)
         return float(loss.item())
 
     def local_update(self, data: ArrayDataset, ledger: Ledger, gen: torch.Generator) -> float:
@@ -112,8 +115,8 @@ class SFPromptClient(SplitClientRole):
         """Phase 1a: EL2N-score ``data`` and select by ``pruning.policy``; the kept indices (also in ``cs``)."""
         pc = self.cfg.pruning
         with ledger.phase("prune"):
-            scores = self.score(data, ledger)
-            kept = select(scores, data.labels, pc.keep_ratio, pc.policy, per_class=pc.per_class,
+            scores = self.score(data, ledger).float().cpu()  # the selection runs on the CPU on every device
+            kept = select(scores, data.labels.cpu(), pc.keep_ratio, pc.policy, per_class=pc.per_class,
                           skip_top=pc.skip_top, seed=task.seed).numpy()
             ledger.add_samples("head", len(data))
         cs["kept"] = kept
@@ -207,14 +210,14 @@ class SFPrompt(Method):
         f_body = ctx.flops(lambda: forward_pass(split.body, act, has_p))
         out = body_out.detach().requires_grad_(True)
         f_tail = ctx.flops(lambda: tail_loss(split, out, y))
-        up, down = payload_bytes(act), payload_bytes(out)
+        up, down = ctx.wire_bytes(act), ctx.wire_bytes(out)
         f_hb = 0
         if has_p:
-            up += payload_bytes(out.grad)
+            up += ctx.wire_bytes(out.grad)
             (gx,) = torch.autograd.grad(body_out, act, out.grad, retain_graph=True)
             f_body += ctx.flops(lambda: torch.autograd.grad(body_out, act, out.grad, retain_graph=True))
             sl = split.prompt_grad_slice()
-            down += payload_bytes(gx if sl is None else gx[:, sl])
+            down += ctx.wire_bytes(gx if sl is None else gx[:, sl])
             f_hb = ctx.flops(lambda: h.backward(gx, retain_graph=True))
         e = t.split_epochs
         split_client = kept * e * (f_head + f_tail + f_hb)
@@ -241,13 +244,6 @@ class SFPrompt(Method):
 
 
 def register(register_method: Any) -> None:
-    # the family's rate: SFPrompt's best of 1e-3..1e-2 on the default task (benchmarks/results/learning_rate.md);
-    # the ablations share it, so that each differs from SFPrompt in the one part it switches off
-    lr = 3e-3
-    register_method(SFPrompt("sfprompt", "SFPrompt: prompts + tail on clients, body on the server", default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_prune", "SFPrompt without EL2N pruning", {"pruning.keep_ratio": 1.0},
-                             default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_local", "SFPrompt without the local-loss update",
-                             {"train.local_update": False}, default_lr=lr))
-    register_method(SFPrompt("sfprompt_no_prompt", "SFPrompt without prompts (tail only)", {"prompt.num_tokens": 0},
-                             default_lr=lr))
+    # descriptions, the family's shared rate and the ablations' forced settings: sfp_ray.methods.catalog
+    for name in ("sfprompt", "sfprompt_no_prune", "sfprompt_no_local", "sfprompt_no_prompt"):
+        register_method(SFPrompt.from_info(method_info(name)))

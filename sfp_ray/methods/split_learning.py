@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from sfp_ray.config import Config
-from sfp_ray.costs import Ledger, payload_bytes
+from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ConfigError
 from sfp_ray.methods.base import SPLIT_PHASES, CostContext, Method, SequentialRelay, ServerSpec, is_body
+from sfp_ray.methods.catalog import method_info
 from sfp_ray.roles.client import BodyLink, ClientTask, SplitClientRole, TrainResult, forward_pass, tail_loss
 from sfp_ray.roles.workspace import PARTS, Workspace
 
@@ -42,6 +43,9 @@ class SplitLearningClient(SplitClientRole):
     head_trains = True
 
     def __init__(self, ws: Workspace, cfg: Config) -> None:
+        if cfg.train.precision == "fp16":
+            raise ConfigError(f"train.precision=fp16: {cfg.method} trains the body on the server from gradients that "
+                              "the client's fp16 loss scaler scales; use bf16 or fp32")
         if ws.split.num_prompts:
             raise ConfigError(f"prompt.num_tokens: {cfg.method} trains no prompts, got "
                               f"{ws.split.num_prompts}; set prompt.num_tokens=0")
@@ -94,8 +98,8 @@ class SplitLearning(Method):
         gx, *_ = torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True)
         f_body += ctx.flops(lambda: torch.autograd.grad(body_out, [act, *body_params], out.grad, retain_graph=True))
         f_head_bwd = ctx.flops(lambda: h.backward(gx, retain_graph=True))
-        up = payload_bytes(act) + payload_bytes(out.grad)
-        down = payload_bytes(out) + payload_bytes(gx)
+        up = ctx.wire_bytes(act) + ctx.wire_bytes(out.grad)
+        down = ctx.wire_bytes(out) + ctx.wire_bytes(gx)
         state = ctx.state_bytes(names)
         e = ctx.cfg.train.split_epochs
         client = n * e * (f_head + f_tail + f_head_bwd)
@@ -109,12 +113,7 @@ class VanillaSplitLearning(SplitLearning):
     plan = SequentialRelay()
 
 
-# the split-learning baselines train no prompts and run neither pruning nor the local-loss update
-_SPLIT_LEARNING = {"prompt.num_tokens": 0, "pruning.keep_ratio": 1.0, "train.local_update": False}
-
-
 def register(register_method: Any) -> None:
-    register_method(SplitLearning("sfl", "SplitFed-V1: head + tail on clients, body trained on the server "
-                                  "(FedAvg of both)", _SPLIT_LEARNING))
-    register_method(VanillaSplitLearning("sl", "vanilla split learning: clients one after another on one body, "
-                                         "head + tail relayed", _SPLIT_LEARNING))
+    # descriptions and forced settings (no prompts, pruning or local-loss update): sfp_ray.methods.catalog
+    register_method(SplitLearning.from_info(method_info("sfl")))
+    register_method(VanillaSplitLearning.from_info(method_info("sl")))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sfp_ray.compute import autocast, check_precision, sync, wire_dtype
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.faults import InjectedFault, check_loss, exit_process
@@ -38,7 +39,7 @@ from sfp_ray.records import CostRecord, MessageRecord, Segment, Status
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.server import BodyReply
 from sfp_ray.roles.workspace import Workspace
-from sfp_ray.tensors import as_tensor
+from sfp_ray.tensors import from_wire
 
 
 class BodyLink(Protocol):
@@ -126,25 +127,25 @@ def forward_pass(module: Any, x: torch.Tensor, need_grad: bool) -> torch.Tensor:
         return module(x)
 
 
-def tail_loss(split: Any, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _backward(loss: torch.Tensor, scale: float) -> torch.Tensor:
+    """``loss.backward()``, of ``loss * scale`` when a loss scale is in use (fp16); returns the unscaled loss."""
+    (loss * scale if scale != 1.0 else loss).backward()
+    return loss
+
+
+def tail_loss(split: Any, out: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Tail forward on what the body sent, cross-entropy, backward (into the tail and ``out``)."""
-    loss = F.cross_entropy(split.tail(out), y)
-    loss.backward()
-    return loss
+    return _backward(F.cross_entropy(split.tail(out), y), scale)
 
 
-def bypass_loss(split: Any, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def bypass_loss(split: Any, h: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Tail applied to the head output directly (body bypassed), cross-entropy, backward."""
-    loss = F.cross_entropy(split.bypass_tail(h), y)
-    loss.backward()
-    return loss
+    return _backward(F.cross_entropy(split.bypass_tail(h), y), scale)
 
 
-def model_loss(split: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def model_loss(split: Any, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """The whole model's forward, cross-entropy, backward (federated baselines)."""
-    loss = F.cross_entropy(split(x), y)
-    loss.backward()
-    return loss
+    return _backward(F.cross_entropy(split(x), y), scale)
 
 
 def run_epochs(data: ArrayDataset, epochs: int, batch_size: int, gen: torch.Generator,
@@ -163,43 +164,59 @@ def run_epochs(data: ArrayDataset, epochs: int, batch_size: int, gen: torch.Gene
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def optimizer_step(opt: torch.optim.Optimizer) -> None:
-    opt.step()
+def optimizer_step(opt: torch.optim.Optimizer, scaler: Any = None) -> None:
+    """One step (with a loss scaler: unscaled, skipped when a gradient overflowed, the scale updated)."""
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     opt.zero_grad(set_to_none=True)
 
 
+def loss_scale(scaler: Any) -> float:
+    """The scale a loss is multiplied by before backward: the scaler's now, 1 without one."""
+    return float(scaler.get_scale()) if scaler is not None else 1.0
+
+
 def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, ledger: Ledger,
-               opt: torch.optim.Optimizer, *, head_trains: bool, grad_slice: tuple[int, int] | None) -> float:
+               opt: torch.optim.Optimizer, *, head_trains: bool, grad_slice: tuple[int, int] | None,
+               wire: torch.dtype = torch.float32, scaler: Any = None) -> float:
     """One U-shaped split-training step over the network; returns the loss.
 
     ``head_trains``: something before the cut trains (prompts, or head blocks), so the
     head output's gradient must come back down; ``grad_slice`` names the tokens of that
-    gradient the client needs (None: all of them).
+    gradient the client needs (None: all of them). What crosses the cut is sent in
+    ``wire`` (the training precision) and computed on in float32 on arrival; ``scaler``
+    scales the loss (fp16), so the gradients that cross are scaled too until the
+    optimizer step unscales them.
     """
+    device = x.device
     h = ledger.compute("head", ("fwd", tuple(x.shape), head_trains), lambda: forward_pass(split.head, x, head_trains))
-    acts = h.detach()
+    acts = h.detach().to(wire)
     ledger.send_tensor(acts, part="head", direction="up", kind="activation")
     reply = link.forward(acts, need_grad=head_trains)
     ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s)
-    out = as_tensor(reply.tensor)
+    out = from_wire(reply.tensor, device).float()
     ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
                    serialized=reply.serialized_bytes, shapes=reply.shapes)
     out.requires_grad_(True)
-    loss = ledger.compute("tail", ("fwdbwd", tuple(out.shape)), lambda: tail_loss(split, out, y))
+    scale = loss_scale(scaler)
+    loss = ledger.compute("tail", ("fwdbwd", tuple(out.shape)), lambda: tail_loss(split, out, y, scale))
     if head_trains:
-        g = out.grad.detach()
+        g = out.grad.detach().to(wire)
         ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
         back = link.backward(g, grad_slice)
         ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s)
         ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
                        serialized=back.serialized_bytes, shapes=back.shapes)
-        gh = as_tensor(back.tensor)
+        gh = from_wire(back.tensor, device).to(h.dtype)
         if grad_slice is not None:
             full = torch.zeros_like(h)
             full[:, grad_slice[0]:grad_slice[1]] = gh
             gh = full
         ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(gh))
-    optimizer_step(opt)
+    optimizer_step(opt, scaler)
     return float(loss.item())
 
 
@@ -244,6 +261,13 @@ class ClientRole(abc.ABC):
         self.cfg = cfg
         self.names = names
         self.params = ws.set_trainable(names)
+        precision = cfg.train.precision
+        if not ws.meta:
+            check_precision(precision, ws.device)
+        #: the dtype activations and gradients cross the cut in
+        self.wire = wire_dtype(precision)
+        #: fp16's loss scaler (one per task, like the optimizer); None otherwise
+        self.scaler: Any = None
 
     def message_parts(self, state: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
         return {"all": state} if self.whole_model else split_by_part(state)
@@ -265,8 +289,12 @@ class ClientRole(abc.ABC):
         return {k: v for k, v in state.items() if k in wanted}
 
     def run(self, task: ClientTask, data: ArrayDataset, state: Mapping[str, Any], link: BodyLink | None,
-            meter: Any) -> ClientOutput:
+            meter: Any, *, copy_state: bool = True) -> ClientOutput:
         """One round: download ``state`` (the client's part of the global state), train, upload.
+
+        ``copy_state=False`` returns the new state as the workspace's own tensors (detached,
+        not copied): for a caller that serialises or folds it before this workspace trains
+        again, which saves a copy of the state (330 MiB for ViT-B).
 
         Injected faults (``task.injected()``, a testing aid): ``raise`` raises at the start,
         ``exit`` ends the process at the start, ``nan`` returns a NaN loss and state.
@@ -278,16 +306,21 @@ class ClientRole(abc.ABC):
                 exit_process()
             raise InjectedFault(f"injected fault (SFP_RAY_FAULT): client {task.client_id} in round {task.round}, "
                                 f"attempt {task.attempt}")
-        ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter)
-        gen = torch.Generator().manual_seed(task.seed)
+        device, precision = self.ws.device, self.cfg.train.precision
+        ledger = Ledger(task.round, task.client_id, task.device, task.server_device, meter,
+                        sync=(lambda: sync(device)) if device.type == "cuda" else None)
+        gen = torch.Generator().manual_seed(task.seed)  # on the CPU: the same draws on every device
         self.ws.set_trainable(self.names)  # another role may share this workspace (serial executor)
         state = self.own_state(state)
         with ledger.phase("download"):
             self.ws.load_state(state)
             for part, sub in self.message_parts(state).items():
                 ledger.send_state(sub, part=part, direction="down")
-        result = self.train(task, data, link, ledger, gen)
-        new_state = self.ws.get_state(self.names)
+        data = data.to(device)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        with autocast(precision, device):
+            result = self.train(task, data, link, ledger, gen)
+        new_state = self.ws.get_state(self.names, copy=copy_state)
         loss = result.loss
         if "nan" in injected and new_state:
             loss = float("nan")
@@ -296,6 +329,7 @@ class ClientRole(abc.ABC):
         with ledger.phase("upload"):
             for part, sub in self.message_parts(new_state).items():
                 ledger.send_state(sub, part=part, direction="up")
+        sync(device)
         return ClientOutput(
             client_id=task.client_id,
             state=new_state,
@@ -327,7 +361,7 @@ class SplitClientRole(ClientRole):
                    opt: torch.optim.Optimizer) -> float:
         """One :func:`split_step` of this client's model over ``link``."""
         return split_step(self.ws.split, x, y, link, ledger, opt, head_trains=self.head_trains,
-                          grad_slice=self.head_grad_slice())
+                          grad_slice=self.head_grad_slice(), wire=self.wire, scaler=self.scaler)
 
     def train_split(self, data: ArrayDataset, link: BodyLink | None, ledger: Ledger, gen: torch.Generator) -> float:
         """Phase ``split_train``: ``train.split_epochs`` passes of split steps over ``data``; mean loss."""
@@ -352,6 +386,7 @@ __all__ = [
     "batches",
     "bypass_loss",
     "forward_pass",
+    "loss_scale",
     "model_loss",
     "optimizer_step",
     "run_epochs",

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfp_ray.compute import autocast, sync, wire_dtype
 from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes, shape_str
 from sfp_ray.faults import InjectedFault, InjectedServerLoss, check_finite
 from sfp_ray.roles.optim import make_optimizer
-from sfp_ray.tensors import as_tensor
+from sfp_ray.tensors import as_tensor, from_wire, to_wire
 
 BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 
@@ -84,6 +85,8 @@ class ServerRole:
     meter: FlopMeter = field(default_factory=FlopMeter)
     as_numpy: bool = False
     train: Any = None  # TrainConfig | None
+    #: ``train.precision``: the body's forward passes autocast to it, and what crosses the cut is sent in it
+    precision: str = "fp32"
     #: ``(head_blocks, tail_blocks) -> body`` for clients cut elsewhere than ``body`` (per-device cuts)
     body_of: Any = None
     _bodies: dict[tuple[int, int], torch.nn.Module] = field(default_factory=dict)
@@ -94,6 +97,10 @@ class ServerRole:
     def __post_init__(self) -> None:
         for p in self.body.parameters():
             p.requires_grad_(False)
+        first = next(iter(self.body.parameters()), None)
+        #: where the body computes (its parameters' device; what arrives is moved there)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.wire = wire_dtype(self.precision)
 
     @property
     def trains_body(self) -> bool:
@@ -102,8 +109,8 @@ class ServerRole:
     def _reply(self, t: torch.Tensor | None, flops: int, compute_s: float, queue_s: float) -> BodyReply:
         if t is None:
             return BodyReply(None, flops, compute_s, queue_s, 0, 0)
-        t = t.detach()
-        out: torch.Tensor | np.ndarray = t.numpy() if self.as_numpy else t
+        t = t.detach().to(self.wire)
+        out = to_wire(t) if self.as_numpy else t
         return BodyReply(out, flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t))
 
     # ------------------------------------------------------------- trained body
@@ -141,7 +148,7 @@ class ServerRole:
                                f"still await their backward request")
         state = {BODY_PREFIX + n: p.detach().clone() for n, p in c.module.named_parameters()}
         check_finite(state, what="body state")  # a diverged copy must not reach the average
-        return {k: v.numpy() for k, v in state.items()} if self.as_numpy else state
+        return {k: v.cpu().numpy() for k, v in state.items()} if self.as_numpy else state
 
     def _copy_of(self, client_id: int, round: int) -> _BodyCopy:
         with self._lock:
@@ -171,18 +178,23 @@ class ServerRole:
         """Body forward on smashed activations (of a client cut at ``cut``); keep the graph when ``need_grad``."""
         queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
         body = self._body_for(key, cut)
-        x = as_tensor(acts)
+        x = from_wire(acts, self.device).float()  # computed on in float32, as sent by the client in its precision
         t0 = time.perf_counter()
-        if need_grad:
-            x = x.detach().requires_grad_(True)
-            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True, cut), lambda: body(x))
-            with self._lock:
-                self._graphs[key] = (x, out, cut)
-        else:
-            with torch.no_grad():
-                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False, cut),
+        with autocast(self.precision, self.device):
+            if need_grad:
+                x = x.detach().requires_grad_(True)
+                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True, cut),
                                             lambda: body(x))
-        return self._reply(out, flops, time.perf_counter() - t0, queue_s)
+                with self._lock:
+                    self._graphs[key] = (x, out, cut)
+            else:
+                with torch.no_grad():
+                    out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False, cut),
+                                                lambda: body(x))
+        reply = self._reply(out, flops, 0.0, queue_s)
+        sync(self.device)
+        reply.compute_s = time.perf_counter() - t0
+        return reply
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -199,7 +211,7 @@ class ServerRole:
         if graph is None:
             raise KeyError(f"server: no stored forward pass for request {key}")
         x, out, cut = graph
-        g = as_tensor(grad_out)
+        g = from_wire(grad_out, self.device).to(out.dtype)
         t0 = time.perf_counter()
         if self.trains_body:
             bc = self._copy_of(key[0], key[1])
@@ -218,7 +230,10 @@ class ServerRole:
                                        lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
-        return self._reply(gx, flops, time.perf_counter() - t0, queue_s)
+        reply = self._reply(gx, flops, 0.0, queue_s)
+        sync(self.device)
+        reply.compute_s = time.perf_counter() - t0
+        return reply
 
     def release(self, client_id: int, round: int) -> int:
         """Drop a client's stored graphs and body copy of a round (after an error); return how many graphs."""

@@ -7,8 +7,9 @@ tensors (:func:`~sfp_ray.models.materialize`): their values come from the checkp
 where it has them, and otherwise from a per-name seeded initialisation
 (:func:`~sfp_ray.models.init_parameters`, :func:`~sfp_ray.models.init_prompts`). So every
 process holds bit-identical values for every parameter it holds, whatever else it holds.
-With timm's pre-trained weights (``model.pretrained``) the whole model is built on the
-CPU instead, and the parts not held are dropped back to ``meta``.
+The checkpoint is read lazily: a process reads the tensors of the parts it holds and no
+others. timm's pre-trained weights (``model.pretrained``) reach a workspace as such a
+checkpoint file, made once from timm's hub cache (:func:`sfp_ray.pretrain.resolve_checkpoint`).
 
 Trainable state travels as name -> tensor mappings whose names are those of
 :class:`~sfp_ray.models.SplitViT` (``head.prompt``, ``tail.blocks.5.attn.qkv.weight``,
@@ -50,28 +51,25 @@ class Workspace:
         seed: the run seed (initial values of parameters the checkpoint does not hold).
         parts: which of ``head``, ``body``, ``tail`` to hold; :meth:`hold` adds more later.
         meta: hold the parts on the ``meta`` device (shapes only: cost models, validation).
+        device: where the held parts compute (:func:`sfp_ray.compute.choose_device`). Values are
+            made on the CPU (initialisation and checkpoint, the same bits in every process) and
+            then moved there.
     """
 
     def __init__(self, model: ModelConfig, split: SplitConfig, prompt: PromptConfig, *, num_classes: int,
-                 checkpoint: str | None, seed: int, parts: Iterable[str] = PARTS, meta: bool = False) -> None:
+                 checkpoint: str | None, seed: int, parts: Iterable[str] = PARTS, meta: bool = False,
+                 device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.checkpoint = checkpoint
         self.seed = seed
         self.meta = meta
+        self.device = torch.device("meta") if meta else torch.device(device)
         self.held: set[str] = set()
         self._params: dict[str, torch.nn.Parameter] = {}
-        if model.pretrained and not meta:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.vit = build_from_config(model, num_classes, checkpoint=checkpoint)
-        else:
-            self.vit = build_from_config(model, num_classes, device="meta")
+        self.vit = build_from_config(model, num_classes, device="meta")
         self.split: SplitViT = split_vit(self.vit, split.head_blocks, split.tail_blocks, prompt.num_tokens,
                                          deep=prompt.deep, bypass_pool=split.bypass_pool, seed=seed)
         self.split.eval()  # dropout off: ViT fine-tuning here uses no stochastic layers
-        if model.pretrained and not meta:
-            self.held = set(PARTS)
-            self._drop([p for p in PARTS if p not in set(parts)])
         self.hold(parts)
 
     # ---------------------------------------------------------------- parts
@@ -93,24 +91,23 @@ class Workspace:
         init_parameters(self.vit, new, self.seed)
         init_prompts(self.split, self.seed)
         if self.checkpoint is not None:
-            state = read_checkpoint(self.checkpoint)
+            state = read_checkpoint(self.checkpoint, lazy=True)  # only the held parts' tensors are read
             left = set(check_checkpoint(self.vit, state, self.checkpoint))
             fresh = {id(p) for p in new}
             with torch.no_grad():
                 for name, p in self.vit.named_parameters():
                     if id(p) in fresh and name in state and name not in left:
                         p.copy_(state[name])
+            del state
+        if self.device.type != "cpu":
+            with torch.no_grad():
+                for p in new:
+                    p.data = p.data.to(self.device)
         self.held.update(todo)
         self._index()
 
     def _index(self) -> None:
         self._params = {n: p for n, p in self.split.named_parameters() if n.split(".", 1)[0] in self.held}
-
-    def _drop(self, parts: Iterable[str]) -> None:
-        """Free the tensors of ``parts`` (pretrained path: the model was built whole)."""
-        materialize([getattr(self.split, p) for p in parts], [self.vit, self.split], device="meta")
-        self.held.difference_update(parts)
-        self._index()
 
     # ---------------------------------------------------------------- state
 
@@ -128,9 +125,9 @@ class Workspace:
             p.requires_grad_(n in wanted)
         return [self._params[n] for n in self._params if n in wanted]
 
-    def get_state(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Detached copies of the named parameters."""
-        return {n: self._params[n].detach().clone() for n in names}
+    def get_state(self, names: Iterable[str], *, copy: bool = True) -> dict[str, torch.Tensor]:
+        """Detached copies of the named parameters (``copy=False``: detached views, which change as they train)."""
+        return {n: self._params[n].detach().clone() if copy else self._params[n].detach() for n in names}
 
     def load_state(self, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         """Copy tensors (or numpy arrays) into the named parameters."""

@@ -13,33 +13,17 @@ imports this package without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sfp_ray.lazy import lazy_exports
 
 _EXPORTS = {
-    "RayExecutor": "executor",
-    "ActorPool": "pool",
-    "PoolPlan": "pool",
-    "plan_pool": "pool",
-    "plan_slots": "pool",
-    "route": "pool",
-    "check_fit": "runtime",
-    "cluster_nodes": "runtime",
-    "parse_address": "runtime",
-    "start_ray": "runtime",
-    "stop_ray": "runtime",
+    ".executor": ("RayExecutor",),
+    ".pool": ("ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"),
+    ".runtime": ("check_fit", "cluster_nodes", "parse_address", "ray_address_file", "resolve_address", "start_ray",
+                 "stop_ray"),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sfp_ray.executors.ray' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(n for names in _EXPORTS.values() for n in names)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

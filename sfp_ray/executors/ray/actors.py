@@ -28,11 +28,13 @@ import numpy as np
 import ray
 import torch
 
+from sfp_ray.compute import set_determinism
 from sfp_ray.config import Config
 from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
+from sfp_ray.errors import ClusterError
 from sfp_ray.executors.base import State
-from sfp_ray.executors.ray.limits import enforce_limits, observe
+from sfp_ray.executors.ray.limits import enforce_limits, mark_task, observe
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
 from sfp_ray.methods import Method
 from sfp_ray.packing import Packed, pack, unpack
@@ -41,7 +43,7 @@ from sfp_ray.roles.client import ClientTask
 from sfp_ray.roles.evaluation import eval_batches
 from sfp_ray.roles.server import BodyReply, ServerRole
 from sfp_ray.roles.workspace import PARTS, Workspace
-from sfp_ray.tensors import as_view, numpy_state, torch_state
+from sfp_ray.tensors import as_view, numpy_state, to_wire, torch_state
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,12 @@ class RunSetup:
     #: per-device cuts: ``(global cut, server cut)``; None: every client at the configured cut
     cuts: tuple[tuple[int, int], tuple[int, int]] | None = None
 
-    def workspace(self, parts: Sequence[str], cut: tuple[int, int] | None = None) -> Workspace:
-        """A workspace holding ``parts`` at ``cut`` (default: the global cut)."""
+    def workspace(self, parts: Sequence[str], cut: tuple[int, int] | None = None,
+                  device: torch.device | str = "cpu") -> Workspace:
+        """A workspace holding ``parts`` at ``cut`` (default: the global cut) on ``device``."""
         c = with_cut(self.cfg, cut if cut is not None else self.global_cut)
         return Workspace(c.model, c.split, c.prompt, num_classes=self.num_classes, checkpoint=self.checkpoint,
-                         seed=c.seed, parts=parts)
+                         seed=c.seed, parts=parts, device=device)
 
     @property
     def global_cut(self) -> tuple[int, int]:
@@ -111,6 +114,11 @@ def _dataset(refs: tuple[Any, Any], meta: tuple[int, str, tuple[str, ...]]) -> A
     # read-only views into the object store: subsets copy, nothing writes to them
     return ArrayDataset(images=as_view(images), labels=as_view(labels), num_classes=nc, name=name,
                         class_names=class_names)
+
+
+def _refuse_a_small_gpu_share(info: Mapping[str, Any]) -> None:
+    if info.get("gpu_share_error"):
+        raise ClusterError(str(info["gpu_share_error"]))
 
 
 def _tensor_device(ws: Workspace) -> str:
@@ -148,11 +156,11 @@ class RayBodyLink:
         if self.cut is not None:
             extra["cut"] = self.cut
         self.fault = None
-        return ray.get(self.server.forward.remote(self.run_key, self._key(), acts.detach().cpu().numpy(),
-                                                  need_grad=need_grad, sent_at=time.time(), **extra))
+        return ray.get(self.server.forward.remote(self.run_key, self._key(), to_wire(acts), need_grad=need_grad,
+                                                  sent_at=time.time(), **extra))
 
     def backward(self, grad: torch.Tensor, grad_slice: tuple[int, int] | None) -> BodyReply:
-        return ray.get(self.server.backward.remote(self.run_key, self._key(), grad.detach().cpu().numpy(), grad_slice,
+        return ray.get(self.server.backward.remote(self.run_key, self._key(), to_wire(grad), grad_slice,
                                                    sent_at=time.time()))
 
 
@@ -164,6 +172,7 @@ class _Hosted:
     roles: dict[tuple[int, int], Any]
     meter: FlopMeter
     train: ArrayDataset
+    device: torch.device
     test: ArrayDataset | None = None
     eval_ws: Workspace | None = None
     #: a FLOP meter per cut (counts are cached per shape, and shapes do not tell cuts apart)
@@ -177,7 +186,7 @@ class _Hosted:
         cut = tuple(cut) if cut is not None else self.setup.global_cut
         role = self.roles.get(cut)
         if role is None:
-            ws = self.setup.workspace(self.setup.method.client_parts, cut)
+            ws = self.setup.workspace(self.setup.method.client_parts, cut, self.device)
             role = self.roles[cut] = self.setup.method.client_role(ws, with_cut(self.setup.cfg, cut))
         return role
 
@@ -186,7 +195,7 @@ class _Hosted:
         if self.eval_ws is None:
             cut = self.setup.global_cut
             role = self.roles.get(cut)
-            self.eval_ws = role.ws if role is not None else self.setup.workspace((), cut)
+            self.eval_ws = role.ws if role is not None else self.setup.workspace((), cut, self.device)
         self.eval_ws.hold(PARTS)
         return self.eval_ws
 
@@ -204,24 +213,33 @@ class ClientActor:
         device: the :class:`~sfp_ray.devices.DeviceProfile` whose limits are enforced.
         slot: the slot's index in the pool.
         gpu_fallback: the profile's GPU share was dropped (no GPU in the cluster).
+        memory: the estimate the pool asked Ray for (:meth:`~sfp_ray.sizing.MemoryEstimate.row`), reported
+            beside the observed peak in ``resources.csv``.
     """
 
-    def __init__(self, device: Any, slot: int, gpu_fallback: bool = False) -> None:
+    def __init__(self, device: Any, slot: int, gpu_fallback: bool = False,
+                 memory: Mapping[str, float] | None = None) -> None:
         self.device = device
         self.slot = slot
-        self.info = enforce_limits(device, slot, gpu_fallback=gpu_fallback)
-        self.info.update(role="client", slot=slot)
+        self.info, self.compute = enforce_limits(device, slot, gpu_fallback=gpu_fallback, estimate=memory)
+        self.info.update(role="client", slot=slot, **(memory or {}))
         self.runs: dict[str, _Hosted] = {}
 
     def ready(self) -> dict[str, Any]:
-        """Resources at start-up (called once to wait until the actor is placed)."""
+        """Resources at start-up (called once to wait until the actor is placed).
+
+        Raises :class:`~sfp_ray.errors.ClusterError` when the actor's GPU share cannot hold its
+        memory estimate: the pool then fails before training, with that line.
+        """
+        _refuse_a_small_gpu_share(self.info)
         return dict(self.info, **observe(self.device, full=True))
 
     def setup(self, setup: RunSetup) -> None:
         """Build the workspace and client role of a run (idempotent)."""
         if setup.key in self.runs:
             return
-        hosted = _Hosted(setup, {}, FlopMeter(), _dataset(setup.train, setup.dataset))
+        self.info["determinism"] = set_determinism(setup.cfg.train.deterministic, self.compute.device)
+        hosted = _Hosted(setup, {}, FlopMeter(), _dataset(setup.train, setup.dataset), self.compute.device)
         if setup.cuts is None:
             hosted.role(None)  # built now, so set-up errors surface at set-up
         self.runs[setup.key] = hosted
@@ -245,6 +263,7 @@ class ClientActor:
         live handle: a server actor that died is replaced by a new one). A non-finite state
         or loss fails the task (:func:`~sfp_ray.faults.check_finite`).
         """
+        mark_task(self.compute)  # this task's memory peaks start here
         h = self.runs[key]
         client_state = unpack(ray.get(state.client))
         cut = task.cut if h.setup.cuts is not None else None
@@ -253,7 +272,10 @@ class ClientActor:
                 if server is not None else None)
         data = h.train.subset(task.indices)
         try:
-            out = role.run(task, data, client_state, link, h.meter_of(cut))
+            if server is not None and state.server is not None:  # this client's copy of the trained body
+                ray.get(server.open.remote(key, task.client_id, task.round, state.server))
+            # the new state is not copied: it is serialised when this call returns, before the next task runs
+            out = role.run(task, data, client_state, link, h.meter_of(cut), copy_state=False)
             check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
@@ -270,7 +292,8 @@ class ClientActor:
             h.test = _dataset(h.setup.test, h.setup.dataset)
         ws = h.global_workspace()
         ws.load_state(state.tensors())
-        return eval_batches(ws.split, h.test, h.setup.cfg.train.eval_batch_size, h.meter, start=start, stop=stop)
+        t = h.setup.cfg.train
+        return eval_batches(ws.split, h.test, t.eval_batch_size, h.meter, start=start, stop=stop, precision=t.precision)
 
     def resources(self) -> dict[str, Any]:
         """Requested / enforced / observed resources now."""
@@ -335,14 +358,15 @@ class ServerActor:
     since a threaded actor does not order calls.
     """
 
-    def __init__(self, device: Any, gpu_fallback: bool = False) -> None:
+    def __init__(self, device: Any, gpu_fallback: bool = False, memory: Mapping[str, float] | None = None) -> None:
         self.device = device
-        self.info = enforce_limits(device, gpu_fallback=gpu_fallback)
-        self.info.update(role="server", slot=-1)
+        self.info, self.compute = enforce_limits(device, gpu_fallback=gpu_fallback, estimate=memory)
+        self.info.update(role="server", slot=-1, **(memory or {}))
         self.roles: dict[str, ServerRole] = {}
         self._lock = threading.Lock()
 
     def ready(self) -> dict[str, Any]:
+        _refuse_a_small_gpu_share(self.info)
         return dict(self.info, **observe(self.device, full=True))
 
     def setup(self, setup: RunSetup) -> None:
@@ -350,11 +374,13 @@ class ServerActor:
         with self._lock:
             if setup.key in self.roles:
                 return
-            ws = setup.workspace(("body",), setup.server_cut)
+            self.info["determinism"] = set_determinism(setup.cfg.train.deterministic, self.compute.device)
+            ws = setup.workspace(("body",), setup.server_cut, self.compute.device)
             spec = setup.method.server(setup.cfg)
             body_of = (lambda cut: ws.split.body_for(*cut)) if setup.cuts is not None else None
             self.roles[setup.key] = ServerRole(ws.split.body, meter=ExclusiveCountingMeter(), as_numpy=True,
-                                               train=spec.train if spec is not None else None, body_of=body_of)
+                                               train=spec.train if spec is not None else None, body_of=body_of,
+                                               precision=setup.cfg.train.precision)
 
     def drop(self, key: str) -> None:
         with self._lock:

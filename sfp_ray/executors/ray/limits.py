@@ -8,11 +8,14 @@ enforced vs observed resources (``resources.csv``):
 * CPU affinity: pinned to the CPU ids Ray assigned, when Ray assigns any (Ray 2.60 assigns
   ids for GPUs and other accelerators but not for CPUs), otherwise to ``ceil(num_cpus)``
   cores chosen by the actor's index (:func:`pick_cores`);
-* GPU memory: ``torch.cuda.set_per_process_memory_fraction(num_gpus)`` when CUDA exists;
+* the compute device: the GPU Ray assigned when the profile holds a GPU share and torch can
+  use it (:func:`sfp_ray.compute.choose_device`), else the CPU, with the reason recorded
+  (``gpu_fallback``, ``gpu_fallback_reason``);
+* GPU memory: ``torch.cuda.set_per_process_memory_fraction(num_gpus)``, only in an actor that
+  computes on a GPU; the share must hold the actor's estimate (:mod:`sfp_ray.sizing`), or
+  the actor refuses to start with one line (:func:`check_gpu_share`). The peak GPU memory of
+  each task is recorded (reset when the task starts);
 * memory: checked, not capped - the resident set size is compared with ``memory_mb``.
-
-Tensors live on torch's device choice, never on Ray's GPU ids: with logical GPUs only,
-``torch.cuda.is_available()`` stays False and everything runs on the CPU.
 """
 
 from __future__ import annotations
@@ -20,19 +23,30 @@ from __future__ import annotations
 import math
 import os
 import resource
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
 import torch
 
-from sfp_ray.executors.ray.procmem import process_memory_mb
+from sfp_ray.compute import ComputeDevice, choose_device
+from sfp_ray.executors.ray.procmem import process_memory_mb, sampler
 
 _MIB = 2**20
 
 
+def _worker_context() -> Any:
+    """Ray's runtime context in a Ray worker (an actor), None elsewhere (a driver, no Ray)."""
+    if not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    return ctx if ctx.worker.mode == ray.WORKER_MODE else None
+
+
 def _assigned_cpu_ids() -> list[int] | None:
-    """CPU ids Ray assigned to this worker, or None when Ray assigns none (the usual case)."""
+    """CPU ids Ray assigned to this worker, or None when Ray assigns none (the usual case) or is not running."""
+    if not ray.is_initialized():  # asking the runtime context would start a Ray instance
+        return None
     try:
         ids = ray.get_runtime_context().get_accelerator_ids().get("CPU")
     except Exception:  # noqa: BLE001 - outside a Ray worker, or an API change
@@ -72,14 +86,17 @@ def pick_cores(available: Sequence[int], num_cpus: float, index: int) -> list[in
     return [cores[(start + j) % len(cores)] for j in range(k)]
 
 
-def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool = False) -> dict[str, Any]:
-    """Apply the enforceable limits of a device profile to this process; return what was done.
+def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool = False,
+                   estimate: Mapping[str, float] | None = None) -> tuple[dict[str, Any], ComputeDevice]:
+    """Apply the enforceable limits of a device profile to this process; return what was done and the compute device.
 
-    Returns a flat dict with ``requested_*`` (from the profile), ``assigned_*`` (what Ray
-    granted) and ``enforced_*`` entries. ``gpu_fallback``: the profile's GPU share was not
-    requested from Ray because the cluster has no GPU (the device computes on CPU).
+    The dict is flat: ``requested_*`` (from the profile), ``assigned_*`` (what Ray granted),
+    ``enforced_*``, ``compute_device`` and the GPU fallback. ``gpu_fallback``: the profile's GPU
+    share was not requested from Ray because the cluster has no GPU (the device computes on
+    CPU). ``estimate``: the actor's memory estimate (:meth:`~sfp_ray.sizing.MemoryEstimate.row`),
+    checked against its GPU share (``gpu_share_error`` when the share cannot hold it).
     """
-    ctx = ray.get_runtime_context() if ray.is_initialized() else None
+    ctx = _worker_context()
     assigned = ctx.get_assigned_resources() if ctx is not None else {}
     out: dict[str, Any] = {
         "device": device.name,
@@ -108,21 +125,61 @@ def enforce_limits(device: Any, index: int | None = None, *, gpu_fallback: bool 
         out["enforced_affinity"] = _fmt_cpus(chosen)
     else:
         out["enforced_affinity"] = "not enforced: Ray assigns no CPU ids to actors"
-    if torch.cuda.is_available() and device.num_gpus > 0:
+    if device.num_gpus > 0 and not gpu_fallback and ctx is not None:
+        compute = choose_device("auto", ray.get_gpu_ids())
+    elif gpu_fallback:
+        compute = ComputeDevice(torch.device("cpu"), "the Ray cluster has no GPU", fallback=True)
+    else:
+        compute = ComputeDevice(torch.device("cpu"), "no GPU share")
+    out["compute_device"] = str(compute.device)
+    out["gpu_fallback"] = bool(compute.fallback)
+    out["gpu_fallback_reason"] = compute.reason if compute.fallback else ""
+    out["gpu_total_mb"] = float("nan")
+    out["gpu_share_error"] = ""
+    if compute.is_cuda:
         frac = min(1.0, float(device.num_gpus))
         torch.cuda.set_per_process_memory_fraction(frac)
         out["enforced_gpu_fraction"] = frac
         out["enforced_gpu_note"] = "torch.cuda.set_per_process_memory_fraction"
+        total = torch.cuda.get_device_properties(0).total_memory
+        out["gpu_total_mb"] = round(total / _MIB, 1)
+        out["gpu_share_error"] = check_gpu_share(device.name, frac, total,
+                                                 (estimate or {}).get("estimated_device_memory_mb")) or ""
     else:
         out["enforced_gpu_fraction"] = float("nan")
-        if device.num_gpus <= 0:
-            out["enforced_gpu_note"] = "not enforced: no GPU requested"
-        elif gpu_fallback:
-            out["enforced_gpu_note"] = "not enforced: the cluster has no GPU; runs on CPU"
-        else:
-            out["enforced_gpu_note"] = "not enforced: torch sees no CUDA device (logical GPU share)"
+        out["enforced_gpu_note"] = ("not enforced: no GPU requested" if device.num_gpus <= 0
+                                    else f"not enforced: computes on the CPU ({compute.reason})")
     out["enforced_memory"] = "checked, not capped"
-    return out
+    sampler()  # the private-memory peak, set beside the estimate in resources.csv
+    return out, compute
+
+
+def check_gpu_share(name: str, share: float, total_bytes: float, estimate_mb: float | None) -> str | None:
+    """One line when a GPU share cannot hold an actor's estimate (None when it can, or without an estimate).
+
+    Example:
+        >>> check_gpu_share("jetson", 0.25, 16 * 2**30, 5000.0)
+        "device class 'jetson' needs 4.9 GiB of GPU memory but its 0.25 share of a 16.0 GiB GPU holds 4.0 GiB; give \
+the class a larger num_gpus share, a smaller model or batch, or train.precision=bf16"
+        >>> check_gpu_share("jetson", 0.5, 16 * 2**30, 5000.0) is None
+        True
+    """
+    if estimate_mb is None or estimate_mb != estimate_mb:
+        return None
+    holds = share * total_bytes
+    if estimate_mb * _MIB <= holds:
+        return None
+    gib = 2**30
+    return (f"device class {name!r} needs {estimate_mb * _MIB / gib:.1f} GiB of GPU memory but its {share:g} share "
+            f"of a {total_bytes / gib:.1f} GiB GPU holds {holds / gib:.1f} GiB; give the class a larger num_gpus "
+            "share, a smaller model or batch, or train.precision=bf16")
+
+
+def mark_task(compute: ComputeDevice) -> None:
+    """A client task starts: its private-memory and GPU-memory peaks start here."""
+    sampler().mark()
+    if compute.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
 
 
 def observe(device: Any, tensor_device: str | None = None, *, full: bool = False) -> dict[str, Any]:
@@ -142,8 +199,10 @@ def observe(device: Any, tensor_device: str | None = None, *, full: bool = False
         "observed_nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else float("nan"),
         "memory_cap_exceeded": bool(device.memory_mb > 0 and peak > device.memory_mb),
         "cuda_available": torch.cuda.is_available(),
-        "observed_gpu_mem_mb": (torch.cuda.max_memory_allocated() / _MIB) if torch.cuda.is_available()
-        else float("nan"),
+        # torch's peak on this actor's GPU since the task started (mark_task); never touches CUDA otherwise
+        "observed_gpu_mem_mb": (round(torch.cuda.max_memory_allocated() / _MIB, 1)
+                                if torch.cuda.is_available() and torch.cuda.is_initialized() else float("nan")),
+        **sampler().figures(),
         "node_id": ctx.get_node_id() if ctx is not None else "",
         "actor_id": (ctx.get_actor_id() or "") if ctx is not None else "",
         "pid": os.getpid(),

@@ -10,37 +10,53 @@ Sizing (:func:`plan_pool`), as Flower sizes its actor pool from the cluster's re
 * when the cluster has no GPU, device classes that ask for a GPU share run on the CPU
   instead: their GPU ticket is dropped, one notice says so, and ``resources.csv`` records
   ``gpu_fallback``;
-* one slot per client when all of them (with the server and a per-actor memory estimate)
-  fit the cluster at once; otherwise the largest number of slots that fits, shared out
-  among the device classes in use, at least one per class, the rest in proportion to the
-  class's client count (D'Hondt, :func:`plan_slots`). ``ray.max_actors`` caps it;
+* every actor asks Ray for the memory it needs, estimated from the model and the method on
+  the ``meta`` device before any actor starts (:mod:`sfp_ray.sizing`: parameters held,
+  gradients and optimizer state of what it trains, one batch's activations, the process
+  itself); the server's grows with the requests it serves at once, the aggregator's with
+  the state it folds. Ray then never places more actors on a node than its memory holds;
+* one slot per client when all of them (with the server and the aggregator) fit the cluster
+  at once; otherwise the largest number of slots that fits, so the pool's size is the
+  smallest that the CPUs, the GPUs and the memory each allow, shared out among the device
+  classes in use, at least one per class, the rest in proportion to the class's client
+  count (D'Hondt, :func:`plan_slots`). ``ray.max_actors`` caps it;
+* when not even one actor per class fits (a large model on a small machine), classes that
+  compute alike (the same torch thread count, all on CPU or all with a GPU share) share
+  slots, with the largest tickets among them, on clusters without ``device:<class>``
+  nodes; a notice says so. The simulated device of a client is its own class's whatever
+  slot runs it;
 * a shape that cannot be placed at all fails at once, naming the device class and the
   shortfall (:func:`~sfp_ray.executors.ray.runtime.check_fit`), e.g. a custom resource
-  that no node offers.
+  that no node offers, or memory that no node holds.
 
-Each round, the round's clients of a class are dealt round-robin onto that class's slots
-in client-id order (:func:`route`); clients sharing a slot run one after another in Ray's
-actor queue. A pool can serve several runs one after another (``sfp-ray compare`` over
+Each round, the round's clients of a class are dealt round-robin onto the slots serving
+that class in client-id order (:func:`route`); clients sharing a slot run one after another
+in Ray's actor queue. A pool can serve several runs one after another (``sfp-ray compare`` over
 methods and seeds): actors are started once, each run is set up on them by key, and the
 training data is put into the object store once per dataset.
 
 Recovery: an actor that died is replaced by a new one, which is set up again for every run
 the pool hosts (:meth:`ActorPool.restart_slots`, :meth:`ActorPool.restart_server`,
 :meth:`ActorPool.restart_aggregator`, :meth:`ActorPool.heal`); the executor decides when.
-When the actor's node is gone, the slot is placed again (:func:`placement`): on a node that
-still offers ``device:<class>``; otherwise, under ``ray.on_node_loss: replace``, on any node
-with room (the slot is then *placed away* from its class, ``resources.csv``:
-``placed_away``); under ``fail``, or when no node has room, or when the new actor is not
-placed within ``ray.placement_timeout_s``, the slot is left without an actor and the
-executor fails its clients with the reason. :meth:`ActorPool.check_nodes`, called before
-every round, notices nodes that left or joined: it replaces what was lost, tries the slots
-left out again when the cluster's nodes changed, and moves slots placed away back to a node
-of their class when one offers it. A server or aggregator is always placed again, on any
-node with room. Every such event is one line (``notify``).
+A new actor asks for the same options (its memory included) and gets the same memory
+estimate as the one it replaces. When the actor's node is gone, the slot is placed again
+(:func:`placement`): on a node that still offers ``device:<class>``; otherwise, under
+``ray.on_node_loss: replace``, on any node with room (the slot is then *placed away* from
+its class, ``resources.csv``: ``placed_away``); under ``fail``, or when no node has room, or
+when the new actor is not placed within ``ray.placement_timeout_s``, the slot is left
+without an actor and the executor fails its clients with the reason. A slot shared by
+several classes (``rpi4+phone``) asks for no ``device:<class>``, so it goes to any node with
+room. :meth:`ActorPool.check_nodes`, called before every round, notices nodes that left or
+joined: it replaces what was lost, tries the slots left out again when the cluster's nodes
+changed, and moves slots placed away back to a node of their class when one offers it. The
+server and the root aggregator are always placed again, on any node with room; a per-node
+aggregator of a lost node is dropped (one is made again where states are folded). Every
+such event is one line (``notify``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -58,17 +74,11 @@ from sfp_ray.executors.base import RunSpec
 from sfp_ray.executors.ray.actors import ClientActor, RunSetup, ServerActor
 from sfp_ray.executors.ray.aggregator import AggregatorActor
 from sfp_ray.executors.ray.runtime import check_fit, cluster_nodes
+from sfp_ray.sizing import MemoryEstimate, PoolMemory, pool_memory
 
 log = logging.getLogger(__name__)
 
-#: Planning estimate of one client actor's own memory (torch, timm, a small ViT), MiB. With
-#: torch 2.14.1's CUDA build an actor's unique set size is ~430 MiB at start and its PSS ~490
-#: (benchmarks/results/ray_overhead.md); the rest of its ~780 MiB RSS is shared libraries.
-#: It only bounds how many slots the pool starts, it is never requested from Ray.
-ACTOR_MEMORY_MB = 600
-
-__all__ = ["ACTOR_MEMORY_MB", "ActorPool", "NodeInfo", "PoolPlan", "alive_nodes", "placement", "plan_pool",
-           "plan_slots", "route"]
+__all__ = ["ActorPool", "NodeInfo", "PoolPlan", "alive_nodes", "placement", "plan_pool", "plan_slots", "route"]
 
 
 def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
@@ -102,29 +112,39 @@ def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
     return [c for c in counts for _ in range(slots[c])]
 
 
-def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str | None]) -> dict[int, int]:
+def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str | None],
+          serves: Mapping[str, Sequence[str]] | None = None) -> dict[int, int]:
     """Slot index for each ``(client_id, class)`` of a round: round-robin within each class.
 
-    A slot whose class is None (it has no actor) gets no client.
+    ``serves`` maps a slot kind to the classes it serves (default: each kind its own class).
+    A slot whose kind is None (it has no actor) gets no client.
 
     Example:
         >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a", "a", "b"])
         {3: 0, 7: 1, 9: 0, 2: 2}
+        >>> route([(7, "a"), (2, "b"), (3, "a")], ["a+b", "a+b"], {"a+b": ("a", "b")})
+        {3: 0, 7: 1, 2: 0}
+        >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a+b", "a+b"], {"a+b": ("a", "b")})
+        {3: 0, 7: 1, 9: 0, 2: 1}
         >>> route([(7, "a"), (3, "a")], ["a", None])
         {3: 0, 7: 0}
+        >>> route([(7, "a"), (2, "b")], [None, "a+b"], {"a+b": ("a", "b")})
+        {7: 1, 2: 1}
     """
     slots_of: dict[str, list[int]] = {}
-    for i, c in enumerate(slot_classes):
-        if c is not None:
+    for i, kind in enumerate(slot_classes):
+        if kind is None:
+            continue
+        for c in (serves or {}).get(kind, (kind,)):
             slots_of.setdefault(c, []).append(i)
-    dealt: Counter[str] = Counter()
+    dealt: Counter[tuple[int, ...]] = Counter()  # per group of slots: classes sharing slots are dealt together
     out: dict[int, int] = {}
     for cid, cls in sorted(cohort, key=lambda x: (x[1], x[0])):
         if cls not in slots_of:
             raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(slots_of)})")
-        ids = slots_of[cls]
-        out[cid] = ids[dealt[cls] % len(ids)]
-        dealt[cls] += 1
+        ids = tuple(slots_of[cls])
+        out[cid] = ids[dealt[ids] % len(ids)]
+        dealt[ids] += 1
     return out
 
 
@@ -133,7 +153,14 @@ def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str | None])
 
 @dataclass
 class PoolPlan:
-    """Which actors a pool starts and with which Ray options."""
+    """Which actors a pool starts and with which Ray options.
+
+    ``slot_classes`` names each slot's kind: a device class, or (when memory holds no actor
+    per class) a group of classes sharing slots, e.g. ``rpi4+phone+laptop``; ``serves``
+    maps a kind to the device classes whose clients its slots run, ``profiles`` and
+    ``options`` give its profile (a group's: the largest tickets of its classes) and Ray
+    options. ``memory`` holds the estimates the options request (None: none requested).
+    """
 
     slot_classes: list[str]
     profiles: dict[str, DeviceProfile]
@@ -143,6 +170,22 @@ class PoolPlan:
     gpu_fallback: set[str] = field(default_factory=set)
     notices: list[str] = field(default_factory=list)
     per_client: bool = False  # one slot per client
+    serves: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    memory: PoolMemory | None = None
+    aggregator_options: dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
+    #: body requests the server is planned to hold at once: ``min(server_max_concurrency, slots)``
+    server_concurrency: int = 1
+
+    def classes_of(self, kind: str) -> tuple[str, ...]:
+        """The device classes a slot of ``kind`` serves."""
+        return self.serves.get(kind, (kind,))
+
+    @property
+    def server_estimate(self) -> MemoryEstimate | None:
+        """The server's memory at the concurrency it is planned for."""
+        if self.memory is None or self.server is None:
+            return None
+        return self.memory.server_at(self.server_concurrency)
 
 
 def _options(device: DeviceProfile, nodes: Sequence[Mapping[str, float]], fallback: bool) -> dict[str, Any]:
@@ -153,10 +196,40 @@ def _options(device: DeviceProfile, nodes: Sequence[Mapping[str, float]], fallba
     return opts
 
 
+def _group(devices: Sequence[DeviceProfile], gpu: bool) -> DeviceProfile:
+    """One profile for a slot serving several device classes: the largest of their tickets."""
+    first = devices[0]
+    return dataclasses.replace(
+        first, name="+".join(d.name for d in devices),
+        description="a slot shared by device classes " + ", ".join(d.name for d in devices),
+        num_cpus=max(d.num_cpus for d in devices), num_gpus=max(d.num_gpus for d in devices) if gpu else 0.0,
+        memory_mb=max(d.memory_mb for d in devices), resources={})
+
+
 def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
               nodes: Sequence[Mapping[str, float]], *, max_actors: int | None = None,
-              actor_memory_mb: float = ACTOR_MEMORY_MB) -> PoolPlan:
-    """Plan the actors for clients of the given device profiles (see the module docstring)."""
+              memory: PoolMemory | None = None, server_max_concurrency: int = 8,
+              memory_fraction: float = 1.0) -> PoolPlan:
+    """Plan the actors for clients of the given device profiles (see the module docstring).
+
+    ``memory`` (:func:`~sfp_ray.sizing.pool_memory`) is what each actor asks Ray for; the
+    server's grows with the requests it serves at once, ``min(server_max_concurrency,
+    slots)``. The plan fills at most ``memory_fraction`` of each node's memory with those
+    estimates (``ray.memory_fraction``); when even the smallest pool needs more, it is
+    planned against the whole node, with a notice.
+    """
+    if memory is not None and memory_fraction < 1.0 and any(float(n.get("memory", 0.0)) > 0 for n in nodes):
+        share = [dict(n, memory=float(n["memory"]) * memory_fraction) if n.get("memory") else dict(n) for n in nodes]
+        try:
+            return plan_pool(clients, server, share, max_actors=max_actors, memory=memory,
+                             server_max_concurrency=server_max_concurrency)
+        except ClusterError:
+            plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
+                             server_max_concurrency=server_max_concurrency)
+            plan.notices.append(f"ray.memory_fraction={memory_fraction:g}: even the smallest pool needs more of a "
+                                f"node's memory (a client actor: {memory.client.describe()}); planned against the "
+                                "whole node")
+            return plan
     if not clients:
         raise ConfigError("federation.num_clients: a run needs at least one client")
     has_gpu = any(float(n.get("GPU", 0.0)) > 0 for n in nodes)
@@ -169,44 +242,92 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
         notices.append(f"the Ray cluster has no GPU: device classes {', '.join(sorted(fallback))} run their GPU "
                        "share on CPU (recorded as gpu_fallback in resources.csv)")
     options = {name: _options(d, nodes, name in fallback) for name, d in profiles.items()}
-    server_opts = options[server.name] if server is not None else {}
-    fixed = ([(f"server:{server.name}", server_opts)] if server is not None else []) + [("aggregator", {"num_cpus": 0})]
-    memory = {"memory": int(actor_memory_mb * 2**20)} if any(n.get("memory") for n in nodes) else {}
+    # a cluster whose nodes offer no memory resource (a synthetic one in tests) is asked for none
+    asks = memory is not None and any(float(n.get("memory", 0.0)) > 0 for n in nodes)
+    client_memory = {"memory": int(memory.client.total)} if asks else {}
+    aggregator = {"num_cpus": 0, **({"memory": int(memory.aggregator.total)} if asks else {})}
 
-    def shapes(slot_classes: Sequence[str], with_memory: bool) -> list[tuple[str, dict[str, Any]]]:
-        extra = memory if with_memory else {}
-        return fixed + [(f"client:{c}", dict(options[c], **extra)) for c in slot_classes]
+    def server_options(slots: int) -> dict[str, Any]:
+        opts = dict(options[server.name]) if server is not None else {}
+        if asks and memory.server is not None:
+            opts["memory"] = int(memory.server_at(min(server_max_concurrency, slots)).total)
+        return opts
 
-    def fits(slot_classes: Sequence[str]) -> bool:
+    def shapes(kinds: Sequence[str], slot_options: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, dict]]:
+        fixed = [(f"server:{server.name}", server_options(len(kinds)))] if server is not None else []
+        return fixed + [("aggregator", aggregator)] + [(f"client:{k}", dict(slot_options[k])) for k in kinds]
+
+    def fits(kinds: Sequence[str], slot_options: Mapping[str, Mapping[str, Any]]) -> bool:
         try:
-            check_fit(shapes(slot_classes, True), nodes=nodes)
+            check_fit(shapes(kinds, slot_options), nodes=nodes)
             return True
         except ClusterError:
             return False
 
-    names = [d.name for d in clients]
-    n_classes = len(set(names))
-    upper = len(names) if max_actors is None else min(len(names), max_actors)
-    if upper < n_classes:
-        plan_slots(names, upper)  # raises, naming ray.max_actors
-    if fits(plan_slots(names, upper)):
-        best = upper
-    else:
-        minimal = plan_slots(names, n_classes)
-        if not fits(minimal):
-            check_fit(shapes(minimal, False), nodes=nodes)  # names the shortfall of the shapes themselves
-            check_fit(shapes(minimal, True), nodes=nodes)  # or the memory of the actors together
-        lo, hi = n_classes, upper  # lo fits, hi does not
+    def largest(kind_of: Mapping[str, str], slot_options: Mapping[str, Mapping[str, Any]]) -> list[str] | None:
+        """The most slots (at least one per kind) that fit, or None when even that does not."""
+        names = [kind_of[d.name] for d in clients]
+        kinds = len(set(names))
+        upper = len(names) if max_actors is None else min(len(names), max_actors)
+        if upper < kinds:
+            return None
+        if fits(plan_slots(names, upper), slot_options):
+            return plan_slots(names, upper)
+        if not fits(plan_slots(names, kinds), slot_options):
+            return None
+        lo, hi = kinds, upper  # lo fits, hi does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(plan_slots(names, mid)) else (lo, mid)
-        best = lo
-    plan = PoolPlan(plan_slots(names, best), profiles, options, server, server_opts, fallback, notices,
-                    per_client=best == len(names))
+            lo, hi = (mid, hi) if fits(plan_slots(names, mid), slot_options) else (lo, mid)
+        return plan_slots(names, lo)
+
+    classes = list(dict.fromkeys(d.name for d in clients))
+    slot_options = {c: dict(options[c], **client_memory) for c in classes}
+    serves = {c: (c,) for c in classes}
+    slots = largest({c: c for c in classes}, slot_options)
+    if slots is None and len(classes) > 1 and not any(device_resource(c) in options[c].get("resources", {})
+                                                      for c in classes):
+        # memory (or ray.max_actors) holds no actor per class: classes that compute alike share slots
+        groups: dict[tuple[int, bool], list[str]] = {}
+        for c in classes:
+            groups.setdefault((profiles[c].torch_threads, "num_gpus" in options[c]), []).append(c)
+        kind_of, grouped = {}, {}
+        for (_, gpu), members in groups.items():
+            kind = "+".join(members)
+            kind_of.update({c: kind for c in members})
+            grouped[kind] = (_group([profiles[c] for c in members], gpu), members)
+        merged = {k: dict(_options(p, nodes, False), **client_memory) for k, (p, _) in grouped.items()}
+        slots = largest(kind_of, merged)
+        if slots is not None:
+            for k, (p, members) in grouped.items():
+                profiles[k], options[k], serves[k] = p, merged[k], tuple(members)
+                slot_options[k] = merged[k]
+            if len(grouped) < len(classes):
+                notices.append(f"device classes {', '.join(classes)} share {len(slots)} slot actor(s) "
+                               f"({', '.join(grouped)}): the cluster does not hold one actor per class"
+                               + (f" of {memory.client.describe()} each" if memory is not None else ""))
+    if slots is None:
+        names = [d.name for d in clients]
+        if max_actors is not None and max_actors < len(classes):
+            plan_slots(names, max_actors)  # raises, naming ray.max_actors
+        minimal = plan_slots(names, len(classes))
+        bare = {c: options[c] for c in classes}
+        check_fit(shapes(minimal, bare), nodes=nodes)  # names the shortfall of the shapes themselves
+        try:
+            check_fit(shapes(minimal, slot_options), nodes=nodes)  # or the memory of the actors together
+        except ClusterError as e:
+            raise ClusterError(f"{e}; memory per actor: client {memory.client.describe()}, aggregator "
+                               f"{memory.aggregator.describe()}" if memory is not None else str(e)) from None
+        raise ClusterError("the pool cannot be planned on this cluster")  # pragma: no cover - check_fit raised
+    concurrency = min(server_max_concurrency, len(slots))
+    plan = PoolPlan(slots, profiles, {k: slot_options.get(k, options[k]) for k in options}, server,
+                    server_options(len(slots)), fallback, notices, per_client=len(slots) == len(clients),
+                    serves=serves, memory=memory, aggregator_options=aggregator, server_concurrency=concurrency)
     if not plan.per_client:
-        notices.append(f"{len(names)} clients run on {best} device-slot actors (pooled mode: all of them do not "
-                       "fit the cluster at once)")
+        notices.append(f"{len(clients)} clients run on {len(slots)} device-slot actors (pooled mode: all of them do "
+                       "not fit the cluster at once)")
     return plan
+
 
 
 # --------------------------------------------------------------------------- nodes and re-placement
@@ -340,6 +461,7 @@ class ActorPool:
         self.lost: dict[int, str] = {}  # slots without an actor, and why (their clients fail with it)
         self._tried: dict[int, frozenset[str]] = {}  # the alive nodes when a slot's last placement failed
         self._nodes: dict[str, NodeInfo] = {}  # the alive nodes at the last look
+        self._node_aggregators: dict[str, Any] = {}  # per-node aggregators when the slots span several nodes
         try:
             if plan.server is not None:
                 self.server = self._new_server(plan.server_options)
@@ -352,53 +474,104 @@ class ActorPool:
 
     @property
     def labels(self) -> list[str]:
-        """``server:<class>`` (when the plan has a server), then ``client:<class>`` of every slot."""
+        """``server:<class>`` (when the plan has a server), then ``client:<kind>`` of every slot."""
         plan = self.plan
         return ([f"server:{plan.server.name}"] if plan.server is not None else []) + [
             f"client:{c}" for c in plan.slot_classes]
 
+    @property
+    def slot_nodes(self) -> list[str | None]:
+        """The node each slot's actor runs on (None until it started, or while the slot has no actor)."""
+        return [self.node_of.get(i) or None for i in range(len(self.plan.slot_classes))]
+
     def _new_server(self, options: Mapping[str, Any]) -> Any:
         plan = self.plan
         assert plan.server is not None
+        est = plan.server_estimate
         self.options_of["server"] = dict(options)
         return ServerActor.options(**options, max_concurrency=self.server_max_concurrency).remote(
-            plan.server, plan.server.name in plan.gpu_fallback)
-
-    def _new_aggregator(self) -> Any:
-        # on the driver's node: the global states it returns are stored where it runs, and there they survive
-        # the loss of any other node (the driver does not survive its own node). Ray's soft affinity was seen
-        # to put a 0-CPU actor on another node, hence a hard one.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.options_of["aggregator"] = {"num_cpus": 0}
-        return AggregatorActor.options(num_cpus=0, scheduling_strategy=here).remote()
+            plan.server, plan.server.name in plan.gpu_fallback, est.row() if est is not None else None)
 
     def _new_slot(self, i: int, options: Mapping[str, Any]) -> Any:
         c = self.plan.slot_classes[i]
+        est = self.plan.memory.client.row() if self.plan.memory is not None else None
         self.options_of[i] = dict(options)
-        return ClientActor.options(**options).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback)
+        return ClientActor.options(**options).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback, est)
+
+    def _new_aggregator(self, node: str | None = None) -> Any:
+        """The root aggregator actor, or (``node``) one for that node, which folds the states of its clients.
+
+        Both prefer their node (a soft affinity: elsewhere when it has no room); the root's is
+        the driver's, so the global states it returns are stored where they outlive the loss
+        of any other node.
+        """
+        opts = dict(self.plan.aggregator_options)
+        if node is None:
+            self.options_of["aggregator"] = dict(opts)
+        here = node if node is not None else ray.get_runtime_context().get_node_id()
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=True)
+        est = self.plan.memory.aggregator.row() if self.plan.memory is not None else None
+        return AggregatorActor.options(**opts).remote(est)
+
+    def aggregator_for(self, slot: int) -> tuple[str, Any]:
+        """``(node id, aggregator)`` that folds the states of clients run by ``slot``.
+
+        One aggregator while the slots share a node; on several nodes, one per node (created
+        on first use), so each node's states are summed where they are and one partial sum per
+        node crosses the network.
+        """
+        slot_nodes = self.slot_nodes
+        nodes = {n for n in slot_nodes if n is not None}
+        node = slot_nodes[slot] if 0 <= slot < len(slot_nodes) else None
+        root = self.node_of.get("aggregator") or None
+        if len(nodes) <= 1 or node is None or node == root:
+            return root or "", self.aggregator
+        agg = self._node_aggregators.get(node)
+        if agg is None:
+            agg = self._node_aggregators[node] = self._new_aggregator(node)
+        return node, agg
+
+    def heal_aggregators(self) -> list[str]:
+        """Replace aggregator actors that died (per-node ones are made again on first use); their labels."""
+        restarted = []
+        if self.aggregator is not None and not self.alive(self.aggregator):
+            self.restart_aggregator()
+            restarted.append("aggregator")
+        for node, agg in list(self._node_aggregators.items()):
+            if not self.alive(agg):
+                del self._node_aggregators[node]
+                restarted.append(f"aggregator of node {node[:8]}")
+        return restarted
 
     @classmethod
     def for_specs(cls, specs: Sequence[RunSpec], **kwargs: Any) -> ActorPool:
-        """A pool planned for the runs ``specs`` on the connected cluster."""
+        """A pool planned for the runs ``specs`` on the connected cluster (memory sized from their models)."""
         first = specs[0]
         servers = [s.server_device for s in specs if s.method.server(s.cfg) is not None]
         caps = [s.cfg.ray.max_actors for s in specs if s.cfg.ray.max_actors is not None]
+        memory = pool_memory([(s.cfg, s.method) for s in specs], first.num_classes)
         kwargs.setdefault("placement_timeout_s", first.cfg.ray.placement_timeout_s)
         kwargs.setdefault("on_node_loss", first.cfg.ray.on_node_loss)
         return cls.for_devices(first.devices, servers[0] if servers else None, max_actors=min(caps) if caps else None,
-                               server_max_concurrency=first.cfg.ray.server_max_concurrency, **kwargs)
+                               server_max_concurrency=first.cfg.ray.server_max_concurrency, memory=memory,
+                               memory_fraction=first.cfg.ray.memory_fraction, **kwargs)
 
     @classmethod
     def for_devices(cls, clients: Sequence[DeviceProfile], server: DeviceProfile | None, *,
-                    max_actors: int | None = None, server_max_concurrency: int = 8, **kwargs: Any) -> ActorPool:
+                    max_actors: int | None = None, server_max_concurrency: int = 8, memory: PoolMemory | None = None,
+                    memory_fraction: float = 1.0, **kwargs: Any) -> ActorPool:
         """A pool planned for clients of these device profiles (and a server) on the connected cluster.
 
-        The actors start at once, in the background: a caller can go on loading data while
-        they import torch.
+        ``memory``: what each actor asks Ray for (:func:`~sfp_ray.sizing.pool_memory`; None:
+        nothing), planned into ``memory_fraction`` of each node; the other keyword arguments go
+        to :class:`ActorPool` (``ready_timeout_s``, ``placement_timeout_s``, ``on_node_loss``,
+        ``notify``). The actors start at once, in the background: a caller can go on loading
+        data while they import torch.
         """
         if not ray.is_initialized():
             raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
-        plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors)
+        plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors, memory=memory,
+                         server_max_concurrency=server_max_concurrency, memory_fraction=memory_fraction)
         return cls(plan, server_max_concurrency=server_max_concurrency, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
@@ -441,14 +614,20 @@ class ActorPool:
                 "resources (see `ray status`)")
         try:
             rows = ray.get(refs)
+        except ray.exceptions.RayTaskError as e:  # an actor refused to start (e.g. its GPU share is too small)
+            self.close()
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ClusterError):
+                raise ClusterError(str(cause)) from None
+            raise
         except BaseException:
             self.close()
             raise
         self._nodes = alive_nodes()
         for (key, _, _), row in zip(labelled, rows, strict=True):
-            self.node_of[key] = str(row.get("node_id", ""))
-        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client, placed_away=False)
-                       for r, (_, lb, _) in zip(rows, labelled, strict=True)]
+            self.node_of[key] = str(row.get("node_id") or "")
+        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client, placed_away=False,
+                            stage="start") for r, (_, lb, _) in zip(rows, labelled, strict=True)]
         return self._ready
 
     def data_refs(self, data: Any) -> tuple[Any, Any]:
@@ -462,7 +641,7 @@ class ActorPool:
         """Set a run up on every slot (and the server when the method has one); wait until done."""
         if spec.method.server(spec.cfg) is not None and self.server is None:
             raise ClusterError(f"{spec.method.name}: the pool was planned without a server actor")
-        missing = {d.name for d in spec.devices} - set(self.plan.slot_classes)
+        missing = {d.name for d in spec.devices} - {c for k in self.plan.slot_classes for c in self.plan.classes_of(k)}
         if missing:
             raise ClusterError(f"devices.mix: the pool has no slot of device classes {sorted(missing)}")
         train = spec.train
@@ -502,12 +681,17 @@ class ActorPool:
                 return True
 
     def live_classes(self) -> list[str | None]:
-        """Each slot's device class, None for a slot without an actor (for :func:`route`)."""
+        """Each slot's kind, None for a slot without an actor (for :func:`route`, with ``plan.serves``)."""
         return [c if a is not None else None for c, a in zip(self.plan.slot_classes, self.slots, strict=True)]
 
+    def served_classes(self) -> set[str]:
+        """The device classes that a slot with an actor serves (a shared slot serves several)."""
+        return {c for kind in self.live_classes() if kind is not None for c in self.plan.classes_of(kind)}
+
     def unavailable(self, device: str) -> str:
-        """Why no slot of class ``device`` has an actor: the error its clients fail with."""
-        why = [self.lost[i] for i, c in enumerate(self.plan.slot_classes) if c == device and i in self.lost]
+        """Why no slot serving class ``device`` has an actor: the error its clients fail with."""
+        why = [self.lost[i] for i, kind in enumerate(self.plan.slot_classes)
+               if device in self.plan.classes_of(kind) and i in self.lost]
         return why[0] if why else f"no slot of device class {device!r} has an actor"
 
     def _look(self) -> dict[str, NodeInfo]:
@@ -542,18 +726,26 @@ class ActorPool:
             if nid in free and actors.get(key) is not None:
                 for k, v in _amounts(self.options_of.get(key, {})).items():
                     free[nid][k] = free[nid].get(k, 0.0) - v
+        for nid in self._node_aggregators:  # asked for on their node (a soft affinity: where they most likely are)
+            if nid in free:
+                for k, v in _amounts(self.plan.aggregator_options).items():
+                    free[nid][k] = free[nid].get(k, 0.0) - v
         return list(free.values())
 
     def check_nodes(self) -> None:
         """Follow the cluster's nodes before a round (one ``ray.nodes()`` call when nothing changed).
 
-        Actors whose node left are started again (the server and aggregator anywhere with
-        room, slots as :func:`placement` says); slots left without an actor are tried again
-        when the set of alive nodes changed since their last try; slots placed away from
-        their class go back to a node of their class when one offers it.
+        Actors whose node left are started again (the server and the root aggregator anywhere
+        with room, slots as :func:`placement` says); the per-node aggregator of a node that
+        left is dropped (folds of that node's clients are not expected any more); slots left
+        without an actor are tried again when the set of alive nodes changed since their last
+        try; slots placed away from their class go back to a node of their class when one
+        offers it.
         """
         nodes = self._look()
         gone = {k for k, n in self.node_of.items() if n and n not in nodes}
+        for nid in [n for n in self._node_aggregators if n not in nodes]:
+            self._kill(self._node_aggregators.pop(nid))
         if "server" in gone:
             self.notify(f"the server actor was restarted on {self.restart_server() or 'another node'}")
         if "aggregator" in gone:
@@ -675,11 +867,12 @@ class ActorPool:
         by_reason: dict[str, list[int]] = {}
         for i in slots:
             by_reason.setdefault(self.lost[i], []).append(i)
+        live = set(self.live_classes())
         for reason, group in by_reason.items():
-            classes = {self.plan.slot_classes[i] for i in group}
-            served = [c for c in classes if c in self.live_classes()]
-            then = (f"the {', '.join(sorted(served))} clients use the class's other slots" if served else
-                    f"the {', '.join(sorted(classes))} clients fail")
+            kinds = {self.plan.slot_classes[i] for i in group}  # a shared slot's kind stands for several classes
+            served = sorted(c for k in kinds if k in live for c in self.plan.classes_of(k))
+            then = (f"the {', '.join(served)} clients use the class's other slots" if served else
+                    f"the {', '.join(sorted(c for k in kinds for c in self.plan.classes_of(k)))} clients fail")
             them = "it" if len(group) == 1 else "them"
             self.notify(f"{_slots_text(self.plan.slot_classes, group)} left out ({reason}); {then} until a node can "
                         f"take {them} (checked before every round)")
@@ -793,7 +986,7 @@ class ActorPool:
     def close(self) -> None:
         """Kill the actors of this pool (Ray itself stays up)."""
         if ray.is_initialized():
-            for a in [self.server, self.aggregator, *self.slots]:
+            for a in [self.server, self.aggregator, *self._node_aggregators.values(), *self.slots]:
                 if a is None:
                     continue
                 try:
@@ -801,6 +994,7 @@ class ActorPool:
                 except Exception as e:  # noqa: BLE001 - best effort; the actor may already be gone
                     log.debug("ray.kill failed: %s", e)
         self.server, self.aggregator, self.slots = None, None, []
+        self._node_aggregators.clear()
         self.node_of.clear()
         self.away.clear()
         self.lost.clear()

@@ -27,12 +27,14 @@ import socket
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sfp_ray.config import RayConfig
 from sfp_ray.errors import ClusterError
 
-__all__ = ["ClusterError", "check_fit", "cluster_nodes", "parse_address", "start_ray", "stop_ray"]
+__all__ = ["ClusterError", "check_fit", "cluster_nodes", "parse_address", "ray_address_file", "resolve_address",
+           "start_ray", "stop_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,92 @@ def parse_address(address: str) -> tuple[str, int] | None:
 
 def _probe(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Raise ClusterError unless a TCP connection to ``host:port`` opens within ``timeout`` s."""
+    why = _unreachable(host, port, timeout)
+    if why is not None:
+        raise ClusterError(
+            f"cannot reach Ray at {host}:{port} within {timeout:g} s ({why}); "
+            "is `ray start --head` running there? see cluster/README.md"
+        )
+
+
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to ``host:port`` does not open within ``timeout`` s; None when it does."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return
+            return None
     except OSError as e:
+        return str(e.strerror or e)
+
+
+def ray_address_file() -> Path:
+    """The file in which ``ray start`` records the address of the cluster it made on this machine.
+
+    ``<temp>/ray/ray_current_cluster``, where ``<temp>`` is ``$RAY_TMPDIR``, else ``$TMPDIR``,
+    else ``/tmp``: where Ray 2.60 itself looks for it when asked for ``address="auto"``. The
+    file outlives the cluster: after ``ray stop`` or a crash it still names the old address.
+    """
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(temp) / "ray" / "ray_current_cluster"
+
+
+def resolve_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> str:
+    """The address to start Ray with: ``local``, or a cluster address that answered a TCP probe just now.
+
+    * ``local`` (or empty / None): a private instance; nothing to check.
+    * ``HOST:PORT`` (or ``ray://HOST:PORT``): checked as it is.
+    * ``auto``: the cluster Ray would join, found the way Ray finds it (``$RAY_ADDRESS``, else
+      the file :func:`ray_address_file`), and then checked like ``HOST:PORT``; the address
+      returned is the one found, so that Ray does not look again. A file that names a
+      cluster which no longer answers (the cluster was stopped; Ray would retry it for
+      minutes) fails here within ``timeout`` seconds, naming the address and the file.
+      Ray's last resort of joining any Ray process found on the machine is not taken: that
+      may be another user's private instance.
+
+    Raises:
+        ClusterError: one line naming the address, where it came from, and what to do.
+
+    Example:
+        >>> resolve_address("local"), resolve_address(None)
+        ('local', 'local')
+    """
+    addr = (address or "local").strip() or "local"
+    if addr == "local":
+        return addr
+    if addr != "auto":
+        hostport = parse_address(addr)
+        if hostport is not None:
+            _probe(*hostport, timeout=timeout)
+        return addr
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env not in ("auto", "local"):
+        found, source = env, "RAY_ADDRESS"
+    else:
+        path = ray_address_file()
+        try:
+            found = path.read_text().strip()
+        except FileNotFoundError:
+            raise ClusterError(
+                f"--address auto: no Ray cluster was started on this machine: {path} does not exist and "
+                "RAY_ADDRESS is not set; start one with `ray start --head` (cluster/start-head.sh), give "
+                "--address HOST:PORT, or leave --address out for a private local Ray"
+            ) from None
+        except OSError as e:
+            raise ClusterError(f"--address auto: cannot read {path} ({e.strerror or e})") from None
+        source = str(path)
+    try:
+        hostport = parse_address(found)
+    except ClusterError:
+        hostport = None
+    if hostport is None:
+        raise ClusterError(f"--address auto: {source} holds {found!r}, not a HOST:PORT address")
+    why = _unreachable(*hostport, timeout=timeout)
+    if why is not None:
         raise ClusterError(
-            f"cannot reach Ray at {host}:{port} within {timeout:g} s ({e.strerror or e}); "
-            "is `ray start --head` running there? see cluster/README.md"
-        ) from None
+            f"--address auto: the Ray cluster at {found} (from {source}) does not answer ({why}) - a stale "
+            "address of a cluster that was stopped; start one with `ray start --head` (it rewrites the file), "
+            "give --address HOST:PORT, or leave --address out for a private local Ray"
+        )
+    return found
 
 
 def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
@@ -94,7 +174,8 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
         address: ``"local"`` (default) starts a private instance with
             ``ray.init(address="local")`` - a plain ``ray.init()`` would silently join any
             cluster already running on the machine; ``"auto"`` joins the cluster started on
-            this machine with ``ray start``; ``HOST:PORT`` joins a remote head.
+            this machine with ``ray start`` (:func:`resolve_address`); ``HOST:PORT`` joins a
+            remote head.
 
     Returns:
         True when a new local instance was started (the caller owns it and must call
@@ -103,9 +184,10 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
         only disconnects; the cluster keeps running).
 
     Raises:
-        ClusterError: an explicit ``HOST:PORT`` does not accept a TCP connection within
-            3 s (checked before anything touches Ray, so it fails fast and leaves an
-            already running instance alone), or ``"auto"`` finds no running cluster.
+        ClusterError: an explicit ``HOST:PORT``, or the address ``"auto"`` finds, does not
+            accept a TCP connection within 3 s (checked before anything touches Ray, so it
+            fails fast and leaves an already running instance alone), or ``"auto"`` finds no
+            cluster (:func:`resolve_address`).
 
     A local instance starts its workers at niceness 0 instead of Ray's default 15
     (``RAY_worker_niceness``; ``resources.csv`` records each actor's ``observed_nice``); the
@@ -117,12 +199,9 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
     ``RAY_AUTH_MODE=token`` and provide the head's token via ``RAY_AUTH_TOKEN``,
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``. Nothing here disables it.
     """
+    addr = resolve_address(address or cfg_ray.address or "local")
     import ray
 
-    addr = (address or cfg_ray.address or "local").strip()
-    hostport = parse_address(addr)
-    if hostport is not None:
-        _probe(*hostport)
     if ray.is_initialized():
         log.info("Ray is already initialised in this process; reusing it (address %r not applied)", addr)
         return False
