@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sfp_ray.config import Config
-from sfp_ray.costs import RoundClock, simulate_round
+from sfp_ray.costs import RoundClock, ServerLink, simulate_round
 from sfp_ray.records import Segment
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask
 from sfp_ray.roles.server import BODY_PREFIX
@@ -73,8 +73,8 @@ class RoundPlan(abc.ABC):
         """Run the round; ``judge`` marks outputs dropped or late before anything is averaged."""
 
     @abc.abstractmethod
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        """The round's simulated schedule (before aggregation)."""
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        """The round's simulated schedule (before aggregation); ``link``: the shared server link, if any."""
 
 
 class ParallelFedAvg(RoundPlan):
@@ -90,8 +90,8 @@ class ParallelFedAvg(RoundPlan):
         agg = runner.aggregate(usable, state)
         return RoundOutcome(outputs, agg.state, agg.flops, agg.wall_s)
 
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return simulate_round(timelines)
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        return simulate_round(timelines, link=link)
 
 
 class SequentialRelay(RoundPlan):
@@ -113,8 +113,8 @@ class SequentialRelay(RoundPlan):
                 current = out.state
         return RoundOutcome(outputs, current, {"all": 0.0})
 
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return simulate_round(timelines, sequential=True)
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        return simulate_round(timelines, sequential=True, link=link)
 
 
 class Method(abc.ABC):
@@ -185,8 +185,9 @@ class Method(abc.ABC):
         """Whether the round plan runs clients one after another."""
         return isinstance(self.plan, SequentialRelay)
 
-    def round_clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return self.plan.clock(timelines)
+    def round_clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        """The round's simulated schedule under this method's plan (``link``: a shared server link)."""
+        return self.plan.clock(timelines, link)
 
     # ------------------------------------------------------------------ costs
 

@@ -48,7 +48,7 @@ class FedAvgClient(ClientRole):
 
             def step(x: torch.Tensor, y: torch.Tensor) -> float:
                 loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y))
-                optimizer_step(opt)
+                optimizer_step(opt, ledger, "all")
                 return float(loss.item())
 
             loss = run_epochs(data, t.local_epochs, t.batch_size, gen, step)

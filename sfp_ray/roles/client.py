@@ -163,9 +163,24 @@ def run_epochs(data: ArrayDataset, epochs: int, batch_size: int, gen: torch.Gene
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def optimizer_step(opt: torch.optim.Optimizer) -> None:
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+def optimizer_step(opt: torch.optim.Optimizer, ledger: Ledger | None = None, part: str = "tail") -> None:
+    """One step of ``opt`` (then its gradients are dropped); with a ``ledger``, charged to the client's ``part``.
+
+    The step executes no counted FLOPs; a measured device class still charges its time (the bytes its
+    element-wise updates move and the operations it dispatches), and its wall time is measured.
+    """
+
+    def step() -> None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if ledger is None:
+        step()
+        return
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    # what the step's work depends on: the optimizer, the tensors it updates, and whether its state is still empty
+    key = ("step", type(opt).__name__, len(params), sum(p.numel() for p in params), not opt.state)
+    ledger.compute(part, key, step)
 
 
 def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, ledger: Ledger,
@@ -180,7 +195,7 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
     acts = h.detach()
     ledger.send_tensor(acts, part="head", direction="up", kind="activation")
     reply = link.forward(acts, need_grad=head_trains)
-    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s)
+    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s, work=reply.work())
     out = as_tensor(reply.tensor)
     ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
                    serialized=reply.serialized_bytes, shapes=reply.shapes)
@@ -190,7 +205,7 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
         g = out.grad.detach()
         ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
         back = link.backward(g, grad_slice)
-        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s)
+        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s, work=back.work())
         ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
                        serialized=back.serialized_bytes, shapes=back.shapes)
         gh = as_tensor(back.tensor)
@@ -199,7 +214,7 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
             full[:, grad_slice[0]:grad_slice[1]] = gh
             gh = full
         ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(gh))
-    optimizer_step(opt)
+    optimizer_step(opt, ledger)
     return float(loss.item())
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes, shape_str
+from sfp_ray.costs import FlopMeter, Work, payload_bytes, serialized_bytes, shape_str
 from sfp_ray.faults import InjectedFault, InjectedServerLoss, check_finite
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.tensors import as_tensor
@@ -44,7 +44,11 @@ BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 
 @dataclass
 class BodyReply:
-    """The server's answer to one request, with what it cost the server."""
+    """The server's answer to one request, with what it cost the server.
+
+    ``moved_bytes`` and ``ops`` complete ``flops`` into the request's :class:`~sfp_ray.costs.Work`
+    (what a measured server class is timed on).
+    """
 
     tensor: torch.Tensor | np.ndarray | None
     flops: int
@@ -53,6 +57,12 @@ class BodyReply:
     payload_bytes: int
     serialized_bytes: int
     shapes: str = ""
+    moved_bytes: int = 0
+    ops: int = 0
+
+    def work(self) -> Work:
+        """The request's work as the ledger charges it."""
+        return Work(self.flops, self.moved_bytes, self.ops)
 
 
 @dataclass
@@ -99,12 +109,13 @@ class ServerRole:
     def trains_body(self) -> bool:
         return self.train is not None
 
-    def _reply(self, t: torch.Tensor | None, flops: int, compute_s: float, queue_s: float) -> BodyReply:
+    def _reply(self, t: torch.Tensor | None, work: Work, compute_s: float, queue_s: float) -> BodyReply:
         if t is None:
-            return BodyReply(None, flops, compute_s, queue_s, 0, 0)
+            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops)
         t = t.detach()
         out: torch.Tensor | np.ndarray = t.numpy() if self.as_numpy else t
-        return BodyReply(out, flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t))
+        return BodyReply(out, work.flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t),
+                         work.moved_bytes, work.ops)
 
     # ------------------------------------------------------------- trained body
 
@@ -175,14 +186,14 @@ class ServerRole:
         t0 = time.perf_counter()
         if need_grad:
             x = x.detach().requires_grad_(True)
-            out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True, cut), lambda: body(x))
+            out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), True, cut), lambda: body(x))
             with self._lock:
                 self._graphs[key] = (x, out, cut)
         else:
             with torch.no_grad():
-                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False, cut),
-                                            lambda: body(x))
-        return self._reply(out, flops, time.perf_counter() - t0, queue_s)
+                out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), False, cut),
+                                               lambda: body(x))
+        return self._reply(out, work, time.perf_counter() - t0, queue_s)
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -208,17 +219,18 @@ class ServerRole:
                 gx, *gw = torch.autograd.grad(out, [x, *bc.params], grad_outputs=g)
                 for q, gq in zip(bc.params, gw, strict=True):
                     q.grad = gq
+                bc.opt.step()  # counts no FLOPs; inside, so that a measured server class times it
+                bc.opt.zero_grad(set_to_none=True)
                 return gx
 
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights"), run)
-            bc.opt.step()
-            bc.opt.zero_grad(set_to_none=True)
+            gx, work = self.meter.measure(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights",
+                                           not bc.opt.state), run)
         else:
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), cut),
-                                       lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
+            gx, work = self.meter.measure(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), cut),
+                                          lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
-        return self._reply(gx, flops, time.perf_counter() - t0, queue_s)
+        return self._reply(gx, work, time.perf_counter() - t0, queue_s)
 
     def release(self, client_id: int, round: int) -> int:
         """Drop a client's stored graphs and body copy of a round (after an error); return how many graphs."""
