@@ -265,6 +265,7 @@ def truncate(out: object, point: float) -> None:
         c.messages = int(round(c.messages * f))
         c.wall_s *= f
         c.compute_wall_s *= f
+        c.compute_cpu_s *= f
         c.sim_s *= f
         c.samples = int(round(c.samples * f))
     by_phase: dict[str, list[object]] = {}

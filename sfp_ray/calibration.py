@@ -13,11 +13,12 @@ the passes the methods run, with the same pass functions their clients run
 (:mod:`sfp_ray.roles.client`): head, body and tail forward and backward, the body-bypassed
 local-loss pass, EL2N scoring, the whole model's training pass (the ``fl_*`` baselines), a
 trained body's backward with weight gradients (``sfl``, ``sl``) and the optimizer step, at
-the configured batch sizes and thread count. Every probe runs ``warmup`` times, then
+the configured batch sizes and thread count (the client's passes also at the thinnest cut,
+0/0, whose small passes pin down the fixed costs). Every probe runs ``warmup`` times, then
 ``repeats`` times interleaved with the others (so that a busy spell of the machine hits all
-of them alike), and its median counts. The four coefficients are fitted to the medians by
-non-negative least squares on relative errors, and the class is written in the catalogue
-layout of ``devices.yaml`` (:func:`entry_yaml`).
+of them alike; probes under 2 ms five times per run), and its median counts. The four
+coefficients are fitted to the medians by non-negative least squares on relative errors, and
+the class is written in the catalogue layout of ``devices.yaml`` (:func:`entry_yaml`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import logging
 import os
 import platform
 import statistics
@@ -49,6 +51,9 @@ from sfp_ray.roles.workspace import PARTS, Workspace
 
 #: Calibration's own learning rate: the step's cost does not depend on it.
 _LR = 1e-3
+#: A probe faster than this (seconds) is timed ``CHEAP_SAMPLES`` times per run.
+CHEAP_S = 2e-3
+CHEAP_SAMPLES = 5
 
 
 @dataclass
@@ -86,11 +91,11 @@ class Calibration:
 
     def table(self) -> str:
         """One line per probe: work, measured and predicted milliseconds."""
-        lines = [f"{'probe':34} {'GFLOP':>8} {'MB moved':>9} {'ops':>6} {'measured ms':>12} {'model ms':>9} "
+        lines = [f"{'probe':40} {'GFLOP':>8} {'MB moved':>9} {'ops':>6} {'measured ms':>12} {'model ms':>9} "
                  f"{'ratio':>6}"]
         for p in self.probes:
             pred = self.predicted(p)
-            lines.append(f"{p.label:34} {p.work.flops / 1e9:8.3f} {p.work.moved_bytes / 1e6:9.2f} {p.work.ops:6d} "
+            lines.append(f"{p.label:40} {p.work.flops / 1e9:8.3f} {p.work.moved_bytes / 1e6:9.2f} {p.work.ops:6d} "
                          f"{p.seconds * 1e3:12.3f} {pred * 1e3:9.3f} {pred / p.seconds:6.3f}")
         return "\n".join(lines)
 
@@ -114,10 +119,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _workspace(cfg: Config, num_classes: int) -> Workspace:
+def _workspace(cfg: Config, num_classes: int, split: Any = None) -> Workspace:
     # random initial values: the time of a pass does not depend on the weights (no checkpoint to read or pre-train)
-    return Workspace(cfg.model, cfg.split, cfg.prompt, num_classes=num_classes, checkpoint=None, seed=cfg.seed,
-                     parts=PARTS)
+    return Workspace(cfg.model, split or cfg.split, cfg.prompt, num_classes=num_classes, checkpoint=None,
+                     seed=cfg.seed, parts=PARTS)
+
+
+#: Labels of the probes also timed at the thinnest cut (0/0): small passes, which pin down the fixed costs.
+_THIN = ("head fwd", "head bwd", "tail fwd+bwd", "bypass tail fwd+bwd", "EL2N scoring")
 
 
 def _probes(ws: Workspace, cfg: Config, batch: int, num_classes: int, in_shape: tuple[int, ...]) -> list[Probe]:
@@ -267,8 +276,22 @@ def fit_throughput(probes: Sequence[Probe], threads: int) -> Throughput:
                       op_s=float(per_op), call_s=float(per_call), threads=int(threads))
 
 
+def check_options(*, threads: int, repeats: int, timer: str, batch_sizes: Sequence[int] | None) -> None:
+    """Refuse calibration options that cannot work, naming the flag (before anything is timed)."""
+    if threads < 1:
+        raise ConfigError(f"--threads: give a whole number >= 1, got {threads}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats: give a whole number >= 1, got {repeats}")
+    if timer not in ("wall", "cpu"):
+        raise ConfigError(f"--timer: 'wall' or 'cpu', got {timer!r}")
+    if timer == "cpu" and threads != 1:
+        raise ConfigError(f"--timer cpu measures the CPU time of one thread; it needs --threads 1, got {threads}")
+    if batch_sizes is not None and (not batch_sizes or min(batch_sizes) < 1):
+        raise ConfigError(f"--batch-sizes: give whole numbers >= 1, e.g. 8,16, got {list(batch_sizes)}")
+
+
 def calibrate(cfg: Config, *, name: str = "host", threads: int = 1, repeats: int = 7, warmup: int = 2,
-              batch_sizes: Sequence[int] | None = None, num_classes: int | None = None,
+              batch_sizes: Sequence[int] | None = None, num_classes: int | None = None, timer: str = "wall",
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Time the configured model's passes on this machine and fit a measured device class.
 
@@ -280,16 +303,17 @@ def calibrate(cfg: Config, *, name: str = "host", threads: int = 1, repeats: int
         warmup: untimed runs of every probe before them.
         batch_sizes: batch sizes to time (default: ``train.batch_size`` and half of it).
         num_classes: classifier width (default: the number of ``data.classes``, else 10).
+        timer: ``wall`` (``time.perf_counter``) or ``cpu``: the CPU time of the measuring thread
+            (``time.thread_time``), which leaves out the time the operating system gave other processes;
+            for a shared, busy machine, at one thread only (torch's other threads are not in it).
         progress: called with one line per stage (stderr in the CLI).
     """
-    if threads < 1:
-        raise ConfigError(f"--threads: give a whole number >= 1, got {threads}")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"--repeats: give a whole number >= 1, got {repeats}")
+    check_options(threads=threads, repeats=repeats, timer=timer, batch_sizes=batch_sizes)
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    clock = time.perf_counter if timer == "wall" else time.thread_time
     say = progress or (lambda _msg: None)
     bs = tuple(dict.fromkeys(batch_sizes or (cfg.train.batch_size, max(1, cfg.train.batch_size // 2))))
-    if not bs or min(bs) < 1:
-        raise ConfigError(f"--batch-sizes: give whole numbers >= 1, got {list(bs)}")
     k = num_classes or (len(cfg.data.classes) if cfg.data.classes is not None else 10)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -299,30 +323,50 @@ def calibrate(cfg: Config, *, name: str = "host", threads: int = 1, repeats: int
 
         img, chans = input_shape(cfg.model)
         probes = [p for b in bs for p in _probes(ws, cfg, b, k, (chans, img, img))] + _step_probes(ws, cfg)
+        if (cfg.split.head_blocks, cfg.split.tail_blocks) != (0, 0):
+            # the embedding alone and the classifier alone: passes of little work, as a thin cut runs them
+            models_log = logging.getLogger("sfp_ray.models")
+            level = models_log.level
+            models_log.setLevel(logging.ERROR)  # its warning about the 0/0 cut concerns runs, not these probes
+            try:
+                thin = _workspace(cfg, k, dataclasses.replace(cfg.split, head_blocks=0, tail_blocks=0,
+                                                              bypass_pool="avg"))
+            finally:
+                models_log.setLevel(level)
+            for b in bs:
+                for p in _probes(thin, cfg, b, k, (chans, img, img)):
+                    if p.label.startswith(_THIN):
+                        p.label = f"{p.label} (cut 0/0)"
+                        probes.append(p)
         say(f"devices calibrate: {len(probes)} probes of {cfg.model.name} (cut {cfg.split.head_blocks}/"
             f"{cfg.split.tail_blocks}, batch sizes {', '.join(map(str, bs))}) at {threads} thread(s), "
             f"{warmup} warm-up + {repeats} timed runs each")
-        for p in probes:  # a warm run before counting: optimizers then have their state, as in every later step
+        samples: dict[int, int] = {}
+        for i, p in enumerate(probes):  # a warm run before counting: optimizers then have their state, as later
             p.setup()
+            t0 = clock()
             p.run()
+            # sub-millisecond probes (the fixed costs) are noisy and cost nothing: sample them more often
+            samples[i] = CHEAP_SAMPLES if clock() - t0 < CHEAP_S else 1
             p.setup()
             _, p.work = count_work(p.run)
         t_start = time.perf_counter()
         for r in range(warmup + repeats):
-            for p in probes:
-                p.setup()
-                t0 = time.perf_counter()
-                p.run()
-                dt = time.perf_counter() - t0
-                if r >= warmup:
-                    p.times.append(dt)
+            for i, p in enumerate(probes):
+                for _ in range(samples[i]):
+                    p.setup()
+                    t0 = clock()
+                    p.run()
+                    dt = clock() - t0
+                    if r >= warmup:
+                        p.times.append(dt)
             say(f"devices calibrate: run {r + 1}/{warmup + repeats} ({time.perf_counter() - t_start:.0f} s)")
         throughput = fit_throughput(probes, threads)
     finally:
         torch.set_num_threads(previous)
     when = datetime.date.today().isoformat()
     desc = (f"{cpu_name()} on {platform.node() or 'this machine'}, measured with sfp-ray devices calibrate on {when} "
-            f"({cfg.model.name}, {threads} thread(s), torch {torch.__version__})")
+            f"({cfg.model.name}, {threads} thread(s), {timer} time, torch {torch.__version__})")
     return Calibration(name, throughput, probes, machine_memory_mb(), desc, bs)
 
 
@@ -415,5 +459,5 @@ def summary_line(cal: Calibration) -> str:
             f"{statistics.median(errs):.1%}, worst {max(errs):.1%} over {len(cal.probes)} probes")
 
 
-__all__ = ["Calibration", "Probe", "calibrate", "catalog_entry", "entry_yaml", "fit_throughput", "summary_line",
-           "write_catalog"]
+__all__ = ["Calibration", "Probe", "calibrate", "catalog_entry", "check_options", "entry_yaml", "fit_throughput",
+           "summary_line", "write_catalog"]

@@ -15,7 +15,7 @@
     sfp-ray report   RUN_DIR
     sfp-ray methods | devices [--catalog FILE] | datasets
     sfp-ray devices calibrate [--config FILE] [--set KEY=VALUE ...] [--name NAME] [--threads N] [--out FILE]
-                     [--repeats N] [--batch-sizes B1,B2] [--address ADDR]
+                     [--repeats N] [--batch-sizes B1,B2] [--timer wall|cpu] [--address ADDR]
 
 Exit code 0 on success (also when some clients failed: one warning line each); a bad
 configuration or input, a ``--resume`` that does not fit, or a round that too few clients
@@ -217,6 +217,9 @@ def _add_devices_parser(sub: argparse._SubParsersAction) -> None:
                    help="timed runs of every probe after 2 warm-up runs; the median counts (default: %(default)s)")
     c.add_argument("--batch-sizes", metavar="B1,B2,...", default=None,
                    help="batch sizes to time (default: train.batch_size and half of it)")
+    c.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                   help="wall: wall-clock time (default); cpu: the measuring thread's CPU time, which leaves out "
+                        "what other processes took on a busy machine (with --threads 1 only)")
     c.add_argument("--address", metavar="ADDR", default=None,
                    help="measure on a node of a Ray cluster ('auto' or HOST:PORT) that offers the custom resource "
                         "device:NAME (cluster/README.md), instead of this machine")
@@ -478,10 +481,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not _NAME_RE.match(args.name):
         raise ConfigError(f"--name {args.name!r}: use letters, digits, '_', '-', '.', starting with a letter")
-    if args.threads < 1:
-        raise ConfigError(f"--threads: give a whole number >= 1, got {args.threads}")
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats: give a whole number >= 1, got {args.repeats}")
     sizes = None
     if args.batch_sizes is not None:
         try:
@@ -489,13 +488,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated whole numbers, "
                               "e.g. 8,16") from None
-        if not sizes or min(sizes) < 1:
-            raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give whole numbers >= 1, e.g. 8,16")
+    from sfp_ray.calibration import check_options
+
+    check_options(threads=args.threads, repeats=args.repeats, timer=args.timer, batch_sizes=sizes)
     out = Path(args.out) if args.out else Path(f"{args.name}.yaml")
     if out.is_dir():
         raise ConfigError(f"--out: {out} is a folder; give the YAML file to write")
     cfg = _load(args)
-    kwargs = {"name": args.name, "threads": args.threads, "repeats": args.repeats, "batch_sizes": sizes}
+    kwargs = {"name": args.name, "threads": args.threads, "repeats": args.repeats, "batch_sizes": sizes,
+              "timer": args.timer}
     if args.address is not None:
         from sfp_ray.executors.ray.calibrate import calibrate_on_cluster
 

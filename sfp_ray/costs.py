@@ -286,15 +286,17 @@ class Ledger:
     def compute(self, part: str, key: Hashable, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` as the client's compute of ``part`` in the current phase; charge its work.
 
-        The call's wall time is measured (``compute_wall_s`` of the cell) beside its simulated time.
+        The call's wall and thread CPU time are measured (``compute_wall_s``, ``compute_cpu_s`` of the cell)
+        beside its simulated time.
         """
         phase = self._phase
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out, work = self.meter.measure((phase, part) + (key if isinstance(key, tuple) else (key,)), fn)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         rec = self.cell(phase, part, "client")
         rec.flops += work.flops
         rec.compute_wall_s += wall
+        rec.compute_cpu_s += cpu
         sim = self._seconds(self.device, work)
         if sim:
             rec.sim_s += sim
@@ -302,16 +304,18 @@ class Ledger:
         return out
 
     def server_compute(self, part: str, flops: float, *, wall_s: float = 0.0, queue_s: float = 0.0,
-                       work: Work | None = None) -> None:
+                       work: Work | None = None, cpu_s: float = 0.0) -> None:
         """Charge ``flops`` the server computed for this client (e.g. a body request).
 
-        ``work`` (the request's :class:`Work`, FLOPs included) times it on a measured server class.
+        ``work`` (the request's :class:`Work`, FLOPs included) times it on a measured server class;
+        ``wall_s`` and ``cpu_s`` are what it measured.
         """
         phase = self._phase
         rec = self.cell(phase, part, "server")
         rec.flops += flops
         rec.wall_s += wall_s
         rec.compute_wall_s += wall_s
+        rec.compute_cpu_s += cpu_s
         self.server_queue_s += queue_s
         sim = self._seconds(self.server_device, work if work is not None else Work(flops))  # type: ignore[arg-type]
         if sim:

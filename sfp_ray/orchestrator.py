@@ -240,6 +240,7 @@ def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], spec: RunSpec)
             kept=0 if o.status == "offline" else len(kept) if kept is not None else o.num_samples,
             wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=head,
             tail_blocks=tail, compute_wall_s=sum(c.compute_wall_s for c in own),
+            compute_cpu_s=sum(c.compute_cpu_s for c in own),
             compute_sim_s=sum(c.sim_s for c in own), flops_per_s=dev.effective_flops, uplink_mbps=dev.uplink_mbps,
             downlink_mbps=dev.downlink_mbps))
     return rows

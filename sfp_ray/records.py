@@ -56,6 +56,9 @@ class CostRecord:
     #: measured wall seconds of the cell's own compute (client: its timed passes and optimizer steps; server:
     #: the body's requests); 0 on link rows. ``sim_s`` of a compute row is the clock's figure for the same work.
     compute_wall_s: float = 0.0
+    #: CPU seconds of the same compute in the thread that ran it (``time.thread_time``): time the operating
+    #: system gave other processes is not in it, so it is the figure to trust on a busy machine at one thread
+    compute_cpu_s: float = 0.0
 
 
 @dataclass
@@ -147,6 +150,7 @@ class ClientRecord:
     head_blocks: int = 0
     tail_blocks: int = 0
     compute_wall_s: float = 0.0
+    compute_cpu_s: float = 0.0
     compute_sim_s: float = 0.0
     flops_per_s: float = 0.0
     uplink_mbps: float = 0.0

@@ -130,7 +130,7 @@ def test_a_calibrated_class_is_written_and_a_run_uses_it(host_catalog, tmp_path)
                     out=tmp_path / "run", plots=False)
     c = r.clients
     assert (c["flops_per_s"] == host.effective_flops).all() and (c["uplink_mbps"] == float("inf")).all()
-    assert (c["compute_wall_s"] > 0).all() and (c["compute_sim_s"] > 0).all()
+    assert (c["compute_wall_s"] > 0).all() and (c["compute_sim_s"] > 0).all() and (c["compute_cpu_s"] > 0).all()
     assert (c["compute_wall_s"] <= c["wall_s"]).all()
     links = r.costs[r.costs["side"] == "link"]
     assert (links["sim_s"] == 0).all() and links["bytes_up"].sum() > 0  # free, but counted
@@ -153,6 +153,7 @@ def test_calibrate_command_adds_to_a_catalogue_and_refuses_bad_input(host_catalo
     (tmp_path / "notes.yaml").write_text("just: text\n")
     for argv, msg in ((["--threads", "0"], "--threads"), (["--batch-sizes", "8,x"], "--batch-sizes"),
                       (["--name", "9bad"], "--name"), (["--out", str(tmp_path)], "is a folder"),
+                      (["--timer", "cpu", "--threads", "2"], "--timer cpu"),
                       (["--out", str(tmp_path / "notes.yaml")], "not a device catalogue")):
         assert main(["devices", "calibrate", *argv]) == 2
         assert msg in capsys.readouterr().err

@@ -195,7 +195,8 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
     acts = h.detach()
     ledger.send_tensor(acts, part="head", direction="up", kind="activation")
     reply = link.forward(acts, need_grad=head_trains)
-    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s, work=reply.work())
+    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s, work=reply.work(),
+                          cpu_s=reply.compute_cpu_s)
     out = as_tensor(reply.tensor)
     ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
                    serialized=reply.serialized_bytes, shapes=reply.shapes)
@@ -205,7 +206,8 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
         g = out.grad.detach()
         ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
         back = link.backward(g, grad_slice)
-        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s, work=back.work())
+        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s, work=back.work(),
+                              cpu_s=back.compute_cpu_s)
         ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
                        serialized=back.serialized_bytes, shapes=back.shapes)
         gh = as_tensor(back.tensor)

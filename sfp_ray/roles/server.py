@@ -59,6 +59,8 @@ class BodyReply:
     shapes: str = ""
     moved_bytes: int = 0
     ops: int = 0
+    #: CPU seconds of the request in the server thread that ran it
+    compute_cpu_s: float = 0.0
 
     def work(self) -> Work:
         """The request's work as the ledger charges it."""
@@ -109,13 +111,14 @@ class ServerRole:
     def trains_body(self) -> bool:
         return self.train is not None
 
-    def _reply(self, t: torch.Tensor | None, work: Work, compute_s: float, queue_s: float) -> BodyReply:
+    def _reply(self, t: torch.Tensor | None, work: Work, compute_s: float, queue_s: float,
+               cpu_s: float = 0.0) -> BodyReply:
         if t is None:
-            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops)
+            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops, cpu_s)
         t = t.detach()
         out: torch.Tensor | np.ndarray = t.numpy() if self.as_numpy else t
         return BodyReply(out, work.flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t),
-                         work.moved_bytes, work.ops)
+                         work.moved_bytes, work.ops, cpu_s)
 
     # ------------------------------------------------------------- trained body
 
@@ -183,7 +186,7 @@ class ServerRole:
         queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
         body = self._body_for(key, cut)
         x = as_tensor(acts)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         if need_grad:
             x = x.detach().requires_grad_(True)
             out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), True, cut), lambda: body(x))
@@ -193,7 +196,7 @@ class ServerRole:
             with torch.no_grad():
                 out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), False, cut),
                                                lambda: body(x))
-        return self._reply(out, work, time.perf_counter() - t0, queue_s)
+        return self._reply(out, work, time.perf_counter() - t0, queue_s, time.thread_time() - c0)
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -211,7 +214,7 @@ class ServerRole:
             raise KeyError(f"server: no stored forward pass for request {key}")
         x, out, cut = graph
         g = as_tensor(grad_out)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         if self.trains_body:
             bc = self._copy_of(key[0], key[1])
 
@@ -230,7 +233,7 @@ class ServerRole:
                                           lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
-        return self._reply(gx, work, time.perf_counter() - t0, queue_s)
+        return self._reply(gx, work, time.perf_counter() - t0, queue_s, time.thread_time() - c0)
 
     def release(self, client_id: int, round: int) -> int:
         """Drop a client's stored graphs and body copy of a round (after an error); return how many graphs."""

@@ -34,7 +34,8 @@ def _calibrate_task(cfg: Config, kwargs: dict[str, Any]) -> Any:
 
 
 def calibrate_on_cluster(cfg: Config, *, address: str, name: str, threads: int = 1, repeats: int = 7,
-                         batch_sizes: Sequence[int] | None = None, say: Callable[[str], None] | None = None) -> Any:
+                         batch_sizes: Sequence[int] | None = None, timer: str = "wall",
+                         say: Callable[[str], None] | None = None) -> Any:
     """Calibrate device class ``name`` on a node of the cluster at ``address`` that offers ``device:<name>``.
 
     Raises:
@@ -54,7 +55,7 @@ def calibrate_on_cluster(cfg: Config, *, address: str, name: str, threads: int =
         if say is not None:
             say(f"devices calibrate: measuring {name!r} on a node offering {res!r} ({len(nodes)} such node(s))")
         ref = _calibrate_task.options(num_cpus=threads, resources={res: SLIVER}).remote(
-            cfg, {"name": name, "threads": threads, "repeats": repeats, "batch_sizes": batch_sizes})
+            cfg, {"name": name, "threads": threads, "repeats": repeats, "batch_sizes": batch_sizes, "timer": timer})
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
