@@ -134,8 +134,8 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
                          f"(largest: {largest}); every client keeps all it was given")
         parts = [np.sort(rng.choice(p, size=d.samples_per_client, replace=False)) if len(p) > d.samples_per_client
                  else p for p in parts]
-    devices, server_device = run_devices(cfg)
-    devices, capacity_notes = client_devices(devices, cfg.devices, cfg.seed)
+    class_devices, server_device = run_devices(cfg)
+    devices, capacity_notes = client_devices(class_devices, cfg.devices, cfg.seed)
     notes.extend(capacity_notes)
     if cfg.devices.server_link != "parallel" and cfg.devices.free_links:
         notes.append(f"devices.server_link={cfg.devices.server_link}: not used, devices.free_links makes every "
@@ -143,7 +143,8 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
     checkpoint_of = resolve_checkpoint if resolve_checkpoint is not None else _default_checkpoint
     spec = RunSpec(cfg, method, train.num_classes, None, train, test, parts, devices, server_device, notes)
     validate_model(spec)  # before any weights are touched (a pre-training run may follow)
-    spec.cut_plan = _cut_plan(spec)
+    # a class's cut is planned from the class itself (its median client), not from one client's own draw
+    spec.cut_plan = _cut_plan(dataclasses.replace(spec, devices=class_devices))
     if spec.cut_plan is not None:
         notes.extend(spec.cut_plan.lines())
     if f.availability_trace is not None:
