@@ -3,12 +3,14 @@
 The clock turns a compute call's :class:`~sfp_ray.costs.Work` into seconds with a device's
 :class:`~sfp_ray.devices.Throughput`::
 
-    seconds = call_s + ops x op_s + FLOPs / flops_per_s + moved bytes / bytes_per_s
+    seconds = call_s + kernels x kernel_s + ops x op_s + FLOPs / flops_per_s + moved bytes / bytes_per_s
 
 FLOPs alone miss what a small model spends most of its time on at small batches: the
 operations the FLOP counter does not count (layer norms, softmax, GELU, residual additions,
-the optimizer's element-wise updates), which are bound by memory traffic, and a fixed cost
-per operation and per pass (Python and the framework's dispatch). :func:`calibrate` times
+the optimizer's element-wise updates), which are bound by memory traffic, and fixed costs per
+pass (Python, autograd), per matrix product or convolution (the kernel's set-up, which
+dominates the patch embedding and the classifier of a thin cut) and per other operation (the
+framework's dispatch). :func:`calibrate` times
 the passes the methods run, with the same pass functions their clients run
 (:mod:`sfp_ray.roles.client`): head, body and tail forward and backward, the body-bypassed
 local-loss pass, EL2N scoring, the whole model's training pass (the ``fl_*`` baselines), a
@@ -16,7 +18,7 @@ trained body's backward with weight gradients (``sfl``, ``sl``) and the optimize
 the configured batch sizes and thread count (the client's passes also at the thinnest cut,
 0/0, whose small passes pin down the fixed costs). Every probe runs ``warmup`` times, then
 ``repeats`` times interleaved with the others (so that a busy spell of the machine hits all
-of them alike; probes under 2 ms five times per run), and its median counts. The four
+of them alike; probes under 2 ms five times per run), and its median counts. The five
 coefficients are fitted to the medians by non-negative least squares on relative errors, and
 the class is written in the catalogue layout of ``devices.yaml`` (:func:`entry_yaml`).
 """
@@ -83,7 +85,9 @@ class Calibration:
     batch_sizes: tuple[int, ...]
 
     def predicted(self, p: Probe) -> float:
-        return self.throughput.seconds(flops=p.work.flops, moved_bytes=p.work.moved_bytes, ops=p.work.ops, calls=1)
+        w = p.work
+        return self.throughput.seconds(flops=w.flops, moved_bytes=w.moved_bytes, ops=w.ops, kernels=w.kernels,
+                                       calls=1)
 
     def errors(self) -> list[float]:
         """``predicted / measured - 1`` per probe."""
@@ -91,11 +95,13 @@ class Calibration:
 
     def table(self) -> str:
         """One line per probe: work, measured and predicted milliseconds."""
-        lines = [f"{'probe':40} {'GFLOP':>8} {'MB moved':>9} {'ops':>6} {'measured ms':>12} {'model ms':>9} "
+        lines = [f"{'probe':40} {'GFLOP':>8} {'kernels':>7} {'MB moved':>9} {'ops':>6} {'measured ms':>12} "
+                 f"{'model ms':>9} "
                  f"{'ratio':>6}"]
         for p in self.probes:
             pred = self.predicted(p)
-            lines.append(f"{p.label:40} {p.work.flops / 1e9:8.3f} {p.work.moved_bytes / 1e6:9.2f} {p.work.ops:6d} "
+            lines.append(f"{p.label:40} {p.work.flops / 1e9:8.3f} {p.work.kernels:7d} {p.work.moved_bytes / 1e6:9.2f} "
+                         f"{p.work.ops:6d} "
                          f"{p.seconds * 1e3:12.3f} {pred * 1e3:9.3f} {pred / p.seconds:6.3f}")
         return "\n".join(lines)
 
@@ -244,36 +250,37 @@ def _step_probes(ws: Workspace, cfg: Config) -> list[Probe]:
 def fit_throughput(probes: Sequence[Probe], threads: int) -> Throughput:
     """The :class:`~sfp_ray.devices.Throughput` whose predictions best match the probes' medians.
 
-    Non-negative least squares on relative errors, over the subsets of the four coefficients
-    (per call, per operation, per FLOP, per byte) that keep the FLOP term: the best subset
-    whose unconstrained solution is non-negative.
+    Non-negative least squares on relative errors, over the subsets of the five coefficients
+    (per FLOP; per call, per kernel, per operation, per byte) that keep the FLOP term: the best
+    subset whose unconstrained solution is non-negative.
     """
-    rows = np.array([[p.work.flops, 1.0, p.work.ops, p.work.moved_bytes] for p in probes], dtype=float)
+    rows = np.array([[p.work.flops, 1.0, p.work.kernels, p.work.ops, p.work.moved_bytes] for p in probes],
+                    dtype=float)
     t = np.array([p.seconds for p in probes], dtype=float)
     if not (t > 0).all() or rows[:, 0].max() <= 0:
         raise ConfigError("devices calibrate: the probes measured no time or no FLOPs (is the model empty?)")
     a = rows / t[:, None]
     scale = np.maximum(a.max(axis=0), 1e-300)
     best: tuple[float, np.ndarray] | None = None
-    for k in range(0, 4):
-        for extra in itertools.combinations((1, 2, 3), k):
+    for k in range(0, 5):
+        for extra in itertools.combinations((1, 2, 3, 4), k):
             cols = [0, *extra]
             coef, *_ = np.linalg.lstsq(a[:, cols] / scale[cols], np.ones(len(t)), rcond=None)
             coef = coef / scale[cols]
             if (coef < 0).any():
                 continue
-            full = np.zeros(4)
+            full = np.zeros(5)
             full[cols] = coef
             err = float(np.sum((a @ full - 1.0) ** 2))
             if best is None or err < best[0] - 1e-12:
                 best = (err, full)
     assert best is not None  # the FLOP column alone always solves with a positive coefficient
-    per_flop, per_call, per_op, per_byte = best[1]
+    per_flop, per_call, per_kernel, per_op, per_byte = best[1]
     if per_flop <= 0:
         raise ConfigError("devices calibrate: could not fit a FLOP rate (the timings are dominated by noise); "
                           "run again with more --repeats on a quieter machine")
     return Throughput(flops_per_s=float(1.0 / per_flop), bytes_per_s=float(1.0 / per_byte) if per_byte > 0 else None,
-                      op_s=float(per_op), call_s=float(per_call), threads=int(threads))
+                      op_s=float(per_op), call_s=float(per_call), threads=int(threads), kernel_s=float(per_kernel))
 
 
 def check_options(*, threads: int, repeats: int, timer: str, batch_sizes: Sequence[int] | None) -> None:
@@ -386,7 +393,8 @@ def catalog_entry(cal: Calibration) -> dict[str, Any]:
         "resources": {},
         "throughput": {"flops_per_s": float(f"{t.flops_per_s:.6g}"),
                        "bytes_per_s": float(f"{t.bytes_per_s:.6g}") if t.bytes_per_s else None,
-                       "op_s": float(f"{t.op_s:.6g}"), "call_s": float(f"{t.call_s:.6g}"), "threads": t.threads},
+                       "op_s": float(f"{t.op_s:.6g}"), "kernel_s": float(f"{t.kernel_s:.6g}"),
+                       "call_s": float(f"{t.call_s:.6g}"), "threads": t.threads},
     }
 
 
@@ -411,7 +419,8 @@ def entry_yaml(cal: Calibration, existing: str | None = None) -> str:
         f"# Device class '{cal.name}': {cal.description}.",
         "# Use it with: --set devices.catalog=THIS_FILE --set 'devices.mix={" + cal.name + ": 1.0}' "
         f"[--set devices.server={cal.name}]",
-        "# throughput: seconds of a pass = call_s + ops x op_s + FLOPs / flops_per_s + moved bytes / bytes_per_s",
+        "# throughput: seconds of a pass = call_s + kernels x kernel_s + ops x op_s + FLOPs / flops_per_s",
+        "#   + moved bytes / bytes_per_s",
         "# (docs/clock.md); peak_flops x efficiency repeats flops_per_s for what reads only those two.",
         "# Not measured: uplink_mbps, downlink_mbps and latency_ms are placeholders; set the device's own link.",
         f"# Fit over {len(cal.probes)} probes: median |model/measured - 1| = {statistics.median(errs):.1%}, "
@@ -454,9 +463,10 @@ def summary_line(cal: Calibration) -> str:
     t = cal.throughput
     errs = [abs(e) for e in cal.errors()]
     mem = f"{t.bytes_per_s / 1e9:.1f} GB/s" if t.bytes_per_s else "not modelled"
-    return (f"{cal.name}: {t.flops_per_s / 1e9:.1f} GFLOP/s, memory traffic {mem}, {t.op_s * 1e6:.1f} us per "
-            f"operation, {t.call_s * 1e6:.0f} us per pass at {t.threads} thread(s); fit: median "
-            f"{statistics.median(errs):.1%}, worst {max(errs):.1%} over {len(cal.probes)} probes")
+    return (f"{cal.name}: {t.flops_per_s / 1e9:.1f} GFLOP/s, memory traffic {mem}, {t.kernel_s * 1e6:.1f} us per "
+            f"kernel, {t.op_s * 1e6:.1f} us per other operation, {t.call_s * 1e6:.0f} us per pass at {t.threads} "
+            f"thread(s); fit: median {statistics.median(errs):.1%}, worst {max(errs):.1%} over {len(cal.probes)} "
+            "probes")
 
 
 __all__ = ["Calibration", "Probe", "calibrate", "catalog_entry", "check_options", "entry_yaml", "fit_throughput",

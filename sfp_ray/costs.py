@@ -16,7 +16,7 @@ constant header overhead is measured once per shape and dtype).
 Simulated time follows the device profile: ``flops / (peak * efficiency)`` for compute, or
 for a class measured with ``sfp-ray devices calibrate`` its
 :class:`~sfp_ray.devices.Throughput` applied to the call's :class:`Work` (FLOPs, bytes the
-other operations move, operations dispatched; :func:`count_work`), and
+other operations move, kernels and operations dispatched; :func:`count_work`), and
 ``bytes * 8 / bandwidth + latency`` per message and direction. A :class:`Ledger` records
 every cost of one client's round twice: as rows by (phase, part, side) for the reports,
 and as a timeline of :class:`~sfp_ray.records.Segment` for the round clock
@@ -66,15 +66,17 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
 class Work:
     """What one compute call executes: the input of a measured device's clock (:class:`~sfp_ray.devices.Throughput`).
 
-    ``flops`` as :func:`count_flops` counts them; ``moved_bytes`` the bytes read and written by the
-    operations the FLOP counter does not count (layer norms, softmax, GELU, additions, copies, the
-    optimizer's element-wise updates); ``ops`` the operations dispatched, views included (each costs
-    a fixed amount of framework time however small its tensors).
+    ``flops`` as :func:`count_flops` counts them; ``kernels`` the operations they come from (matrix
+    products, convolutions: each also costs a fixed set-up time, however small); ``moved_bytes`` the
+    bytes read and written by the other operations (layer norms, softmax, GELU, additions, copies,
+    the optimizer's element-wise updates); ``ops`` how many of those there were (each costs a fixed
+    amount of framework time). Views (reshapes, transposes, detaches) move nothing and are not counted.
     """
 
     flops: int = 0
     moved_bytes: int = 0
     ops: int = 0
+    kernels: int = 0
 
 
 def _flop_counted(func: Any) -> bool:
@@ -87,17 +89,25 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class _WorkMode(TorchDispatchMode):
-    """Counts the operations dispatched and the bytes the uncounted ones touch (inputs + new outputs)."""
+    """Counts the operations dispatched (FLOP kernels, other operations) and the bytes the others touch.
+
+    The bytes of an operation are its inputs and its new outputs (read and written once).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
+        self.kernels = 0
         self.moved = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        if not func.is_view and not _flop_counted(func):
+        if func.is_view:
+            return out
+        if _flop_counted(func):
+            self.kernels += 1
+        else:
+            self.ops += 1
             ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
             seen = {id(t) for t in ins}
             outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in seen]
@@ -112,12 +122,12 @@ def count_work(fn: Callable[[], Any]) -> tuple[Any, Work]:
         >>> lin, x = torch.nn.Linear(4, 3, bias=False), torch.ones(2, 4)
         >>> with torch.no_grad():
         ...     _, w = count_work(lambda: torch.relu(lin(x)))
-        >>> w.flops, w.ops, w.moved_bytes  # mm: 2*2*4*3; ops: t (a view), mm, relu; relu reads and writes 2x3 floats
-        (48, 3, 48)
+        >>> w.flops, w.kernels, w.ops, w.moved_bytes  # mm: 2*2*4*3 FLOPs; relu reads and writes 2x3 floats
+        (48, 1, 1, 48)
     """
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, _WorkMode() as mode:
         out = fn()
-    return out, Work(int(counter.get_total_flops()), int(mode.moved), int(mode.ops))
+    return out, Work(int(counter.get_total_flops()), int(mode.moved), int(mode.ops), int(mode.kernels))
 
 
 class FlopMeter:
@@ -281,7 +291,8 @@ class Ledger:
             return 0.0
         if getattr(device, "throughput", None) is None:
             return device.compute_seconds(work.flops) if work.flops else 0.0
-        return device.compute_seconds(work.flops, moved_bytes=work.moved_bytes, ops=work.ops, calls=1)
+        return device.compute_seconds(work.flops, moved_bytes=work.moved_bytes, ops=work.ops, kernels=work.kernels,
+                                      calls=1)
 
     def compute(self, part: str, key: Hashable, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` as the client's compute of ``part`` in the current phase; charge its work.

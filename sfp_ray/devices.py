@@ -93,17 +93,18 @@ class _FrozenDict(dict):
 class Throughput:
     """A device's measured speed (``sfp-ray devices calibrate``): what one compute call costs.
 
-    ``seconds = calls * call_s + ops * op_s + flops / flops_per_s + moved_bytes / bytes_per_s``, where
-    ``flops`` are the FLOPs the counter sees (matrix products, convolutions, attention), ``moved_bytes``
-    what the other operations read and write (layer norms, softmax, GELU, the optimizer step), ``ops``
-    the operations dispatched and ``calls`` the passes (see :func:`sfp_ray.costs.count_work`).
+    ``seconds = calls * call_s + kernels * kernel_s + ops * op_s + flops / flops_per_s + moved_bytes / bytes_per_s``,
+    where ``flops`` are the FLOPs the counter sees, ``kernels`` the operations they come from (matrix
+    products, convolutions, attention), ``moved_bytes`` what the other operations read and write (layer
+    norms, softmax, GELU, the optimizer step), ``ops`` how many of those there were and ``calls`` the
+    passes (see :func:`sfp_ray.costs.count_work`).
     ``bytes_per_s`` None leaves memory traffic out; ``threads`` is the torch thread count it was
     measured at (for the record: the clock does not depend on the machine emulating the device).
 
     Example:
-        >>> Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4).seconds(
-        ...     flops=2e10, moved_bytes=1e9, ops=100, calls=1)
-        3.0011
+        >>> Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4, kernel_s=1e-3).seconds(
+        ...     flops=2e10, moved_bytes=1e9, ops=100, kernels=2, calls=1)
+        3.0031
     """
 
     flops_per_s: float
@@ -111,10 +112,12 @@ class Throughput:
     op_s: float = 0.0
     call_s: float = 0.0
     threads: int = 1
+    kernel_s: float = 0.0
 
-    def seconds(self, *, flops: float, moved_bytes: float = 0.0, ops: float = 0.0, calls: float = 0.0) -> float:
+    def seconds(self, *, flops: float, moved_bytes: float = 0.0, ops: float = 0.0, kernels: float = 0.0,
+                calls: float = 0.0) -> float:
         """Seconds of work of this size (before a per-client ``speed``)."""
-        t = calls * self.call_s + ops * self.op_s + flops / self.flops_per_s
+        t = calls * self.call_s + kernels * self.kernel_s + ops * self.op_s + flops / self.flops_per_s
         if self.bytes_per_s:
             t += moved_bytes / self.bytes_per_s
         return t
@@ -181,18 +184,19 @@ class DeviceProfile:
         rate = self.throughput.flops_per_s if self.throughput is not None else self.peak_flops * self.efficiency
         return rate * self.speed
 
-    def compute_seconds(self, flops: float, *, moved_bytes: float = 0.0, ops: float = 0.0,
+    def compute_seconds(self, flops: float, *, moved_bytes: float = 0.0, ops: float = 0.0, kernels: float = 0.0,
                         calls: float = 0.0) -> float:
         """Simulated seconds this device needs for a compute call of ``flops`` floating-point operations.
 
-        A measured class (``throughput``) also charges the call's ``moved_bytes``, ``ops`` and ``calls``
+        A measured class (``throughput``) also charges the call's ``moved_bytes``, ``ops``, ``kernels`` and ``calls``
         (:meth:`Throughput.seconds`); otherwise only FLOPs count, at ``peak_flops * efficiency``.
         Either is divided by the client's ``speed``.
         """
         if flops < 0 or math.isnan(flops):
             raise ValueError(f"flops must be >= 0, got {flops!r}")
         if self.throughput is not None:
-            t = self.throughput.seconds(flops=float(flops), moved_bytes=moved_bytes, ops=ops, calls=calls)
+            t = self.throughput.seconds(flops=float(flops), moved_bytes=moved_bytes, ops=ops, kernels=kernels,
+                                        calls=calls)
             return t / self.speed
         if flops == 0:
             return 0.0
@@ -384,7 +388,7 @@ def _parse_entry(src: str, key: Any, entry: Any) -> DeviceProfile:
     )
 
 
-_THROUGHPUT_KEYS = ("flops_per_s", "bytes_per_s", "op_s", "call_s", "threads")
+_THROUGHPUT_KEYS = ("flops_per_s", "bytes_per_s", "op_s", "kernel_s", "call_s", "threads")
 
 
 def _clock_fields(where: str, entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -421,7 +425,8 @@ def _clock_fields(where: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     bps = vals.get("bytes_per_s")
     out["throughput"] = Throughput(flops_per_s=float(vals["flops_per_s"]),
                                    bytes_per_s=float(bps) if bps else None, op_s=float(vals.get("op_s", 0.0)),
-                                   call_s=float(vals.get("call_s", 0.0)), threads=int(threads))
+                                   call_s=float(vals.get("call_s", 0.0)), threads=int(threads),
+                                   kernel_s=float(vals.get("kernel_s", 0.0)))
     return out
 
 

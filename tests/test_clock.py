@@ -26,7 +26,7 @@ TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "mo
         "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=3",
         "federation.clients_per_round=3", "federation.rounds=2", "data.samples_per_client=8", "data.test_samples=16",
         "train.batch_size=4"]
-MEASURED = Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4)
+MEASURED = Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4, kernel_s=1e-3)
 
 
 def _measured(name: str = "m", **kw) -> object:
@@ -40,8 +40,8 @@ def test_work_counts_flops_operations_and_the_bytes_of_uncounted_operations():
     lin, x = torch.nn.Linear(4, 3, bias=False), torch.ones(2, 4)
     with torch.no_grad():
         _, w = count_work(lambda: torch.relu(lin(x)) + 1.0)
-    # t (a view), mm (counted as FLOPs), relu (reads + writes 24 bytes), add (reads 24, writes 24)
-    assert (w.flops, w.ops, w.moved_bytes) == (48, 4, 96)
+    # t: a view (not counted); mm: a FLOP kernel; relu (reads + writes 24 bytes), add (reads 24, writes 24)
+    assert (w.flops, w.kernels, w.ops, w.moved_bytes) == (48, 1, 2, 96)
     meter = FlopMeter()
     meter.measure("k", lambda: lin(x))
     _, again = meter.measure("k", lambda: lin(x))
@@ -50,11 +50,13 @@ def test_work_counts_flops_operations_and_the_bytes_of_uncounted_operations():
 
 def test_a_measured_class_charges_calls_operations_flops_and_bytes_divided_by_its_speed():
     d = _measured()
-    assert d.compute_seconds(2e10, moved_bytes=1e9, ops=100, calls=1) == pytest.approx(3.0011)
-    assert replace(d, speed=2.0).compute_seconds(2e10, moved_bytes=1e9, ops=100, calls=1) == pytest.approx(1.50055)
+    # 1e-4 (the call) + 2 x 1e-3 (kernels) + 100 x 1e-5 (operations) + 2 s of FLOPs + 1 s of bytes
+    assert d.compute_seconds(2e10, moved_bytes=1e9, ops=100, kernels=2, calls=1) == pytest.approx(3.0031)
+    assert replace(d, speed=2.0).compute_seconds(2e10, moved_bytes=1e9, ops=100, kernels=2,
+                                                 calls=1) == pytest.approx(1.50155)
     assert d.effective_flops == 1e10
     rpi = get_device("rpi4")  # peak x efficiency: operations and bytes are not seen
-    assert rpi.compute_seconds(7.2e9, moved_bytes=1e12, ops=1e6, calls=9) == pytest.approx(1.0)
+    assert rpi.compute_seconds(7.2e9, moved_bytes=1e12, ops=1e6, kernels=50, calls=9) == pytest.approx(1.0)
 
 
 def test_the_ledger_times_a_measured_class_on_work_and_every_class_on_the_wall(tmp_path):
@@ -71,8 +73,8 @@ def test_the_ledger_times_a_measured_class_on_work_and_every_class_on_the_wall(t
         assert row.compute_wall_s > 0 and row.flops == 2 * 512  # forward, and the weight's gradient
         if dev.throughput is None:  # FLOPs only: the step (no FLOPs) costs nothing simulated
             assert row.sim_s == pytest.approx(row.flops / dev.effective_flops)
-        else:  # two calls, each with its operations and bytes
-            assert row.sim_s > row.flops / dev.effective_flops + 2 * MEASURED.call_s
+        else:  # two calls with their operations and bytes; the first has two kernels (forward, weight gradient)
+            assert row.sim_s > row.flops / dev.effective_flops + 2 * MEASURED.call_s + 2 * MEASURED.kernel_s
 
 
 def test_catalogue_reads_throughput_and_spreads_and_names_bad_fields(tmp_path):
@@ -82,7 +84,7 @@ def test_catalogue_reads_throughput_and_spreads_and_names_bad_fields(tmp_path):
     good.write_text(base + "    speed_spread: 0.5\n    throughput: {flops_per_s: 2e9, bytes_per_s: null, op_s: 1e-5, "
                     "call_s: 0, threads: 2}\n")
     x = load_catalog(good)["x"]
-    assert x.throughput == Throughput(2e9, None, 1e-5, 0.0, 2) and x.speed_spread == 0.5
+    assert x.throughput == Throughput(2e9, None, 1e-5, 0.0, 2, 0.0) and x.speed_spread == 0.5
     assert x.to_dict()["throughput"]["flops_per_s"] == 2e9
     for extra, msg in (("    throughput: {flops_per_s: 0}\n", "flops_per_s must be > 0"),
                        ("    throughput: {flops_per_s: 1e9, speed: 2}\n", "unknown field 'speed'"),
@@ -98,15 +100,16 @@ def test_catalogue_reads_throughput_and_spreads_and_names_bad_fields(tmp_path):
 
 
 def test_fit_recovers_the_coefficients_of_exact_timings():
-    works = [Work(1e9 * i, 1e7 * (i % 3), 50 * (i % 4) + 5) for i in range(1, 10)]
+    works = [Work(1e9 * i, 1e7 * (i % 3), 50 * (i % 4) + 5, (7 * i) % 5) for i in range(1, 12)]
     probes = []
     for w in works:
         p = Probe("p", lambda: None, work=w)
-        p.times = [MEASURED.seconds(flops=w.flops, moved_bytes=w.moved_bytes, ops=w.ops, calls=1)]
+        p.times = [MEASURED.seconds(flops=w.flops, moved_bytes=w.moved_bytes, ops=w.ops, kernels=w.kernels, calls=1)]
         probes.append(p)
     t = fit_throughput(probes, threads=3)
     assert t.flops_per_s == pytest.approx(1e10, rel=1e-6) and t.bytes_per_s == pytest.approx(1e9, rel=1e-6)
     assert t.op_s == pytest.approx(1e-5, rel=1e-6) and t.call_s == pytest.approx(1e-4, rel=1e-6) and t.threads == 3
+    assert t.kernel_s == pytest.approx(1e-3, rel=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 class BodyReply:
     """The server's answer to one request, with what it cost the server.
 
-    ``moved_bytes`` and ``ops`` complete ``flops`` into the request's :class:`~sfp_ray.costs.Work`
+    ``moved_bytes``, ``ops`` and ``kernels`` complete ``flops`` into the request's :class:`~sfp_ray.costs.Work`
     (what a measured server class is timed on).
     """
 
@@ -61,10 +61,11 @@ class BodyReply:
     ops: int = 0
     #: CPU seconds of the request in the server thread that ran it
     compute_cpu_s: float = 0.0
+    kernels: int = 0
 
     def work(self) -> Work:
         """The request's work as the ledger charges it."""
-        return Work(self.flops, self.moved_bytes, self.ops)
+        return Work(self.flops, self.moved_bytes, self.ops, self.kernels)
 
 
 @dataclass
@@ -114,11 +115,12 @@ class ServerRole:
     def _reply(self, t: torch.Tensor | None, work: Work, compute_s: float, queue_s: float,
                cpu_s: float = 0.0) -> BodyReply:
         if t is None:
-            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops, cpu_s)
+            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops, cpu_s,
+                             work.kernels)
         t = t.detach()
         out: torch.Tensor | np.ndarray = t.numpy() if self.as_numpy else t
         return BodyReply(out, work.flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t),
-                         work.moved_bytes, work.ops, cpu_s)
+                         work.moved_bytes, work.ops, cpu_s, work.kernels)
 
     # ------------------------------------------------------------- trained body
 
