@@ -33,6 +33,7 @@ the round's simulated start time, modulo the entry's ``finish_time``, falls in o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -134,6 +135,29 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}; a trace holds plain data only")
 
 
+def read_plain(p: Path, where: str) -> Any:
+    """The plain data in a trace file: ``.json``, ``.yaml``/``.yml``, else a pickle (as FedScale ships its
+    traces) read with an unpickler that builds containers, numbers and strings only.
+
+    Raises:
+        ConfigError: ``where`` (the setting and the file) and why the file cannot be read.
+    """
+    if not p.is_file():
+        raise ConfigError(f"{where}: no such file")
+    raw = p.read_bytes()
+    try:
+        if p.suffix.lower() == ".json":
+            return json.loads(raw)
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(raw)
+        return _PlainUnpickler(io.BytesIO(raw)).load()
+    except Exception as e:  # noqa: BLE001 - any parse failure is the file's
+        raise ConfigError(f"{where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                          ) from None
+
+
 def load_trace(path: str | Path) -> AvailabilityTrace:
     """Read a FedScale client behaviour trace (``federation.availability_trace``).
 
@@ -148,21 +172,7 @@ def load_trace(path: str | Path) -> AvailabilityTrace:
     """
     p = Path(path).expanduser()
     where = f"federation.availability_trace: {p}"
-    if not p.is_file():
-        raise ConfigError(f"{where}: no such file")
-    raw = p.read_bytes()
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(raw)
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(raw)
-        else:
-            data = _PlainUnpickler(io.BytesIO(raw)).load()
-    except Exception as e:  # noqa: BLE001 - any parse failure is the file's
-        raise ConfigError(f"{where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                          ) from None
+    data = read_plain(p, where)
     if not isinstance(data, Mapping) or not data:
         raise ConfigError(f"{where}: expected a non-empty mapping of client -> trace entry, got "
                           f"{type(data).__name__}")
@@ -224,7 +234,9 @@ def phase_fractions(timeline: Sequence[Segment], until: float) -> tuple[list[Seg
         if t >= until and s.seconds > 0:
             break
         take = min(s.seconds, until - t)
-        cut.append(Segment(s.phase, s.side, take))
+        share = take / s.seconds if s.seconds > 0 else 1.0
+        cut.append(dataclasses.replace(s, seconds=take, nbytes=s.nbytes * share, latency_s=s.latency_s * share)
+                   if take < s.seconds else s)
         reached.add(s.phase)
         spent[s.phase] += take
         t += take
@@ -251,6 +263,8 @@ def truncate(out: object, point: float) -> None:
         c.serialized_down = int(round(c.serialized_down * f))
         c.messages = int(round(c.messages * f))
         c.wall_s *= f
+        c.compute_wall_s *= f
+        c.compute_cpu_s *= f
         c.sim_s *= f
         c.samples = int(round(c.samples * f))
     by_phase: dict[str, list[object]] = {}
@@ -342,4 +356,4 @@ class RoundJudge:
 
 
 __all__ = ["AvailabilityTrace", "ClientTrace", "Draw", "RoundJudge", "cohort_size", "draw", "draw_traced",
-           "load_trace", "phase_fractions", "truncate"]
+           "load_trace", "phase_fractions", "read_plain", "truncate"]

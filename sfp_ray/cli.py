@@ -15,7 +15,9 @@
     sfp-ray project  [--model NAME] [--config FILE] [--set KEY=VALUE ...] [--grid KEY=V1,V2 ...] [--methods ...]
                      [--out DIR]
     sfp-ray report   RUN_DIR
-    sfp-ray methods | devices | datasets
+    sfp-ray methods | devices [--catalog FILE] | datasets
+    sfp-ray devices calibrate [--config FILE] [--set KEY=VALUE ...] [--name NAME] [--threads N] [--out FILE]
+                     [--repeats N] [--batch-sizes B1,B2] [--timer wall|cpu] [--address ADDR]
 
 ``--debug`` and ``--quiet`` go before or after the subcommand. Everything that needs no data
 is checked before Ray starts and before ``--out`` is created (:mod:`sfp_ray.preflight`).
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", default=None, help="output file (default: RUN_DIR/timeline.png)")
 
     sub.add_parser("methods", help="list registered methods")
-    sub.add_parser("devices", help="list device profiles")
+    _add_devices_parser(sub)
     sub.add_parser("datasets", help="list registered datasets, one line of description each")
     for p in sub.choices.values():  # global flags work after the subcommand too
         _add_global_args(p, default=argparse.SUPPRESS)
@@ -235,6 +237,45 @@ def _did_you_mean(parser: argparse.ArgumentParser, command: str | None, extra: S
         if close:
             return f"{message}; did you mean {close[0]}?"
     return message
+
+
+CALIBRATE_HELP = """Time this machine running the configured model's parts (head, body and tail forward and
+backward, the body-bypassed pass, EL2N scoring, the whole model's training pass, the
+optimizer step) at the configured batch sizes and --threads, fit the simulated clock's
+measured throughput to the timings (docs/clock.md), and write a device class in the layout
+of sfp_ray/devices.yaml. Run it on a Raspberry Pi or a laptop with sfp-ray installed and
+bring the file back:
+  sfp-ray devices calibrate --name pi4 --threads 4 --out pi4.yaml
+  sfp-ray run --set devices.catalog=pi4.yaml --set 'devices.mix={pi4: 1.0}' ...
+An --out file that exists must be a catalogue: the class is added to it (or replaces the
+class of that name; the file's comments are not kept). Progress goes to stderr.
+"""
+
+
+def _add_devices_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("devices", help="list device profiles; 'devices calibrate' measures this machine",
+                       description="List the device classes (the built-in ones, plus those of --catalog), or measure "
+                                   "one: sfp-ray devices calibrate --help.")
+    p.add_argument("--catalog", metavar="FILE", default=None,
+                   help="also list the classes of this catalogue file (as devices.catalog would add them)")
+    acts = p.add_subparsers(dest="devices_action", metavar="ACTION")
+    c = acts.add_parser("calibrate", help="measure this machine and write a device class (docs/clock.md)",
+                        description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(c)
+    c.add_argument("--name", default="host", help="name of the device class to write (default: %(default)s)")
+    c.add_argument("--threads", metavar="N", type=int, default=1,
+                   help="torch threads to measure with; the class's num_cpus (default: %(default)s)")
+    c.add_argument("--out", metavar="FILE", default=None, help="catalogue file to write (default: NAME.yaml)")
+    c.add_argument("--repeats", metavar="N", type=int, default=7,
+                   help="timed runs of every probe after 2 warm-up runs; the median counts (default: %(default)s)")
+    c.add_argument("--batch-sizes", metavar="B1,B2,...", default=None,
+                   help="batch sizes to time (default: train.batch_size and half of it)")
+    c.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                   help="wall: wall-clock time (default); cpu: the measuring thread's CPU time, which leaves out "
+                        "what other processes took on a busy machine (with --threads 1 only)")
+    c.add_argument("--address", metavar="ADDR", default=None,
+                   help="measure on a node of a Ray cluster ('auto' or HOST:PORT) that offers the custom resource "
+                        "device:NAME (cluster/README.md), instead of this machine")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -477,14 +518,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             m = method_info(name)
             print(f"{name:20} lr {m.default_lr:<7g} {m.description}")
     elif args.command == "devices":
+        if args.devices_action == "calibrate":
+            return cmd_calibrate(args)
         from sfp_ray.devices import load_catalog
 
-        for name, d in load_catalog().items():
+        for name, d in load_catalog(args.catalog).items():
             chances = (f"  online {d.availability:g}" if d.availability < 1 else "") + (
-                f"  dropout {d.dropout:g}" if d.dropout > 0 else "")
+                f"  dropout {d.dropout:g}" if d.dropout > 0 else "") + (
+                f"  spread {d.speed_spread:g}/{d.link_spread:g}" if d.speed_spread or d.link_spread else "")
+            speed = (f"{d.effective_flops / 1e9:8.1f} GFLOP/s measured" if d.throughput is not None
+                     else f"{d.peak_flops / 1e9:8.1f} GFLOP/s x{d.efficiency:<4}")
             print(f"{name:12} cpus={d.num_cpus:<5} gpus={d.num_gpus:<5} mem={d.memory_mb:>6} MB  "
-                  f"{d.peak_flops / 1e9:8.1f} GFLOP/s x{d.efficiency:<4}  up {d.uplink_mbps:>7} / down "
-                  f"{d.downlink_mbps:>7} Mbit/s  {d.latency_ms} ms{chances}")
+                  f"{speed}  up {d.uplink_mbps:>7} / down {d.downlink_mbps:>7} Mbit/s  {d.latency_ms} ms{chances}")
     else:
         from sfp_ray.data.catalog import dataset_info, dataset_names
 
@@ -492,6 +537,46 @@ def cmd_list(args: argparse.Namespace) -> int:
             d = dataset_info(name)
             classes = f"{d.num_classes} classes" if d.num_classes else "classes: see its loader"
             print(f"{name:14} {classes:11}  {d.description}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``sfp-ray devices calibrate``: measure this machine (or a cluster node) and write its device class."""
+    from sfp_ray.devices import _NAME_RE
+
+    if not _NAME_RE.match(args.name):
+        raise ConfigError(f"--name {args.name!r}: use letters, digits, '_', '-', '.', starting with a letter")
+    sizes = None
+    if args.batch_sizes is not None:
+        try:
+            sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated whole numbers, "
+                              "e.g. 8,16") from None
+    from sfp_ray.calibration import check_options
+
+    check_options(threads=args.threads, repeats=args.repeats, timer=args.timer, batch_sizes=sizes)
+    out = Path(args.out) if args.out else Path(f"{args.name}.yaml")
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; give the YAML file to write")
+    cfg = _load(args)
+    kwargs = {"name": args.name, "threads": args.threads, "repeats": args.repeats, "batch_sizes": sizes,
+              "timer": args.timer}
+    if args.address is not None:
+        from sfp_ray.executors.ray.calibrate import calibrate_on_cluster
+
+        cal = calibrate_on_cluster(cfg, address=args.address, say=_say, **kwargs)
+    else:
+        from sfp_ray.calibration import calibrate
+
+        cal = calibrate(cfg, progress=None if args.quiet else _say, **kwargs)
+    from sfp_ray.calibration import summary_line, write_catalog
+
+    path = write_catalog(cal, out)
+    print(cal.table())
+    print(summary_line(cal))
+    print(f"device class {args.name!r} -> {path} (use: --set devices.catalog={path} "
+          f"--set 'devices.mix={{{args.name}: 1.0}}')")
     return 0
 
 

@@ -35,6 +35,8 @@ PruneScope = Literal["all", "split"]
 CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
 NodeLossPolicy = Literal["replace", "fail"]  # sfp_ray.executors.ray.pool
 Precision = Literal["fp32", "bf16", "fp16"]  # sfp_ray.compute
+ServerLinkPolicy = Literal["parallel", "shared", "fifo"]  # sfp_ray.costs.ServerLink
+CapacityMap = Literal["id", "sample"]  # sfp_ray.capacity
 #: Pooling the split's tail implements (``map``: timm's attention pool); ``model.global_pool`` must be one.
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 
@@ -258,6 +260,27 @@ class DevicesConfig:
     replaced); ``null``: the built-in classes only."""
     server: str = "edge_server"
     """Device class of the server, which runs the body and the aggregation."""
+    server_link: ServerLinkPolicy = "parallel"
+    """The server's link speeds (its class's ``downlink_mbps`` for what clients send, ``uplink_mbps`` for what
+    they receive) as one capacity that concurrent transfers share: ``shared`` (processor sharing: equal shares,
+    none above its client's own link), ``fifo`` (one transfer at a time, in arrival order). ``parallel``: every
+    client's link runs in parallel at its own speed, unlimited by the server's (see ``docs/clock.md``)."""
+    free_links: bool = False
+    """Transfers take no simulated time (bytes are still counted): a clock of compute alone, e.g. to compare
+    simulated with measured compute time (``benchmarks/clock.py``)."""
+    capacity_trace: str | None = None
+    """A per-client capacity trace in FedScale's ``client_device_capacity`` format (client -> ``computation``:
+    ms per sample, ``communication``: kbit/s; a pickle as FedScale ships it, or JSON, YAML, CSV; or the fields
+    ``flops_per_s``, ``uplink_mbps``, ``downlink_mbps``): each client gets its entry's compute speed and link
+    bandwidth (both directions) instead of its class's; replaces the classes' ``speed_spread`` and
+    ``link_spread``. ``null``: no trace."""
+    capacity_map: CapacityMap = "id"
+    """Which trace entry a client takes: ``id``: client ``c`` the entry ``c mod n`` in key order; ``sample``: an
+    entry drawn with the run's ``seed`` (distinct entries while the trace has enough)."""
+    capacity_sample_flops: float | None = None
+    """FLOPs that one sample of the trace's ``computation`` (ms per sample) stands for: a client computes
+    ``capacity_sample_flops / (computation / 1000)`` FLOP/s. ``null``: relative speeds: the trace's median
+    device computes as fast as the client's class, a device twice as slow at half that."""
 
 
 @dataclass(frozen=True)
@@ -775,6 +798,9 @@ def validate(cfg: Config) -> None:
         _require(sum(cfg.devices.mix.values()) > 0, "devices.mix", "fractions must sum to > 0")
     else:
         raise ConfigError("devices.mix: must name at least one device class, e.g. {rpi4: 1.0}")
+    dv = cfg.devices
+    _require(dv.capacity_sample_flops is None or dv.capacity_sample_flops > 0, "devices.capacity_sample_flops",
+             f"must be > 0 FLOPs per sample or null (relative speeds), got {dv.capacity_sample_flops}")
     _require(
         r.max_actors is None or r.max_actors >= 1,
         "ray.max_actors",

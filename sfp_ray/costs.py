@@ -13,30 +13,37 @@ Bytes are counted per message where it is sent: payload bytes (``numel * element
 and the serialized size (pickle protocol 5 of the numpy array, as Ray serialises it; the
 constant header overhead is measured once per shape and dtype).
 
-Simulated time follows the device profile: ``flops / (peak * efficiency)`` for compute and
+Simulated time follows the device profile: ``flops / (peak * efficiency)`` for compute, or
+for a class measured with ``sfp-ray devices calibrate`` its
+:class:`~sfp_ray.devices.Throughput` applied to the call's :class:`Work` (FLOPs, bytes the
+other operations move, kernels and operations dispatched; :func:`count_work`), and
 ``bytes * 8 / bandwidth + latency`` per message and direction. A :class:`Ledger` records
 every cost of one client's round twice: as rows by (phase, part, side) for the reports,
 and as a timeline of :class:`~sfp_ray.records.Segment` for the round clock
 (:func:`simulate_round`), which runs clients and their links in parallel and the server as
-one first-come-first-served queue.
+one first-come-first-served queue; with a :class:`ServerLink` the transfers also share the
+server's link (processor sharing or FIFO). The model and its validation: ``docs/clock.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import math
 import pickle
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from sfp_ray.records import CostRecord, Direction, Kind, MessageRecord, Segment, Side
 
@@ -55,32 +62,105 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, int(counter.get_total_flops())
 
 
-class FlopMeter:
-    """Counts FLOPs of a callable once per key and reuses the figure afterwards.
+@dataclass(frozen=True)
+class Work:
+    """What one compute call executes: the input of a measured device's clock (:class:`~sfp_ray.devices.Throughput`).
 
-    The key must capture everything FLOPs depend on: the pass (forward/backward), the
+    ``flops`` as :func:`count_flops` counts them; ``kernels`` the operations they come from (matrix
+    products, convolutions: each also costs a fixed set-up time, however small); ``moved_bytes`` the
+    bytes read and written by the other operations (layer norms, softmax, GELU, additions, copies,
+    the optimizer's element-wise updates); ``ops`` how many of those there were (each costs a fixed
+    amount of framework time). Views (reshapes, transposes, detaches) move nothing and are not counted.
+    """
+
+    flops: int = 0
+    moved_bytes: int = 0
+    ops: int = 0
+    kernels: int = 0
+
+
+def _flop_counted(func: Any) -> bool:
+    """Whether the FLOP counter has a formula for an aten operator (its time is charged as FLOPs)."""
+    return func.overloadpacket in flop_registry
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class _WorkMode(TorchDispatchMode):
+    """Counts the operations dispatched (FLOP kernels, other operations) and the bytes the others touch.
+
+    The bytes of an operation are its inputs and its new outputs (read and written once).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.kernels = 0
+        self.moved = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
+        if _flop_counted(func):
+            self.kernels += 1
+        else:
+            self.ops += 1
+            ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            seen = {id(t) for t in ins}
+            outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and id(t) not in seen]
+            self.moved += sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs)
+        return out
+
+
+def count_work(fn: Callable[[], Any]) -> tuple[Any, Work]:
+    """Run ``fn`` under the FLOP counter and an operation counter; return (result, :class:`Work`).
+
+    Example:
+        >>> lin, x = torch.nn.Linear(4, 3, bias=False), torch.ones(2, 4)
+        >>> with torch.no_grad():
+        ...     _, w = count_work(lambda: torch.relu(lin(x)))
+        >>> w.flops, w.kernels, w.ops, w.moved_bytes  # mm: 2*2*4*3 FLOPs; relu reads and writes 2x3 floats
+        (48, 1, 1, 48)
+    """
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, _WorkMode() as mode:
+        out = fn()
+    return out, Work(int(counter.get_total_flops()), int(mode.moved), int(mode.ops), int(mode.kernels))
+
+
+class FlopMeter:
+    """Counts the work of a callable (FLOPs, :class:`Work`) once per key and reuses the figure afterwards.
+
+    The key must capture everything the work depends on: the pass (forward/backward), the
     part, the batch shape and the set of tensors requiring grad (callers include the
     phase, which fixes that set).
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._cache: dict[Hashable, int] = {}
+        self._cache: dict[Hashable, Work] = {}
         self._lock = threading.Lock()
         self.counted_runs = 0
 
     def run(self, key: Hashable, fn: Callable[[], Any]) -> tuple[Any, int]:
         """Run ``fn`` and return ``(result, flops)``; the first call per key is counted."""
+        out, work = self.measure(key, fn)
+        return out, work.flops
+
+    def measure(self, key: Hashable, fn: Callable[[], Any]) -> tuple[Any, Work]:
+        """Run ``fn`` and return ``(result, work)``; the first call per key is counted."""
         if not self.enabled:
-            return fn(), 0
+            return fn(), Work()
         cached = self._cache.get(key)
         if cached is not None:
             return fn(), cached
-        out, flops = count_flops(fn)
+        out, work = count_work(fn)
         with self._lock:
-            self._cache[key] = flops
+            self._cache[key] = work
             self.counted_runs += 1
-        return out, flops
+        return out, work
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -198,35 +278,64 @@ class Ledger:
             self.phase_wall[name] += time.perf_counter() - t0
             self._phase = prev
 
-    def _advance(self, phase: str, side: Side, seconds: float) -> None:
+    def _advance(self, phase: str, side: Side, seconds: float, *, nbytes: float = 0.0, direction: str = "",
+                 latency_s: float = 0.0) -> None:
         if seconds <= 0:
             return
-        if self.timeline and self.timeline[-1].phase == phase and self.timeline[-1].side == side:
-            last = self.timeline.pop()
+        last = self.timeline[-1] if self.timeline else None
+        if last is not None and (last.phase, last.side, last.direction) == (phase, side, direction):
+            self.timeline.pop()
             seconds += last.seconds
-        self.timeline.append(Segment(phase, side, seconds))
+            nbytes += last.nbytes
+            latency_s += last.latency_s
+        self.timeline.append(Segment(phase, side, seconds, nbytes, direction, latency_s))
+
+    @staticmethod
+    def _seconds(device: Any, work: Work) -> float:
+        """Simulated seconds of one compute call on ``device``: FLOPs only, unless the class is measured."""
+        if device is None:
+            return 0.0
+        if getattr(device, "throughput", None) is None:
+            return device.compute_seconds(work.flops) if work.flops else 0.0
+        return device.compute_seconds(work.flops, moved_bytes=work.moved_bytes, ops=work.ops, kernels=work.kernels,
+                                      calls=1)
 
     def compute(self, part: str, key: Hashable, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` as the client's compute of ``part`` in the current phase; charge its FLOPs."""
+        """Run ``fn`` as the client's compute of ``part`` in the current phase; charge its work.
+
+        The call's wall and thread CPU time are measured (``compute_wall_s``, ``compute_cpu_s`` of the cell)
+        beside its simulated time.
+        """
         phase = self._phase
-        out, flops = self.meter.run((phase, part) + (key if isinstance(key, tuple) else (key,)), fn)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out, work = self.meter.measure((phase, part) + (key if isinstance(key, tuple) else (key,)), fn)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         rec = self.cell(phase, part, "client")
-        rec.flops += flops
-        if self.device is not None and flops:
-            sim = self.device.compute_seconds(flops)
+        rec.flops += work.flops
+        rec.compute_wall_s += wall
+        rec.compute_cpu_s += cpu
+        sim = self._seconds(self.device, work)
+        if sim:
             rec.sim_s += sim
             self._advance(phase, "client", sim)
         return out
 
-    def server_compute(self, part: str, flops: float, *, wall_s: float = 0.0, queue_s: float = 0.0) -> None:
-        """Charge ``flops`` the server computed for this client (e.g. a body request)."""
+    def server_compute(self, part: str, flops: float, *, wall_s: float = 0.0, queue_s: float = 0.0,
+                       work: Work | None = None, cpu_s: float = 0.0) -> None:
+        """Charge ``flops`` the server computed for this client (e.g. a body request).
+
+        ``work`` (the request's :class:`Work`, FLOPs included) times it on a measured server class;
+        ``wall_s`` and ``cpu_s`` are what it measured.
+        """
         phase = self._phase
         rec = self.cell(phase, part, "server")
         rec.flops += flops
         rec.wall_s += wall_s
+        rec.compute_wall_s += wall_s
+        rec.compute_cpu_s += cpu_s
         self.server_queue_s += queue_s
-        if self.server_device is not None and flops:
-            sim = self.server_device.compute_seconds(flops)
+        sim = self._seconds(self.server_device, work if work is not None else Work(flops))  # type: ignore[arg-type]
+        if sim:
             rec.sim_s += sim
             self._advance(phase, "server", sim)
 
@@ -246,7 +355,8 @@ class Ledger:
             sender, receiver = "server", f"client{self.client_id}"
         rec.messages += 1
         rec.sim_s += sim
-        self._advance(phase, "link", sim)
+        latency = self.device.latency_ms / 1000.0 if self.device is not None and payload else 0.0
+        self._advance(phase, "link", sim, nbytes=payload, direction=direction, latency_s=min(latency, sim))
         self.messages.append(MessageRecord(self.round, self.client_id, phase, part, direction, kind, sender, receiver,
                                            payload, serialized, sim, shapes))
 
@@ -301,7 +411,71 @@ class RoundClock:
     schedule: dict[int, list[tuple[str, str, float, float]]]
 
 
-def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bool = False) -> RoundClock:
+LinkPolicy = Literal["parallel", "shared", "fifo"]
+
+
+@dataclass(frozen=True)
+class ServerLink:
+    """The server's link as one capacity that the clients' transfers share (``devices.server_link``).
+
+    ``up_mbps`` carries what clients send (the server's ``downlink_mbps``), ``down_mbps`` what they
+    receive (its ``uplink_mbps``). Each direction is shared on its own:
+
+    * ``shared``: processor sharing. The transfers in flight share the capacity equally, none
+      faster than its own client's link; what a slow client cannot use goes to the others
+      (max-min fairness);
+    * ``fifo``: one transfer at a time, in the order they reach the link (ties by client id),
+      at the lesser of its client's link and the server's; the others wait.
+
+    A transfer's one-way latency follows its last byte and is not shared.
+    """
+
+    policy: Literal["shared", "fifo"]
+    up_mbps: float
+    down_mbps: float
+
+    @classmethod
+    def of(cls, policy: LinkPolicy, server: Any) -> ServerLink | None:
+        """The link of a server device class under ``policy`` (None for ``parallel``: the links run side by side)."""
+        if policy == "parallel":
+            return None
+        return cls(policy, float(server.downlink_mbps), float(server.uplink_mbps))
+
+    def capacity(self, direction: str) -> float:
+        """Bytes per second of one direction (``up``: client to server)."""
+        return (self.up_mbps if direction == "up" else self.down_mbps) * 1e6 / 8.0
+
+    def rates(self, flows: Sequence[_Flow]) -> list[float]:
+        """Bytes per second of each transfer in flight (all of one direction), in the order given."""
+        if not flows:
+            return []
+        cap = self.capacity(flows[0].direction)
+        if self.policy == "fifo":
+            head = min(range(len(flows)), key=lambda i: (flows[i].arrived, flows[i].client))
+            return [min(f.cap, cap) if i == head else 0.0 for i, f in enumerate(flows)]
+        rates = [0.0] * len(flows)
+        left, n = cap, len(flows)
+        for i in sorted(range(len(flows)), key=lambda i: flows[i].cap):  # progressive filling
+            rates[i] = min(flows[i].cap, left / n)
+            left -= rates[i]
+            n -= 1
+        return rates
+
+
+@dataclass
+class _Flow:
+    """A transfer in flight on the shared server link."""
+
+    client: int
+    direction: str
+    left: float  # bytes still to send
+    cap: float  # bytes per second of the client's own link
+    arrived: float
+    started: float | None = None
+
+
+def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bool = False,
+                   link: ServerLink | None = None) -> RoundClock:
     """Play the clients' timelines against one server; return the round's schedule.
 
     Each client runs its segments in order, starting at time 0. ``client`` and ``link``
@@ -311,6 +485,8 @@ def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bo
     later. Requests arriving at the same time are served in ascending client id.
     ``sequential`` (vanilla split learning) runs the clients one after another in
     ascending id instead, so nobody waits and the round lasts the sum of their timelines.
+    ``link`` (:class:`ServerLink`) makes the ``link`` segments that carry bytes share the
+    server's link as well; None keeps them in parallel.
 
     Example (two clients whose server work overlaps):
         >>> tl = [Segment("t", "client", 1.0), Segment("t", "server", 2.0), Segment("t", "client", 1.0)]
@@ -318,6 +494,8 @@ def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bo
         >>> clock.seconds, clock.finish, clock.wait
         (6.0, {0: 4.0, 1: 6.0}, {0: 0.0, 1: 2.0})
     """
+    if link is not None:
+        return _simulate_linked(timelines, link, sequential)
     ids = sorted(timelines)
     finish = {c: 0.0 for c in ids}
     wait = {c: 0.0 for c in ids}
@@ -348,4 +526,109 @@ def simulate_round(timelines: Mapping[int, Sequence[Segment]], *, sequential: bo
         finish[c] = end
         if i + 1 < len(timelines[c]):
             heapq.heappush(heap, (end, c, i + 1))
+    return RoundClock(max(finish.values(), default=0.0), finish, wait, schedule)
+
+
+def _simulate_linked(timelines: Mapping[int, Sequence[Segment]], link: ServerLink, sequential: bool) -> RoundClock:
+    """:func:`simulate_round` with a shared server link: an event-driven simulation.
+
+    Events are the ends of segments of fixed length (compute, the server's service, a
+    transfer's latency) and the ends of transfers on the shared link, whose rates change
+    whenever a transfer starts or ends. Events at the same time are handled in ascending
+    client id. A sequential round plays each client alone, one after another.
+    """
+    ids = sorted(timelines)
+    if sequential:
+        t = 0.0
+        finish, wait, schedule = {}, {}, {}
+        for c in ids:
+            alone = _simulate_linked({c: timelines[c]}, link, False)
+            finish[c] = t + alone.finish[c]
+            wait[c] = alone.wait[c]
+            schedule[c] = [(ph, side, t + a, t + b) for ph, side, a, b in alone.schedule[c]]
+            t = finish[c]
+        return RoundClock(t, finish, wait, schedule)
+    finish = {c: 0.0 for c in ids}
+    wait = {c: 0.0 for c in ids}
+    schedule: dict[int, list[tuple[str, str, float, float]]] = {c: [] for c in ids}
+    pos = {c: 0 for c in ids}
+    began = {c: 0.0 for c in ids}
+    timed: list[tuple[float, int]] = []  # (end, client) of segments of known length
+    flows: dict[int, _Flow] = {}
+    queue: list[int] = []  # clients waiting for the server, in arrival order
+    serving: int | None = None
+
+    def shared(seg: Segment) -> bool:
+        return seg.side == "link" and seg.nbytes > 0 and seg.direction in ("up", "down")
+
+    def serve(c: int, now: float) -> None:
+        nonlocal serving
+        serving = c
+        seg = timelines[c][pos[c]]
+        if now > began[c]:
+            wait[c] += now - began[c]
+            schedule[c].append((seg.phase, "wait", began[c], now))
+        began[c] = now
+        heapq.heappush(timed, (now + seg.seconds, c))
+
+    def begin(c: int, now: float) -> None:
+        began[c] = now
+        if pos[c] >= len(timelines[c]):
+            finish[c] = now
+            return
+        seg = timelines[c][pos[c]]
+        if seg.side == "server":
+            queue.append(c)
+            if serving is None:
+                serve(queue.pop(0), now)
+        elif shared(seg):
+            send = seg.seconds - seg.latency_s
+            flows[c] = _Flow(c, seg.direction, float(seg.nbytes), seg.nbytes / send if send > 0 else math.inf, now)
+        else:
+            heapq.heappush(timed, (now + seg.seconds, c))
+
+    def end(c: int, now: float) -> None:
+        nonlocal serving
+        seg = timelines[c][pos[c]]
+        schedule[c].append((seg.phase, seg.side, began[c], now))
+        if seg.side == "server":
+            serving = None
+            if queue:
+                serve(queue.pop(0), now)
+        pos[c] += 1
+        begin(c, now)
+
+    for c in ids:
+        begin(c, 0.0)
+    now = 0.0
+    while timed or flows:
+        rate: dict[int, float] = {}
+        for direction in ("up", "down"):
+            group = [f for f in flows.values() if f.direction == direction]
+            rate.update({f.client: r for f, r in zip(group, link.rates(group), strict=True)})
+        done_at = {c: (now + f.left / rate[c] if rate[c] > 0 else math.inf) for c, f in flows.items()}
+        t_next = min([*done_at.values(), timed[0][0] if timed else math.inf])
+        for c, f in flows.items():
+            if rate[c] > 0 and f.started is None:
+                f.started = now
+                if now > f.arrived:  # waited for the link (fifo)
+                    seg = timelines[c][pos[c]]
+                    wait[c] += now - f.arrived
+                    schedule[c].append((seg.phase, "wait", f.arrived, now))
+                    began[c] = now
+            if rate[c] > 0:
+                f.left = 0.0 if done_at[c] <= t_next else f.left - rate[c] * (t_next - now)
+        now = t_next
+        ended: list[int] = []
+        for c in [c for c, f in flows.items() if f.left <= 0.0]:
+            del flows[c]
+            latency = timelines[c][pos[c]].latency_s
+            if latency > 0:
+                heapq.heappush(timed, (now + latency, c))
+            else:
+                ended.append(c)
+        while timed and timed[0][0] <= now:
+            ended.append(heapq.heappop(timed)[1])
+        for c in sorted(ended):
+            end(c, now)
     return RoundClock(max(finish.values(), default=0.0), finish, wait, schedule)

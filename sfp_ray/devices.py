@@ -6,11 +6,18 @@ A :class:`DeviceProfile` carries two unrelated sets of numbers:
   size the actor emulating the device. They decide how many clients fit on the machines
   running the simulation; they are not the device's physical core count.
 * A physical model (``peak_flops`` x ``efficiency``, link bandwidths and latency) that turns
-  FLOP counts and message sizes into *simulated* seconds.
+  FLOP counts and message sizes into *simulated* seconds. A class measured with
+  ``sfp-ray devices calibrate`` carries a :class:`Throughput` instead, which also charges
+  what FLOP counts do not see: the bytes that memory-bound operations move, and a fixed cost
+  per operation and per pass (see ``docs/clock.md``).
 
 Two optional probabilities, ``availability`` (a selected client is online in a round) and
 ``dropout`` (an online client drops out mid-round), make a class unreliable
 (:mod:`sfp_ray.availability`); the built-in classes are always online and never drop out.
+
+Two optional spreads, ``speed_spread`` and ``link_spread`` (sigmas of a lognormal with median 1),
+let the clients of one class differ; each client's draw, and a per-client capacity trace
+(:mod:`sfp_ray.capacity`), end up in its own profile's ``speed`` and link fields.
 
 The built-in catalogue lives in ``devices.yaml`` next to this module; a user YAML file with
 the same layout can add classes or replace built-in ones by name (:func:`load_catalog`).
@@ -39,6 +46,7 @@ from sfp_ray.errors import ConfigError, yaml_problem
 __all__ = [
     "DEVICE_RESOURCE_PREFIX",
     "DeviceProfile",
+    "Throughput",
     "assign_devices",
     "builtin_catalog_path",
     "device_resource",
@@ -83,8 +91,47 @@ class _FrozenDict(dict):
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """A device's measured speed (``sfp-ray devices calibrate``): what one compute call costs.
+
+    ``seconds = calls * call_s + kernels * kernel_s + ops * op_s + flops / flops_per_s + moved_bytes / bytes_per_s``,
+    where ``flops`` are the FLOPs the counter sees, ``kernels`` the operations they come from (matrix
+    products, convolutions, attention), ``moved_bytes`` what the other operations read and write (layer
+    norms, softmax, GELU, the optimizer step), ``ops`` how many of those there were and ``calls`` the
+    passes (see :func:`sfp_ray.costs.count_work`).
+    ``bytes_per_s`` None leaves memory traffic out; ``threads`` is the torch thread count it was
+    measured at (for the record: the clock does not depend on the machine emulating the device).
+
+    Example:
+        >>> Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4, kernel_s=1e-3).seconds(
+        ...     flops=2e10, moved_bytes=1e9, ops=100, kernels=2, calls=1)
+        3.0031
+    """
+
+    flops_per_s: float
+    bytes_per_s: float | None = None
+    op_s: float = 0.0
+    call_s: float = 0.0
+    threads: int = 1
+    kernel_s: float = 0.0
+
+    def seconds(self, *, flops: float, moved_bytes: float = 0.0, ops: float = 0.0, kernels: float = 0.0,
+                calls: float = 0.0) -> float:
+        """Seconds of work of this size (before a per-client ``speed``)."""
+        t = calls * self.call_s + kernels * self.kernel_s + ops * self.op_s + flops / self.flops_per_s
+        if self.bytes_per_s:
+            t += moved_bytes / self.bytes_per_s
+        return t
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
-    """One device class. Construct through :func:`load_catalog` to get validation with file context."""
+    """One device class. Construct through :func:`load_catalog` to get validation with file context.
+
+    ``speed`` is not a catalogue field: it is a per-client factor (1 for the class itself) by
+    which a client computes faster than its class, from the class's ``speed_spread`` or a
+    capacity trace (:func:`sfp_ray.capacity.client_devices`).
+    """
 
     name: str
     description: str
@@ -101,6 +148,14 @@ class DeviceProfile:
     availability: float = 1.0
     #: probability that an online client of this class drops out mid-round
     dropout: float = 0.0
+    #: measured speed (``sfp-ray devices calibrate``); None: ``peak_flops * efficiency``
+    throughput: Throughput | None = None
+    #: sigma of the lognormal (median 1) of its clients' compute speeds; 0: all alike
+    speed_spread: float = 0.0
+    #: sigma of the lognormal (median 1) of its clients' link bandwidths; 0: all alike
+    link_spread: float = 0.0
+    #: a client's compute speed relative to its class (see the class docstring)
+    speed: float = 1.0
 
     def __post_init__(self) -> None:
         # Freeze (and copy) the resources mapping so a profile is immutable and hashable.
@@ -124,13 +179,26 @@ class DeviceProfile:
 
     @property
     def effective_flops(self) -> float:
-        """Achieved FLOP/s of the physical device: ``peak_flops * efficiency``."""
-        return self.peak_flops * self.efficiency
+        """Achieved FLOP/s of the physical device on counted FLOPs: the measured ``throughput.flops_per_s``,
+        else ``peak_flops * efficiency``; times the client's ``speed``.
+        """
+        rate = self.throughput.flops_per_s if self.throughput is not None else self.peak_flops * self.efficiency
+        return rate * self.speed
 
-    def compute_seconds(self, flops: float) -> float:
-        """Simulated seconds this device needs for ``flops`` floating-point operations."""
+    def compute_seconds(self, flops: float, *, moved_bytes: float = 0.0, ops: float = 0.0, kernels: float = 0.0,
+                        calls: float = 0.0) -> float:
+        """Simulated seconds this device needs for a compute call of ``flops`` floating-point operations.
+
+        A measured class (``throughput``) also charges the call's ``moved_bytes``, ``ops``, ``kernels`` and ``calls``
+        (:meth:`Throughput.seconds`); otherwise only FLOPs count, at ``peak_flops * efficiency``.
+        Either is divided by the client's ``speed``.
+        """
         if flops < 0 or math.isnan(flops):
             raise ValueError(f"flops must be >= 0, got {flops!r}")
+        if self.throughput is not None:
+            t = self.throughput.seconds(flops=float(flops), moved_bytes=moved_bytes, ops=ops, kernels=kernels,
+                                        calls=calls)
+            return t / self.speed
         if flops == 0:
             return 0.0
         return float(flops) / self.effective_flops
@@ -183,6 +251,8 @@ class DeviceProfile:
         """Plain-dict form (same keys as a catalogue entry plus ``name``), e.g. for run metadata."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["resources"] = dict(self.resources)
+        if self.throughput is not None:
+            out["throughput"] = {f.name: getattr(self.throughput, f.name) for f in fields(Throughput)}
         return out
 
 
@@ -199,7 +269,7 @@ _REQUIRED = (
     "downlink_mbps",
     "latency_ms",
 )
-_OPTIONAL = ("name", "resources", "availability", "dropout")
+_OPTIONAL = ("name", "resources", "availability", "dropout", "throughput", "speed_spread", "link_spread")
 _ALLOWED = frozenset(_REQUIRED + _OPTIONAL)
 
 
@@ -301,6 +371,7 @@ def _parse_entry(key: Any, entry: Any) -> tuple[DeviceProfile | None, list[str]]
         else:
             res[rk] = float(rv)
 
+    clock = _clock_fields(entry, problems)
     if problems:
         return None, problems
     return DeviceProfile(
@@ -316,7 +387,59 @@ def _parse_entry(key: Any, entry: Any) -> tuple[DeviceProfile | None, list[str]]
         latency_ms=float(values["latency_ms"]),
         resources=res,
         **chances,
+        **clock,
     ), []
+
+
+_THROUGHPUT_KEYS = ("flops_per_s", "bytes_per_s", "op_s", "kernel_s", "call_s", "threads")
+
+
+def _clock_fields(entry: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The optional fields of the simulated clock: ``throughput`` (measured), ``speed_spread``, ``link_spread``.
+
+    What is wrong with them is added to ``problems`` (the entry's other problems are reported with them).
+    """
+    out: dict[str, Any] = {}
+    for fname in ("speed_spread", "link_spread"):
+        v = _coerce_number(entry.get(fname, 0.0))
+        if not _is_number(v) or not math.isfinite(v) or not 0 <= v <= 3:
+            problems.append(f"{fname} must be a lognormal sigma in [0, 3], got {v!r}")
+        else:
+            out[fname] = float(v)
+    raw = entry.get("throughput")
+    if raw is None:
+        return out
+    if not isinstance(raw, Mapping):
+        problems.append(f"throughput must be a mapping of {', '.join(_THROUGHPUT_KEYS)} (sfp-ray devices calibrate "
+                        f"writes it), got {type(raw).__name__}")
+        return out
+    before = len(problems)
+    unknown = sorted(str(k) for k in raw if k not in _THROUGHPUT_KEYS)
+    if unknown:
+        problems.append(f"throughput: unknown field {unknown[0]!r} (allowed: {', '.join(_THROUGHPUT_KEYS)})")
+    if "flops_per_s" not in raw:
+        problems.append("throughput: missing field 'flops_per_s'")
+    vals = {k: _coerce_number(raw[k]) for k in raw if k in _THROUGHPUT_KEYS}
+    for k, v in vals.items():
+        if k == "bytes_per_s" and v is None:
+            continue
+        if not _is_number(v) or not math.isfinite(v) or v < 0:
+            problems.append(f"throughput: {k} must be a finite number >= 0, got {v!r}")
+    if len(problems) > before:
+        return out
+    if vals["flops_per_s"] <= 0:
+        problems.append(f"throughput: flops_per_s must be > 0, got {vals['flops_per_s']!r}")
+    threads = vals.get("threads", 1)
+    if not float(threads).is_integer() or threads < 1:
+        problems.append(f"throughput: threads must be a whole number >= 1, got {threads!r}")
+    if len(problems) > before:
+        return out
+    bps = vals.get("bytes_per_s")
+    out["throughput"] = Throughput(flops_per_s=float(vals["flops_per_s"]),
+                                   bytes_per_s=float(bps) if bps else None, op_s=float(vals.get("op_s", 0.0)),
+                                   call_s=float(vals.get("call_s", 0.0)), threads=int(threads),
+                                   kernel_s=float(vals.get("kernel_s", 0.0)))
+    return out
 
 
 def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from sfp_ray.availability import RoundJudge, cohort_size, draw, draw_traced, load_trace
+from sfp_ray.capacity import client_devices
 from sfp_ray.checkpoints import save_checkpoint
 from sfp_ray.config import Config, to_dict
+from sfp_ray.costs import ServerLink
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import run_devices
 from sfp_ray.errors import ConfigError, RoundFailed, RoundLost
@@ -133,11 +135,17 @@ def prepare_run(cfg: Config, method: Method | str | None = None, *,
                          f"(largest: {largest}); every client keeps all it was given")
         parts = [np.sort(rng.choice(p, size=d.samples_per_client, replace=False)) if len(p) > d.samples_per_client
                  else p for p in parts]
-    devices, server_device = run_devices(cfg)
+    class_devices, server_device = run_devices(cfg)
+    devices, capacity_notes = client_devices(class_devices, cfg.devices, cfg.seed)
+    notes.extend(capacity_notes)
+    if cfg.devices.server_link != "parallel" and cfg.devices.free_links:
+        notes.append(f"devices.server_link={cfg.devices.server_link}: not used, devices.free_links makes every "
+                     "transfer free")
     checkpoint_of = resolve_checkpoint if resolve_checkpoint is not None else _default_checkpoint
     spec = RunSpec(cfg, method, train.num_classes, None, train, test, parts, devices, server_device, notes)
     validate_model(spec)  # before any weights are touched (a pre-training run may follow)
-    spec.cut_plan = _cut_plan(spec)
+    # a class's cut is planned from the class itself (its median client), not from one client's own draw
+    spec.cut_plan = _cut_plan(dataclasses.replace(spec, devices=class_devices))
     if spec.cut_plan is not None:
         notes.extend(spec.cut_plan.lines())
     if f.availability_trace is not None:
@@ -210,12 +218,17 @@ def _client_rows(r: int, outcome_outputs: Sequence[ClientOutput], spec: RunSpec)
     for o in outcome_outputs:
         kept = o.client_state.get("kept")
         head, tail = spec.cut_of(o.client_id)
+        dev = spec.devices[o.client_id]
+        own = [c for c in o.costs if c.side == "client" and c.phase != EVAL_PHASE]
         rows.append(ClientRecord(
-            round=r, client_id=o.client_id, device=spec.devices[o.client_id].name, status=o.status,
+            round=r, client_id=o.client_id, device=dev.name, status=o.status,
             attempts=o.attempts, error=o.error, samples=o.num_samples,
             kept=0 if o.status == "offline" else len(kept) if kept is not None else o.num_samples,
             wall_s=o.wall_s, sim_s=o.sim_s, head_blocks=head,
-            tail_blocks=tail))
+            tail_blocks=tail, compute_wall_s=sum(c.compute_wall_s for c in own),
+            compute_cpu_s=sum(c.compute_cpu_s for c in own),
+            compute_sim_s=sum(c.sim_s for c in own), flops_per_s=dev.effective_flops, uplink_mbps=dev.uplink_mbps,
+            downlink_mbps=dev.downlink_mbps))
     return rows
 
 
@@ -437,8 +450,8 @@ class Orchestrator:
                                 faults=task_faults(faults, round=r, client_id=c, round_try=round_try,
                                                    first=c == cohort[0]),
                                 cut=spec.cut_of(c) if spec.cut_plan is not None else None) for c in cohort]
-            judge = RoundJudge({c: draws[c] for c in online}, f.clients_per_round, f.deadline_s,
-                               spec.method.round_clock, sequential=spec.method.sequential)
+            judge = RoundJudge({c: draws[c] for c in online}, f.clients_per_round, f.deadline_s, self._clock,
+                               sequential=spec.method.sequential)
             try:
                 outcome = spec.method.run_round(self.executor, [t for t in tasks if draws[t.client_id].online], state,
                                                 judge)
@@ -464,6 +477,12 @@ class Orchestrator:
                                   f"(first error: {first})")
             self.warn(f"{self._who}: {short}; the round starts over")
         raise AssertionError("unreachable")
+
+    def _clock(self, timelines: Mapping[int, Sequence[Any]]) -> Any:
+        """The method's round clock, with the server's link shared when ``devices.server_link`` says so."""
+        dv = self.spec.cfg.devices
+        link = None if dv.free_links else ServerLink.of(dv.server_link, self.spec.server_device)
+        return self.spec.method.round_clock(timelines, link)
 
     def _warn_clients(self, r: int, outputs: Sequence[ClientOutput]) -> None:
         """One line per retried or failed client; clients of a round with the same fate and error share it."""

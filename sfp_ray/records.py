@@ -55,6 +55,12 @@ class CostRecord:
     wall_s: float = 0.0
     sim_s: float = 0.0
     samples: int = 0
+    #: measured wall seconds of the cell's own compute (client: its timed passes and optimizer steps; server:
+    #: the body's requests); 0 on link rows. ``sim_s`` of a compute row is the clock's figure for the same work.
+    compute_wall_s: float = 0.0
+    #: CPU seconds of the same compute in the thread that ran it (``time.thread_time``): time the operating
+    #: system gave other processes is not in it, so it is the figure to trust on a busy machine at one thread
+    compute_cpu_s: float = 0.0
 
 
 @dataclass
@@ -84,12 +90,18 @@ class Segment:
     """A stretch of a client's simulated round spent on one side (for the round clock).
 
     Segments of a client run one after another; ``client`` and ``link`` segments use the
-    client's own device and link, ``server`` segments queue for the one server.
+    client's own device and link, ``server`` segments queue for the one server. A ``link``
+    segment also says what it carries (``nbytes`` in ``direction``, and the one-way
+    latency included in ``seconds``), so that a round clock with a shared server link
+    (``devices.server_link``) can stretch it; alone on the link it takes ``seconds``.
     """
 
     phase: str
     side: Side
     seconds: float
+    nbytes: float = 0.0
+    direction: str = ""
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -141,6 +153,12 @@ class ClientRecord:
     sim_s: float = 0.0
     head_blocks: int = 0
     tail_blocks: int = 0
+    compute_wall_s: float = 0.0
+    compute_cpu_s: float = 0.0
+    compute_sim_s: float = 0.0
+    flops_per_s: float = 0.0
+    uplink_mbps: float = 0.0
+    downlink_mbps: float = 0.0
 
 
 @dataclass

@@ -27,7 +27,7 @@ from sfp_ray.docgen import REGENERATE, config_keys, config_reference_markdown, m
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = ("architecture.md", "methods.md", "configuration.md", "reports.md", "heterogeneity.md")
+PAGES = ("architecture.md", "methods.md", "configuration.md", "reports.md", "heterogeneity.md", "clock.md")
 
 #: A run of a few seconds (as in tests/test_api.py).
 TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",

@@ -12,6 +12,7 @@ a fresh interpreter.
 from __future__ import annotations
 
 import gzip
+import pickle
 import socket
 import struct
 import subprocess
@@ -280,6 +281,24 @@ CORPUS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "catalog-availability-text": (lambda t: catalog(t, GOOD_DEVICE + "    availability: often\n"), "availability"),
     "catalog-not-utf8": (lambda t: catalog(t, b"devices:\n  \xff\xfe: 1\n"), "devices.yaml"),
     "catalog-missing": (lambda t: with_set(t, f"devices.catalog={t / 'none.yaml'}"), "none.yaml"),
+    "catalog-throughput-zero": (lambda t: catalog(t, GOOD_DEVICE + "    throughput: {flops_per_s: 0}\n"),
+                                "flops_per_s"),
+    "catalog-throughput-a-number": (lambda t: catalog(t, GOOD_DEVICE + "    throughput: 5\n"), "throughput"),
+    "catalog-spread-huge": (lambda t: catalog(t, GOOD_DEVICE + "    speed_spread: 50\n"), "speed_spread"),
+    # capacity traces, server link
+    "capacity-trace-missing": (lambda t: with_set(t, f"devices.capacity_trace={t / 'cap.pkl'}"), "cap.pkl"),
+    "capacity-trace-code": (lambda t: with_set(t, "devices.capacity_trace="
+                                               + str(write(t / "cap.pkl", pickle.dumps({1: Path("x")})))), "cap.pkl"),
+    "capacity-trace-no-bandwidth": (lambda t: with_set(t, "devices.capacity_trace="
+                                                       + str(write(t / "cap.yaml", "{1: {computation: 5}}"))),
+                                    "cap.yaml"),
+    "capacity-sample-flops-negative": (lambda t: with_set(t, "devices.capacity_sample_flops=-1"),
+                                       "devices.capacity_sample_flops"),
+    "capacity-map-unknown": (lambda t: with_set(t, "devices.capacity_map=round_robin"), "devices.capacity_map"),
+    "server-link-unknown": (lambda t: with_set(t, "devices.server_link=tdma"), "devices.server_link"),
+    "calibrate-cpu-timer-threads": (lambda t: ["devices", "calibrate", "--timer", "cpu", "--threads", "4"],
+                                    "--timer"),
+    "calibrate-out-folder": (lambda t: ["devices", "calibrate", "--out", str(t)], "--out"),
     # checkpoints
     "checkpoint-truncated": (lambda t: checkpoint(t, truncated_checkpoint), "ck.pt"),
     "checkpoint-wrong-shapes": (lambda t: checkpoint(t, other_model_state), "ck.pt"),

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from sfp_ray.config import Config, dotted_items
-from sfp_ray.costs import RoundClock, simulate_round
+from sfp_ray.costs import RoundClock, ServerLink, simulate_round
 from sfp_ray.methods.catalog import NOT_IN_RESULTS, MethodInfo, ignored, reads, resolve
 from sfp_ray.records import FINISHED, Segment
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
@@ -88,8 +88,8 @@ class RoundPlan(abc.ABC):
         """Run the round; ``judge`` marks outputs dropped or late before anything is averaged."""
 
     @abc.abstractmethod
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        """The round's simulated schedule (before aggregation)."""
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        """The round's simulated schedule (before aggregation); ``link``: the shared server link, if any."""
 
 
 class ParallelFedAvg(RoundPlan):
@@ -126,8 +126,8 @@ class ParallelFedAvg(RoundPlan):
         agg = runner.aggregate(usable, state)
         return RoundOutcome(outputs, agg.state, agg.flops, agg.wall_s)
 
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return simulate_round(timelines)
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        return simulate_round(timelines, link=link)
 
 
 class SequentialRelay(RoundPlan):
@@ -149,8 +149,8 @@ class SequentialRelay(RoundPlan):
                 current = out.state
         return RoundOutcome(outputs, current, {"all": 0.0})
 
-    def clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return simulate_round(timelines, sequential=True)
+    def clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        return simulate_round(timelines, sequential=True, link=link)
 
 
 class Method(abc.ABC):
@@ -251,8 +251,9 @@ class Method(abc.ABC):
         """Whether the round plan runs clients one after another."""
         return isinstance(self.plan, SequentialRelay)
 
-    def round_clock(self, timelines: Mapping[int, Sequence[Segment]]) -> RoundClock:
-        return self.plan.clock(timelines)
+    def round_clock(self, timelines: Mapping[int, Sequence[Segment]], link: ServerLink | None = None) -> RoundClock:
+        """The round's simulated schedule under this method's plan (``link``: a shared server link)."""
+        return self.plan.clock(timelines, link)
 
     def client_passes(self, role: ClientRole, x: Any, y: Any) -> list[Callable[[], Any]]:
         """The passes a client of this method runs on one training batch ``(x, y)``, as callables.

@@ -59,7 +59,7 @@ class FedAvgClient(ClientRole):
             def step(x: torch.Tensor, y: torch.Tensor) -> float:
                 scale = loss_scale(self.scaler)
                 loss = ledger.compute("all", ("fwdbwd", tuple(x.shape)), lambda: model_loss(split, x, y, scale))
-                optimizer_step(opt, self.scaler)
+                optimizer_step(opt, ledger, "all", scaler=self.scaler)
                 return float(loss.item())
 
             loss = run_epochs(data, t.local_epochs, t.batch_size, gen, step)

@@ -79,8 +79,9 @@ class SFPromptClient(SplitClientRole):
             for idx in batches(len(data), self.cfg.train.eval_batch_size, None):
                 x, y = data.images[idx], data.labels[idx]
                 h = ledger.compute("head", ("fwd", tuple(x.shape), False), lambda: forward_pass(split.head, x, False))
-                logits = ledger.compute("tail", ("fwd", tuple(h.shape)), lambda: split.bypass_tail(h))
-                scores.append(el2n_scores(logits, y))
+                # the scores are the tail's work too: softmax and norm count no FLOPs, but a measured device times them
+                scores.append(ledger.compute("tail", ("fwd", tuple(h.shape)),
+                                             lambda: el2n_scores(split.bypass_tail(h), y)))
         return torch.cat(scores) if scores else torch.empty(0)
 
     def local_step(self, x: torch.Tensor, y: torch.Tensor, ledger: Ledger, opt: torch.optim.Optimizer) -> float:
@@ -93,7 +94,7 @@ class SFPromptClient(SplitClientRole):
         loss = ledger.compute("tail", ("fwdbwd", tuple(hd.shape)), lambda: bypass_loss(split, hd, y, scale))
         if self.head_trains:
             ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(hd.grad))
-        optimizer_step(opt, self.scaler)
+        optimizer_step(opt, ledger, scaler=self.scaler)
         return float(loss.item())
 
     def local_update(self, data: ArrayDataset, ledger: Ledger, gen: torch.Generator) -> float:

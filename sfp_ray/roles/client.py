@@ -164,14 +164,31 @@ def run_epochs(data: ArrayDataset, epochs: int, batch_size: int, gen: torch.Gene
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def optimizer_step(opt: torch.optim.Optimizer, scaler: Any = None) -> None:
-    """One step (with a loss scaler: unscaled, skipped when a gradient overflowed, the scale updated)."""
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
+def optimizer_step(opt: torch.optim.Optimizer, ledger: Ledger | None = None, part: str = "tail", *,
+                   scaler: Any = None) -> None:
+    """One step of ``opt`` (then its gradients are dropped); with a ``ledger``, charged to the client's ``part``.
+
+    With a loss ``scaler`` (fp16) the gradients are unscaled first, the step is skipped when one
+    overflowed, and the scale is updated. The step executes no counted FLOPs; a measured device
+    class still charges its time (the bytes its element-wise updates move and the operations it
+    dispatches), and its wall time is measured.
+    """
+
+    def step() -> None:
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if ledger is None:
+        step()
+        return
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    # what the step's work depends on: the optimizer, the tensors it updates, and whether its state is still empty
+    key = ("step", type(opt).__name__, len(params), sum(p.numel() for p in params), not opt.state)
+    ledger.compute(part, key, step)
 
 
 def loss_scale(scaler: Any) -> float:
@@ -196,7 +213,8 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
     acts = h.detach().to(wire)
     ledger.send_tensor(acts, part="head", direction="up", kind="activation")
     reply = link.forward(acts, need_grad=head_trains)
-    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s)
+    ledger.server_compute("body", reply.flops, wall_s=reply.compute_s, queue_s=reply.queue_s, work=reply.work(),
+                          cpu_s=reply.compute_cpu_s)
     out = from_wire(reply.tensor, device).float()
     ledger.message(part="body", direction="down", kind="activation", payload=reply.payload_bytes,
                    serialized=reply.serialized_bytes, shapes=reply.shapes)
@@ -207,7 +225,8 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
         g = out.grad.detach().to(wire)
         ledger.send_tensor(g, part="tail", direction="up", kind="gradient")
         back = link.backward(g, grad_slice)
-        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s)
+        ledger.server_compute("body", back.flops, wall_s=back.compute_s, queue_s=back.queue_s, work=back.work(),
+                              cpu_s=back.compute_cpu_s)
         ledger.message(part="body", direction="down", kind="gradient", payload=back.payload_bytes,
                        serialized=back.serialized_bytes, shapes=back.shapes)
         gh = from_wire(back.tensor, device).to(h.dtype)
@@ -216,7 +235,7 @@ def split_step(split: Any, x: torch.Tensor, y: torch.Tensor, link: BodyLink, led
             full[:, grad_slice[0]:grad_slice[1]] = gh
             gh = full
         ledger.compute("head", ("bwd", tuple(h.shape)), lambda: h.backward(gh))
-    optimizer_step(opt, scaler)
+    optimizer_step(opt, ledger, scaler=scaler)
     return float(loss.item())
 
 

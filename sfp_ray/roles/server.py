@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from sfp_ray.compute import autocast, sync, wire_dtype
-from sfp_ray.costs import FlopMeter, payload_bytes, serialized_bytes, shape_str
+from sfp_ray.costs import FlopMeter, Work, payload_bytes, serialized_bytes, shape_str
 from sfp_ray.faults import InjectedFault, InjectedServerLoss, check_finite
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.tensors import as_tensor, from_wire, to_wire
@@ -45,7 +45,11 @@ BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 
 @dataclass
 class BodyReply:
-    """The server's answer to one request, with what it cost the server."""
+    """The server's answer to one request, with what it cost the server.
+
+    ``moved_bytes``, ``ops`` and ``kernels`` complete ``flops`` into the request's :class:`~sfp_ray.costs.Work`
+    (what a measured server class is timed on).
+    """
 
     tensor: torch.Tensor | np.ndarray | None
     flops: int
@@ -54,6 +58,15 @@ class BodyReply:
     payload_bytes: int
     serialized_bytes: int
     shapes: str = ""
+    moved_bytes: int = 0
+    ops: int = 0
+    #: CPU seconds of the request in the server thread that ran it
+    compute_cpu_s: float = 0.0
+    kernels: int = 0
+
+    def work(self) -> Work:
+        """The request's work as the ledger charges it."""
+        return Work(self.flops, self.moved_bytes, self.ops, self.kernels)
 
 
 @dataclass
@@ -106,12 +119,15 @@ class ServerRole:
     def trains_body(self) -> bool:
         return self.train is not None
 
-    def _reply(self, t: torch.Tensor | None, flops: int, compute_s: float, queue_s: float) -> BodyReply:
+    def _reply(self, t: torch.Tensor | None, work: Work, compute_s: float, queue_s: float,
+               cpu_s: float = 0.0) -> BodyReply:
         if t is None:
-            return BodyReply(None, flops, compute_s, queue_s, 0, 0)
+            return BodyReply(None, work.flops, compute_s, queue_s, 0, 0, "", work.moved_bytes, work.ops, cpu_s,
+                             work.kernels)
         t = t.detach().to(self.wire)
         out = to_wire(t) if self.as_numpy else t
-        return BodyReply(out, flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t))
+        return BodyReply(out, work.flops, compute_s, queue_s, payload_bytes(t), serialized_bytes(t), shape_str(t),
+                         work.moved_bytes, work.ops, cpu_s, work.kernels)
 
     # ------------------------------------------------------------- trained body
 
@@ -179,22 +195,20 @@ class ServerRole:
         queue_s = max(0.0, time.time() - sent_at) if sent_at is not None else 0.0
         body = self._body_for(key, cut)
         x = from_wire(acts, self.device).float()  # computed on in float32, as sent by the client in its precision
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with autocast(self.precision, self.device):
             if need_grad:
                 x = x.detach().requires_grad_(True)
-                out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), True, cut),
-                                            lambda: body(x))
+                out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), True, cut),
+                                               lambda: body(x))
                 with self._lock:
                     self._graphs[key] = (x, out, cut)
             else:
                 with torch.no_grad():
-                    out, flops = self.meter.run(("split_train", "body", "fwd", tuple(x.shape), False, cut),
-                                                lambda: body(x))
-        reply = self._reply(out, flops, 0.0, queue_s)
+                    out, work = self.meter.measure(("split_train", "body", "fwd", tuple(x.shape), False, cut),
+                                                   lambda: body(x))
         sync(self.device)
-        reply.compute_s = time.perf_counter() - t0
-        return reply
+        return self._reply(out, work, time.perf_counter() - t0, queue_s, time.thread_time() - c0)
 
     def backward(self, key: tuple[int, int, int], grad_out: torch.Tensor | np.ndarray,
                  grad_slice: tuple[int, int] | None = None, *, sent_at: float | None = None) -> BodyReply:
@@ -212,7 +226,7 @@ class ServerRole:
             raise KeyError(f"server: no stored forward pass for request {key}")
         x, out, cut = graph
         g = from_wire(grad_out, self.device).to(out.dtype)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         if self.trains_body:
             bc = self._copy_of(key[0], key[1])
 
@@ -220,20 +234,19 @@ class ServerRole:
                 gx, *gw = torch.autograd.grad(out, [x, *bc.params], grad_outputs=g)
                 for q, gq in zip(bc.params, gw, strict=True):
                     q.grad = gq
+                bc.opt.step()  # counts no FLOPs; inside, so that a measured server class times it
+                bc.opt.zero_grad(set_to_none=True)
                 return gx
 
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights"), run)
-            bc.opt.step()
-            bc.opt.zero_grad(set_to_none=True)
+            gx, work = self.meter.measure(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), "weights",
+                                           not bc.opt.state), run)
         else:
-            gx, flops = self.meter.run(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), cut),
-                                       lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
+            gx, work = self.meter.measure(("split_train", "body", "bwd", tuple(x.shape), tuple(g.shape), cut),
+                                          lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
         if grad_slice is not None:
             gx = gx[:, grad_slice[0]:grad_slice[1]].contiguous()
-        reply = self._reply(gx, flops, 0.0, queue_s)
         sync(self.device)
-        reply.compute_s = time.perf_counter() - t0
-        return reply
+        return self._reply(gx, work, time.perf_counter() - t0, queue_s, time.thread_time() - c0)
 
     def release(self, client_id: int, round: int) -> int:
         """Drop a client's stored graphs and body copy of a round (after an error); return how many graphs."""

@@ -199,9 +199,13 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
     ``RAY_AUTH_MODE=token`` and provide the head's token via ``RAY_AUTH_TOKEN``,
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``. Nothing here disables it.
     """
-    addr = resolve_address(address or cfg_ray.address or "local")
     import ray
 
+    raw = (address or cfg_ray.address or "local").strip()
+    if ray.is_initialized() and raw == "auto":  # this process is connected already: that is the cluster
+        log.info("Ray is already initialised in this process; reusing it for --address auto")
+        return False
+    addr = resolve_address(raw)
     if ray.is_initialized():
         log.info("Ray is already initialised in this process; reusing it (address %r not applied)", addr)
         return False
