@@ -152,7 +152,10 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
         yield
         return
     check_precision(precision, device)
-    with torch.autocast(device_type=device.type, dtype=precision_dtype(precision)):
+    # no cast cache: autocast keeps its low-precision copies of the weights until its outermost region ends, and
+    # one region spans a whole round's training here, so with the cache every step after the first would see
+    # the weights as they were before the first optimizer step
+    with torch.autocast(device_type=device.type, dtype=precision_dtype(precision), cache_enabled=False):
         yield
 
 

@@ -186,3 +186,29 @@ def test_serial_runs_on_one_gpu_repeat_bit_for_bit():
     a = Orchestrator(_spec("devices.mix={jetson: 1.0}"), SerialExecutor(device="cuda")).run()
     b = Orchestrator(_spec("devices.mix={jetson: 1.0}"), SerialExecutor(device="cuda")).run()
     assert all(torch.equal(a.final_state[k].cpu(), b.final_state[k].cpu()) for k in a.final_state)
+
+
+def test_bf16_training_follows_fp32_training_step_by_step(monkeypatch):
+    """Each step in bf16 sees the weights the previous step left (autocast's cast cache would keep the first ones)."""
+    import numpy as np
+
+    import sfp_ray.roles.client as client
+    from sfp_ray.executors.serial import SerialExecutor
+    from sfp_ray.roles.client import ClientTask
+
+    losses: dict[str, list[float]] = {}
+    check = client.check_loss
+    for precision in ("fp32", "bf16"):
+        seen = losses[precision] = []
+        monkeypatch.setattr(client, "check_loss", lambda loss, where, seen=seen, check=check: (
+            seen.append(float(loss)), check(loss, where)))
+        spec = _spec(f"train.precision={precision}", "train.local_epochs=4", "data.samples_per_client=16",
+                     "train.lr=0.01", "train.split_epochs=0")
+        ex = SerialExecutor(device="cpu")
+        state = ex.start(spec).state
+        task = ClientTask(round=1, client_id=0, seed=5, device=spec.devices[0], server_device=spec.server_device,
+                          indices=np.asarray(spec.client_indices[0]))
+        ex.run_clients([task], state)
+    assert len(losses["fp32"]) == len(losses["bf16"]) == 4  # one batch per epoch of the local-loss update
+    # the same batches, the same weights step after step: bf16 arithmetic moves a loss by well under 3 %
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.03)
