@@ -16,8 +16,10 @@ Example (a tiny run on synthetic data, in-process; the Ray executor is the defau
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfp_ray.config import Config, build_config, dotted_items, load_config, split_assignment
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.preflight import check_out_dir, check_run
 
 if TYPE_CHECKING:
@@ -170,7 +172,12 @@ def run_methods(methods: Sequence[str], config: ConfigLike = None, *, overrides:
         seeds: run seeds (default: the configuration's ``seed``).
         executor: ``ray`` (client actors) or ``serial`` (in-process reference).
         address: the Ray cluster to join (``auto`` or ``HOST:PORT``); default: a private
-            local Ray (``ray.address``).
+            local Ray (``ray.address``). The folder's ``checkpoint/run.yaml`` records the
+            cluster's ``HOST:PORT``, which :func:`resume` joins again. While the Ray executor
+            runs, what Ray prints (worker output, its warnings and tracebacks) goes to
+            ``out/ray.log``; a lost node is survived (``ray.on_node_loss``), but when the
+            cluster's head is lost this process exits with code 2 after one line on stderr
+            saying how to resume (Ray itself would end it a minute later).
         out: the report folder (default ``runs/<timestamp>``).
         plots: write the PNG plots.
         progress: called with every round record.
@@ -209,7 +216,10 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     ``config``, ``overrides``, ``methods`` and ``seeds``, when given, must agree with the
     saved run: anything that differs raises :class:`~sfp_ray.errors.ConfigError`.
     ``executor`` defaults to the one the run was started with; ``threads`` is the serial
-    executor's torch thread count (see :func:`run_methods`).
+    executor's torch thread count (see :func:`run_methods`). ``address`` defaults to the Ray
+    cluster the run last used (``address`` in ``run.yaml``): a run started on a cluster
+    rejoins that cluster, and :class:`~sfp_ray.errors.ClusterError` says so when it cannot
+    be reached (no private local Ray is started instead).
     """
     from sfp_ray.checkpoints import read_plan
 
@@ -234,9 +244,23 @@ def resume(run_dir: str | os.PathLike, config: ConfigLike = None, *, overrides: 
     kind = executor if executor is not None else plan.executor
     _check_executor(kind)
     check_out_dir(folder)
-    check_run(plan.methods, saved, plan.seeds, executor=kind, address=address)
+    saved_address = address is None and plan.address is not None
+    if saved_address:
+        address = plan.address
+    try:
+        check_run(plan.methods, saved, plan.seeds, executor=kind, address=address)
+    except ClusterError as e:
+        if not saved_address:
+            raise
+        raise _saved_cluster_unreachable(address, e) from None
     return _execute(plan.methods, saved, plan.seeds, kind, address, folder, plots, progress, echo, resuming=True,
-                    threads=threads, device=device)
+                    threads=threads, device=device, address_saved=saved_address)
+
+
+def _saved_cluster_unreachable(address: str | None, e: ClusterError) -> ClusterError:
+    """The one line of a resume whose saved Ray cluster (``run.yaml``) does not answer."""
+    return ClusterError(f"--resume: the run's Ray cluster at {address} (checkpoint/run.yaml) cannot be reached: {e}; "
+                        "start it again, or pass --address (HOST:PORT, auto, or local for a private Ray)")
 
 
 def _check_executor(executor: str) -> None:
@@ -247,7 +271,7 @@ def _check_executor(executor: str) -> None:
 def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor: str, address: str | None,
              folder: Path, plots: bool, progress: Callable[[Any], None] | None,
              echo: Callable[[str], None] | None, *, resuming: bool, threads: int | None = None,
-             device: str = "auto") -> Results:
+             device: str = "auto", address_saved: bool = False) -> Results:
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
     from sfp_ray.methods import get_method
@@ -269,7 +293,8 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
     ckpts: list[dict[str, Any] | None] = [
         checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
     pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
-    with _executors(executor, cfg, address, say, threads, device) as pool:
+    with _executors(executor, cfg, address, say, threads, device, folder=folder, warn=warn,
+                    address_saved=address_saved) as pool:
         # the Ray executor's actors start now and import torch while the data loads here
         pool.start(pending)
         # everything is validated (and data loaded, the backbone pre-trained) before any run starts
@@ -283,10 +308,13 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
                     check_resumable(ck, spec)
             sink.resume({(s.method.name, s.cfg.seed): int(ck["round"]) if ck is not None else 0
                          for s, ck in zip(specs, ckpts) if ck is None or not ck["finished"]})
-            say(f"resuming the run in {folder}")
+            if pool.address is not None:  # a later resume joins the cluster this one runs on
+                checkpoints.write_plan(folder, methods, seeds, executor, cfg, address=pool.address)
+            say(f"resuming the run in {folder}" + (f" on the Ray cluster at {pool.address}"
+                                                   if pool.address not in (None, "local") else ""))
         else:
             checkpoints.clear(folder)
-            checkpoints.write_plan(folder, methods, seeds, executor, cfg)
+            checkpoints.write_plan(folder, methods, seeds, executor, cfg, address=pool.address)
             say(f"writing the report to {folder}")
         for spec, ck in zip(specs, ckpts):
             f, name, seed = spec.cfg.federation, spec.method.name, spec.cfg.seed
@@ -336,14 +364,29 @@ def share_datasets(specs: Sequence[Any]) -> list[Any]:
 
 
 class _executors:
-    """Context manager owning the Ray instance and actor pool it starts; makes an executor per run."""
+    """Context manager owning the Ray instance and actor pool it starts; makes an executor per run.
+
+    With the Ray executor and a ``folder``, what Ray prints goes to ``folder/ray.log`` while
+    the pool runs (:class:`~sfp_ray.executors.ray.terminal.RayLog`); events of the pool (a
+    node lost, slots re-placed) are one ``warn`` line each. ``address`` is then the joined
+    cluster's ``HOST:PORT``, or ``local`` for a private instance it started (None when it
+    reuses the Ray this process already runs), for the run's plan. When the head of a Ray it
+    started or joined is lost, the process ends with one line on stderr and exit code 2: Ray
+    would end it a minute later with a C++ message, and the checkpoints are what a resume
+    needs.
+    """
 
     def __init__(self, kind: str, cfg: Config, address: str | None, say: Callable[[str], None],
-                 threads: int | None = None, device: str = "auto") -> None:
-        self.kind, self.cfg, self.address, self.say, self.threads = kind, cfg, address, say, threads
-        self.device = device
+                 threads: int | None = None, device: str = "auto", *, folder: Path | None = None,
+                 warn: Callable[[str], None] | None = None, address_saved: bool = False) -> None:
+        self.kind, self.cfg, self.requested, self.say, self.threads = kind, cfg, address, say, threads
+        self.device, self.folder, self.warn, self.address_saved = device, folder, warn, address_saved
         self.started = False
+        self.joined = False
         self.pool: Any = None
+        self.address: str | None = None
+        self.ray_log: Any = None
+        self.watch: Any = None
 
     def __enter__(self) -> _executors:
         return self
@@ -354,6 +397,7 @@ class _executors:
             return
         from sfp_ray.devices import run_devices
         from sfp_ray.executors.ray import ActorPool, start_ray
+        from sfp_ray.executors.ray.terminal import HeadWatch, RayLog, connected_address, ray_running
         from sfp_ray.methods import get_method
         from sfp_ray.sizing import pool_memory
 
@@ -363,13 +407,43 @@ class _executors:
         caps = [c.ray.max_actors for c in resolved if c.ray.max_actors is not None]
         distinct = {m: c for (_, m), c in zip(pending, resolved)}  # seeds do not change what an actor holds
         memory = pool_memory([(c, get_method(m)) for m, c in distinct.items()])
-        self.started = start_ray(self.cfg.ray, self.address if self.address is not None else self.cfg.ray.address)
+        if self.folder is not None:
+            self.ray_log = RayLog(self.folder / "ray.log")
+            self.ray_log.start()
+        address = self.requested if self.requested is not None else self.cfg.ray.address
+        reused = ray_running()  # a Ray this process already runs is used as is, and left running
+        try:
+            self.started = start_ray(self.cfg.ray, address)
+        except ClusterError as e:
+            if not self.address_saved:
+                raise
+            raise _saved_cluster_unreachable(address, e) from None
+        if not reused:
+            self.joined = not self.started
+            self.address = "local" if self.started else connected_address()
+            self.watch = HeadWatch(connected_address(), self._head_lost)
+            self.watch.start()
+        rc = self.cfg.ray
         self.pool = ActorPool.for_devices(devices, server if needs_server else None,
                                           max_actors=min(caps) if caps else None,
-                                          server_max_concurrency=self.cfg.ray.server_max_concurrency, memory=memory,
-                                          memory_fraction=self.cfg.ray.memory_fraction)
+                                          server_max_concurrency=rc.server_max_concurrency, memory=memory,
+                                          memory_fraction=rc.memory_fraction, ready_timeout_s=rc.placement_timeout_s,
+                                          placement_timeout_s=rc.placement_timeout_s, on_node_loss=rc.on_node_loss,
+                                          notify=self.warn)
         for note in self.pool.plan.notices:
             self.say(f"notice: {note}")
+
+    def _head_lost(self) -> None:
+        """The head stopped answering: one line, and exit code 2 (the checkpoints hold every finished round)."""
+        where = self.watch.host + ":" + str(self.watch.port) if self.watch is not None else "?"
+        hint = (f"continue with: sfp-ray run --resume {self.folder} (with --address HOST:PORT if the new cluster's "
+                "head is elsewhere)" if self.folder is not None else "start a cluster again")
+        terminal = self.ray_log.terminal if self.ray_log is not None else sys.stderr
+        if self.ray_log is not None:
+            self.ray_log.flush()
+        print(f"sfp-ray: error: the Ray head at {where} was lost (the cluster is gone); {hint}", file=terminal,
+              flush=True)
+        os._exit(2)
 
     def executor(self) -> Any:
         """A new executor for one run (on the pool's actors with the Ray executor)."""
@@ -384,12 +458,19 @@ class _executors:
         return SerialExecutor(self.threads, self.device)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.close()
-        if self.started:
-            from sfp_ray.executors.ray import stop_ray
+        if self.watch is not None:
+            self.watch.stop()
+        try:
+            if self.pool is not None:
+                self.pool.close()
+            if self.started or self.joined:  # stops a private Ray, or leaves the cluster joined
+                from sfp_ray.executors.ray import stop_ray
 
-            stop_ray()
+                with self.ray_log.all_to_file() if self.ray_log is not None else contextlib.nullcontext():
+                    stop_ray()
+        finally:
+            if self.ray_log is not None:
+                self.ray_log.stop()
 
 
 def run(config: ConfigLike = None, *, method: str | None = None, overrides: Sequence[str] = (),

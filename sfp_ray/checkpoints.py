@@ -1,7 +1,8 @@
 """Checkpoints: what ``--resume`` continues an interrupted run from.
 
 A run folder holds ``checkpoint/run.yaml`` (written before the first round: the methods,
-seeds, executor and the configuration of the whole invocation) and, after every finished
+seeds, executor and the configuration of the whole invocation, and the address of the Ray
+cluster it runs on, which a resume joins again) and, after every finished
 round of a (method, seed) run, ``checkpoint/<method>-seed<seed>.pt`` with everything the
 next round depends on:
 
@@ -90,13 +91,18 @@ class Plan:
     seeds: list[int]
     executor: str
     config: Config
+    #: the Ray cluster the run used (``HOST:PORT``, or ``local`` for a private instance); None: not recorded
+    address: str | None = None
 
 
 def write_plan(out: str | os.PathLike, methods: Sequence[str], seeds: Sequence[int], executor: str,
-               cfg: Config) -> None:
-    """Write ``checkpoint/run.yaml`` (atomically)."""
-    text = yaml.safe_dump({"format": FORMAT, "methods": list(methods), "seeds": [int(s) for s in seeds],
-                           "executor": executor, "config": to_dict(cfg)}, sort_keys=False)
+               cfg: Config, address: str | None = None) -> None:
+    """Write ``checkpoint/run.yaml`` (atomically); ``address``: the Ray cluster the run uses, if any."""
+    plan: dict[str, Any] = {"format": FORMAT, "methods": list(methods), "seeds": [int(s) for s in seeds],
+                            "executor": executor}
+    if address is not None:
+        plan["address"] = str(address)
+    text = yaml.safe_dump({**plan, "config": to_dict(cfg)}, sort_keys=False)
     _replace_atomically(Path(out) / FOLDER / PLAN, lambda tmp: tmp.write_text(text))
 
 
@@ -113,7 +119,11 @@ def read_plan(out: str | os.PathLike) -> Plan:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not an sfp-ray run plan of format {FORMAT}")
         cfg = build_config(data["config"])
-        return Plan([str(m) for m in data["methods"]], [int(s) for s in data["seeds"]], str(data["executor"]), cfg)
+        address = data.get("address")
+        if address is not None and not isinstance(address, str):
+            raise ValueError(f"address: expected HOST:PORT or local, got {address!r}")
+        return Plan([str(m) for m in data["methods"]], [int(s) for s in data["seeds"]], str(data["executor"]), cfg,
+                    address)
     except ConfigError as e:
         raise ConfigError(f"--resume: {p}: {e}") from None
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:

@@ -24,7 +24,8 @@ is checked before Ray starts and before ``--out`` is created (:mod:`sfp_ray.pref
 Exit code 0 on success (also when some clients failed: one warning line each); a bad
 configuration or input, a ``--resume`` that does not fit, or a round that too few clients
 survive (``federation.min_success_fraction``) exits with code 2 and one line on stderr
-(``--debug`` shows the traceback); an interrupted run exits with 130.
+(``--debug`` shows the traceback), and so does a run whose Ray head is lost; an
+interrupted run exits with 130.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "executor the run was started with)")
     p.add_argument("--address", metavar="ADDR", default=None,
                    help="Ray cluster to join: 'auto' or HOST:PORT; default starts a private local Ray "
-                        "(ray.address in the config)")
+                        "(ray.address in the config); with --resume, the cluster the run used")
     p.add_argument("--threads", metavar="N", type=int, default=None,
                    help="torch threads of the serial executor; default: those of the client actors (one for the "
                         "built-in device classes), so that serial and Ray runs give the same numbers bit for bit")
@@ -97,12 +98,18 @@ faults and resume:
   A client whose task raises, whose actor dies, or whose loss or state is not finite
   is tried once more; clients.csv says ok, retried or failed for every client and
   round, and a failed client is left out of the round's average (one warning line
-  each; the run still exits 0). A round in which fewer than
+  per round and error; the run still exits 0). A round in which fewer than
   federation.min_success_fraction (default 0.5) of the cohort succeed, or whose server
   actor dies, starts over once from the last finished round; then the run stops
   (exit 2). After every round RUN_DIR/checkpoint/ holds the run's checkpoint: after an
   interruption, `sfp-ray run --resume RUN_DIR` (or `compare --resume RUN_DIR`) goes on
-  from the last finished round with the configuration saved there.
+  from the last finished round with the configuration saved there, on the Ray cluster
+  the run used (unless --address names another; one line and exit 2 when it cannot be
+  reached).
+  On a cluster, the client slots of a node that is lost start again on a node of their
+  class, else on any node with room (ray.on_node_loss=replace) or not at all (fail: their
+  clients fail until a node of the class joins); a lost head ends the run (exit 2). One
+  line per event; what Ray itself prints goes to RUN_DIR/ray.log.
 """
 
 

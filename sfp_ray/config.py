@@ -33,6 +33,7 @@ PruningPolicy = Literal["hardest", "easiest", "random"]  # sfp_ray.pruning.POLIC
 ScoreAt = Literal["download", "local_update"]
 PruneScope = Literal["all", "split"]
 CutPolicy = Literal["fixed", "per_device"]  # sfp_ray.placement
+NodeLossPolicy = Literal["replace", "fail"]  # sfp_ray.executors.ray.pool
 Precision = Literal["fp32", "bf16", "fp16"]  # sfp_ray.compute
 ServerLinkPolicy = Literal["parallel", "shared", "fifo"]  # sfp_ray.costs.ServerLink
 CapacityMap = Literal["id", "sample"]  # sfp_ray.capacity
@@ -337,6 +338,16 @@ class RayConfig:
     (``--address`` overrides it); the address must answer within 3 s, before anything starts."""
     server_max_concurrency: int = 8
     """Client requests the server actor serves at once (a threaded actor)."""
+    on_node_loss: NodeLossPolicy = "replace"
+    """What happens to client slots whose node was lost (or that cannot be placed) when no node offering their
+    class (``device:<class>``) has room for them: ``replace`` starts them on any node with room (``resources.csv``:
+    ``placed_away``; the simulated device does not change, only wall time does), ``fail`` leaves them out:
+    their clients fail (``clients.csv``: ``node lost: ...``) until a node offering the class joins. A lost
+    server or aggregator is always started again elsewhere."""
+    placement_timeout_s: float = 60.0
+    """Seconds an actor may take to be placed and started (after the pool's start: while no actor becomes
+    ready) before the run gives up on it: a client slot is then left out as under ``on_node_loss`` and
+    tried again when the cluster's nodes change; a server or aggregator that cannot be placed stops the run."""
     memory_fraction: float = 0.5
     """Share of each node's memory (Ray's ``memory`` resource) the pool plans to fill with its actors' estimates, in
     (0, 1]; the rest stays free for the driver, Ray's own processes, states in flight and the page cache. Every actor
@@ -804,6 +815,8 @@ def validate(cfg: Config) -> None:
         "ray.server_max_concurrency",
         f"must be >= 1, got {r.server_max_concurrency}",
     )
+    _require(math.isfinite(r.placement_timeout_s) and r.placement_timeout_s > 0, "ray.placement_timeout_s",
+             f"must be > 0 seconds, got {r.placement_timeout_s}")
     pc = cfg.pretrain
     _require(0 <= pc.seed < 2**32, "pretrain.seed", f"must be an integer in [0, 2**32), got {pc.seed}")
     _require(pc.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {pc.epochs}")

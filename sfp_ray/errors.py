@@ -26,7 +26,11 @@ class ClusterError(SfpRayError):
     """The Ray cluster cannot host the requested actors, or cannot be reached."""
 
 
-class ServerLost(SfpRayError):
+class RoundLost(SfpRayError):
+    """Work of a round was lost (its server, or client results held on a node that left); it must start over."""
+
+
+class ServerLost(RoundLost):
     """The server died during a round; the executor restarted it and the round must start over."""
 
 

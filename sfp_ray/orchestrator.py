@@ -36,7 +36,7 @@ from sfp_ray.config import Config, to_dict
 from sfp_ray.costs import ServerLink
 from sfp_ray.data import load_dataset, partition
 from sfp_ray.devices import run_devices
-from sfp_ray.errors import ConfigError, RoundFailed, ServerLost
+from sfp_ray.errors import ConfigError, RoundFailed, RoundLost
 from sfp_ray.executors.base import Executor, RunSpec, State
 from sfp_ray.faults import Fault, from_env, task_faults
 from sfp_ray.methods import Method, RoundOutcome, get_method
@@ -300,17 +300,19 @@ class Orchestrator:
             (:mod:`sfp_ray.checkpoints`); None writes none.
         resume: a checkpoint of this run (:func:`sfp_ray.checkpoints.load_checkpoint`) to
             continue from: the run starts after its round, from its states, with its run id.
-        warn: called with one line per client that failed an attempt, per round that is
-            started over, per server restart (default: the ``sfp_ray`` logger).
+        warn: called with one line per client that failed an attempt (clients of a round with
+            the same fate and error share one), per round that is started over, per server
+            restart (default: the ``sfp_ray`` logger).
 
     Faults: executors retry a failed client once and report it ``retried`` or ``failed``;
     failed clients are left out of the round (never averaged). When fewer than
-    ``federation.min_success_fraction`` of the cohort succeed, or the server is lost mid-round
-    (:class:`~sfp_ray.errors.ServerLost`), the round starts over once from the global state
-    of the last finished round (which includes the body for methods whose server trains
-    it); failing that, the run stops with :class:`~sfp_ray.errors.RoundFailed` (or the
-    second ServerLost). The test-only ``SFP_RAY_FAULT`` hook (:mod:`sfp_ray.faults`) is read
-    here and handed to the clients with their tasks.
+    ``federation.min_success_fraction`` of the cohort succeed, or work of the round is lost
+    (:class:`~sfp_ray.errors.RoundLost`: the server died mid-round, or client results were
+    held on a node that left), the round starts over once from the global state of the last
+    finished round (which includes the body for methods whose server trains it); failing
+    that, the run stops with :class:`~sfp_ray.errors.RoundFailed` (or the second RoundLost).
+    The test-only ``SFP_RAY_FAULT`` hook (:mod:`sfp_ray.faults`) is read here and handed to
+    the clients with their tasks.
     """
 
     def __init__(self, spec: RunSpec, executor: Executor, sinks: Sequence[Sink] = (),
@@ -453,16 +455,15 @@ class Orchestrator:
             try:
                 outcome = spec.method.run_round(self.executor, [t for t in tasks if draws[t.client_id].online], state,
                                                 judge)
-            except ServerLost as e:
+            except RoundLost as e:
                 if round_try == 2:
-                    raise ServerLost(f"{self._who}: {e}, again in the retried round; the run stops (continue it "
-                                     "with --resume)") from e
+                    raise type(e)(f"{self._who}: {e}, again in the retried round; the run stops (continue it "
+                                  "with --resume)") from e
                 self.warn(f"{self._who}: {e}; round {r} starts over")
                 continue
             outcome.outputs = sorted(outcome.outputs + [offline_output(t) for t in tasks
                                                         if not draws[t.client_id].online], key=lambda o: o.client_id)
-            for o in outcome.outputs:
-                self._warn_client(r, o)
+            self._warn_clients(r, outcome.outputs)
             status = [o.status for o in outcome.outputs]
             ok = sum(st in FINISHED or st == "late" for st in status)  # late clients did succeed
             need = required_successes(f.min_success_fraction, ok + status.count("failed"))
@@ -483,14 +484,21 @@ class Orchestrator:
         link = None if dv.free_links else ServerLink.of(dv.server_link, self.spec.server_device)
         return self.spec.method.round_clock(timelines, link)
 
-    def _warn_client(self, r: int, o: ClientOutput) -> None:
-        device = self.spec.devices[o.client_id].name
-        if o.status == "retried":
-            self.warn(f"{self._who} round {r}: client {o.client_id} ({device}) succeeded on attempt {o.attempts} "
-                      f"after a failure: {o.error}")
-        elif o.status == "failed":
-            self.warn(f"{self._who} round {r}: client {o.client_id} ({device}) failed {o.attempts} attempts and is "
-                      f"left out of the round: {o.error}")
+    def _warn_clients(self, r: int, outputs: Sequence[ClientOutput]) -> None:
+        """One line per retried or failed client; clients of a round with the same fate and error share it."""
+        groups: dict[tuple[str, int, str], list[int]] = {}
+        for o in outputs:
+            if o.status in ("retried", "failed"):
+                groups.setdefault((o.status, o.attempts, o.error), []).append(o.client_id)
+        for (status, attempts, error), ids in groups.items():
+            who = ", ".join(f"{c} ({self.spec.devices[c].name})" for c in ids)
+            who = f"client {who}" if len(ids) == 1 else f"clients {who}"
+            if status == "retried":
+                self.warn(f"{self._who} round {r}: {who} succeeded on attempt {attempts} after a failure: {error}")
+            else:
+                tried = f"failed {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else "could not run"
+                left = "is" if len(ids) == 1 else "are"
+                self.warn(f"{self._who} round {r}: {who} {tried} and {left} left out of the round: {error}")
 
     def _save(self, r: int, state: State, client_states: Mapping[int, Any], totals: Mapping[str, float]) -> None:
         """Write the checkpoint of round ``r`` (when the run has a checkpoint file)."""

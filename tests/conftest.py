@@ -15,8 +15,13 @@ Fixtures shared by several test files live below.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
+import time
 
 import pytest
 
@@ -72,3 +77,29 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cluster_script():
+    """Run a test file as a script in a subprocess that builds its own Ray cluster; its JSON result.
+
+    The subprocess gets a private ``RAY_TMPDIR`` (its session files and ``ray_current_cluster``
+    address file never touch other Ray users of the machine), no ``RAY_ADDRESS*`` variables, and
+    ``HF_HUB_OFFLINE=1``. It reports by printing ``mark`` followed by JSON on stdout; the call
+    returns that object and the finished process (a failure shows the end of its output).
+    """
+    def run(path: str, *args: str, mark: str, timeout: float, env: dict[str, str] | None = None):
+        full = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        full.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+        with tempfile.TemporaryDirectory(prefix="sfpc", dir="/tmp") as tmp:
+            full["RAY_TMPDIR"] = tmp
+            t0 = time.monotonic()
+            proc = subprocess.run([sys.executable, os.path.abspath(path), *args], env=full, capture_output=True,
+                                  text=True, timeout=timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(mark)]
+        assert proc.returncode == 0 and lines, (
+            f"subprocess failed (rc={proc.returncode}, {time.monotonic() - t0:.0f} s)\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}")
+        return json.loads(lines[-1][len(mark):]), proc
+
+    return run

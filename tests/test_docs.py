@@ -137,7 +137,7 @@ def test_every_file_of_a_run_folder_is_documented(run_dir):
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert [f for f in files if not _matches(f, names)] == []
     # and the run wrote every documented file but the Ray executor's and the projection's
-    expected = [n for n in names if "<" not in n and n not in ("resources.csv", "projection.csv")]
+    expected = [n for n in names if "<" not in n and n not in ("resources.csv", "ray.log", "projection.csv")]
     assert [n for n in expected if n not in files] == []
 
 

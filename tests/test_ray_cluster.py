@@ -17,11 +17,6 @@ machine, and it stops only the nodes it started (``Cluster.shutdown``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 
 MARK = "SFP_CLUSTER_RESULT "
 
@@ -78,19 +73,8 @@ def main() -> None:
         cluster.shutdown()
 
 
-def test_client_actors_land_on_the_node_of_their_device_class():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["HF_HUB_OFFLINE"] = "1"
-    with tempfile.TemporaryDirectory(prefix="sfpc", dir="/tmp") as tmp:
-        env["RAY_TMPDIR"] = tmp  # private session dir and address file
-        t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True,
-                              text=True, timeout=240)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    assert proc.returncode == 0 and lines, (
-        f"subprocess failed (rc={proc.returncode}, {time.monotonic() - t0:.0f} s)\n"
-        f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
-    out = json.loads(lines[-1][len(MARK):])
+def test_client_actors_land_on_the_node_of_their_device_class(cluster_script):
+    out, _ = cluster_script(__file__, mark=MARK, timeout=240)
     assert out["started"] is False  # joined an existing cluster, did not start one
     assert out["alive_nodes"] == 2 and out["head"] != out["worker"]
     assert out["client_devices"] == ["rpi4", "rpi4"]

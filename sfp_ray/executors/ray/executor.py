@@ -22,11 +22,17 @@ a contiguous run of test batches; the per-batch figures are summed in order, so 
 a single pass.
 
 Faults: a client whose task raises, whose actor dies, or whose state is not finite is
-tried once more, on the same slot (its actor restarted by the pool when it died: in pooled
-mode the clients queued behind it are retried too); clients that fail twice are reported
-``failed``. When the server actor dies, the executor restarts it and raises
-:class:`~sfp_ray.errors.ServerLost` so the orchestrator starts the round over. A dead
-aggregator, or a client actor lost during evaluation, is restarted and the call repeated.
+tried once more, on a slot serving its class (its actor restarted by the pool when it died:
+in pooled mode the clients queued behind it are retried too); clients that fail twice are
+reported ``failed``. Before every round the pool follows the cluster's nodes
+(:meth:`~sfp_ray.executors.ray.pool.ActorPool.check_nodes`); a client whose class has no
+slot with an actor (its node was lost, ``ray.on_node_loss``) fails at once with the reason,
+e.g. ``node lost: no node offers device:laptop``. When the server actor dies, the executor
+restarts it and raises :class:`~sfp_ray.errors.ServerLost` so the orchestrator starts the
+round over; client results that were held on a node that left before they were folded,
+and an aggregator that died mid-round with the states folded into it, raise
+:class:`~sfp_ray.errors.RoundLost` alike (ServerLost is one). A client actor lost during
+evaluation is restarted and the evaluation repeated.
 
 Ray must already be running (:func:`~sfp_ray.executors.ray.runtime.start_ray`).
 """
@@ -43,7 +49,7 @@ from typing import Any
 
 import ray
 
-from sfp_ray.errors import ClusterError, ServerLost
+from sfp_ray.errors import ClusterError, RoundLost, ServerLost
 from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State, failed_output, settle
 from sfp_ray.executors.ray.actors import RayState, RunSetup
 from sfp_ray.executors.ray.pool import ActorPool, route
@@ -116,9 +122,9 @@ class RayExecutor(Executor):
         assert spec is not None and setup is not None and pool is not None, "start() first"
         if not isinstance(state, RayState):
             raise TypeError(f"the Ray executor holds its states in the object store, got {type(state).__name__}")
+        pool.check_nodes()
         ordered = sorted(tasks, key=lambda t: t.client_id)
-        self.last_routing = route([(t.client_id, t.device.name) for t in ordered], pool.plan.slot_classes,
-                                  pool.plan.serves)
+        self.last_routing = {}  # the slot of each client's last attempt (aggregate() folds on that slot's node)
         t0 = time.perf_counter()
         done: dict[int, ClientOutput] = {}
         errors: dict[int, list[str]] = {t.client_id: [] for t in ordered}
@@ -127,28 +133,51 @@ class RayExecutor(Executor):
             if not pending:
                 break
             batch = [dataclasses.replace(t, attempt=attempt) for t in pending]
+            routing, unplaced = self._route(batch)
+            self.last_routing.update(routing)
+            for t in batch:  # no slot serving its class has an actor: it fails now, with the reason
+                if t.client_id in unplaced:
+                    done[t.client_id] = failed_output(t, attempt - 1, unplaced[t.client_id])
+            batch = [t for t in batch if t.client_id in routing]
+            if not batch:
+                pending = []
+                break
 
             def succeeded(out: ClientOutput, slot: int, attempt: int = attempt) -> None:
                 done[out.client_id] = settle(out, attempt, errors[out.client_id])
                 if on_done is not None:
                     on_done(done[out.client_id], slot)
 
-            results, dead_slots, server_suspect = self._attempt(batch, state, succeeded)
+            results, dead_slots, server_suspect = self._attempt(batch, state, routing, succeeded)
             pending = []
             for t in batch:
                 r = results[t.client_id]
                 if isinstance(r, str):
                     errors[t.client_id].append(r)
                     pending.append(t)
+            hosts = {i: pool.node_of.get(i, "") for i in dead_slots}
             self._recover(dead_slots, server_suspect, batch[0].round)
+            for t in pending:  # Ray may report an actor on a dying node as unavailable before it calls it dead
+                if hosts.get(routing[t.client_id]) in pool.lost_nodes:
+                    errors[t.client_id][-1] = f"node lost: the {t.device.name} client actor died with its node"
         wall = time.perf_counter() - t0
         for t in pending:
             done[t.client_id] = failed_output(t, ATTEMPTS, errors[t.client_id][-1], wall)
         return [done[t.client_id] for t in ordered]
 
-    def _attempt(self, batch: Sequence[ClientTask], state: RayState,
+    def _route(self, batch: Sequence[ClientTask]) -> tuple[dict[int, int], dict[int, str]]:
+        """The slot of each client whose class a slot with an actor serves, and why the others have none."""
+        pool = self.pool
+        assert pool is not None
+        served = pool.served_classes()
+        placed = [t for t in batch if t.device.name in served]
+        unplaced = {t.client_id: pool.unavailable(t.device.name) for t in batch if t.device.name not in served}
+        return route([(t.client_id, t.device.name) for t in placed], pool.live_classes(), pool.plan.serves), unplaced
+
+    def _attempt(self, batch: Sequence[ClientTask], state: RayState, routing: dict[int, int],
                  succeeded: Callable[[ClientOutput, int], None]) -> tuple[dict[int, Outcome], set[int], bool]:
-        """One attempt of each client of ``batch``, in parallel; ``succeeded`` is called as each one succeeds.
+        """One attempt of each client of ``batch``, in parallel, on the slots of ``routing``; ``succeeded`` is
+        called as each one succeeds.
 
         Returns each client's output (its error as one line when it failed), the slots whose
         actor died, and whether a failure may be the server's (its actor is then probed).
@@ -165,7 +194,7 @@ class RayExecutor(Executor):
         suspect = False
         # a window of tasks ahead of the one awaited: one running per slot and two queued, so no slot idles long
         # and no more states than that wait in the object store for their turn (the fold goes in client-id order)
-        window = len(pool.slots) + 2
+        window = sum(a is not None for a in pool.slots) + 2
         refs: dict[int, Any] = {}
         queue = iter(batch)
 
@@ -174,11 +203,11 @@ class RayExecutor(Executor):
                 t = next(queue, None)
                 if t is None:
                     return
-                refs[t.client_id] = pool.slots[self.last_routing[t.client_id]].run.remote(setup.key, t, state, server)
+                refs[t.client_id] = pool.slots[routing[t.client_id]].run.remote(setup.key, t, state, server)
 
         for t in batch:
             top_up()
-            slot = self.last_routing[t.client_id]
+            slot = routing[t.client_id]
             state_ref, meta_ref = refs.pop(t.client_id)  # the state leaves the store once nothing refers to it
             try:
                 meta = ray.get(meta_ref)
@@ -186,8 +215,10 @@ class RayExecutor(Executor):
                 results[t.client_id] = _describe(e)
                 suspect = suspect or server is not None  # a request to a dead server fails the task
                 continue
-            except ray.exceptions.RayActorError as e:  # the client's actor died
-                results[t.client_id] = _describe(e, f"client actor of slot {slot} ({pool.plan.slot_classes[slot]})")
+            except ray.exceptions.RayActorError as e:  # the client's actor died (with its node, perhaps)
+                kind = pool.plan.slot_classes[slot]
+                results[t.client_id] = _describe(e, f"{kind} client actor" if _node_died(e)
+                                                 else f"client actor of slot {slot} ({kind})")
                 dead.add(slot)
                 continue
             body_ref = None
@@ -199,7 +230,7 @@ class RayExecutor(Executor):
                     results[t.client_id] = _describe(e, "server")
                     suspect = True
                     continue
-            res = dict(meta.resources, executor="ray", pooled=not pool.plan.per_client)
+            res = dict(meta.resources, executor="ray", pooled=not pool.plan.per_client, placed_away=slot in pool.away)
             out = dataclasses.replace(meta, state=RayState(state_ref, body_ref), resources=res)
             del state_ref, body_ref
             results[t.client_id] = out
@@ -216,12 +247,13 @@ class RayExecutor(Executor):
         """Restart the client actors that died; restart a dead server and raise :class:`ServerLost`."""
         pool = self.pool
         assert pool is not None
-        for i in sorted(dead_slots):
-            if not pool.alive(pool.slots[i]):
-                pool.restart_slot(i)
+        gone = [i for i in sorted(dead_slots) if pool.slots[i] is not None and not pool.alive(pool.slots[i])]
+        if gone:
+            pool.restart_slots(gone)
         if server_suspect and pool.server is not None and not pool.alive(pool.server):
-            pool.restart_server()
-            raise ServerLost(f"round {round}: the server actor died; it was restarted")
+            where = pool.restart_server()
+            raise ServerLost(f"round {round}: the server actor died; it was restarted"
+                             + (f" on {where}" if where else ""))
 
     # ------------------------------------------------------------------ aggregation
 
@@ -250,25 +282,30 @@ class RayExecutor(Executor):
         assert spec is not None and setup is not None and pool is not None, "start() first"
         t0 = time.perf_counter()
         total = num_batches(len(spec.test), spec.cfg.train.eval_batch_size)
-        shards = min(len(pool.slots), total)
-        bounds = [round(i * total / shards) for i in range(shards + 1)] if shards else [0]
         for attempt in range(1, ATTEMPTS + 1):
-            refs = [pool.slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
+            slots = [a for a in pool.slots if a is not None]
+            if not slots:
+                raise ClusterError("no client actor is left to evaluate the model on: every slot lost its node "
+                                   f"({'; '.join(sorted(set(pool.lost.values())))})")
+            shards = min(len(slots), total)
+            bounds = [round(i * total / shards) for i in range(shards + 1)] if shards else [0]
+            refs = [slots[i].evaluate.remote(setup.key, state, bounds[i], bounds[i + 1]) for i in range(shards)]
             try:
                 results = [b for part in ray.get(refs) for b in part]
                 break
             except ray.exceptions.RayActorError:  # a client actor died: restart it and evaluate again
                 if attempt == ATTEMPTS:
                     raise
-                log.warning("a client actor died during evaluation; restarted: %s", ", ".join(pool.heal()))
+                log.info("a client actor died during evaluation; restarted: %s", ", ".join(pool.heal()))
         return combine(results, len(spec.test), time.perf_counter() - t0)
 
     def resources(self) -> list[dict[str, Any]]:
         """One row per actor now (server, slots, aggregator): requested vs enforced vs observed."""
         assert self.pool is not None, "start() first"
-        rows = ray.get([a.resources.remote() for a in [*self.pool.actors(), self.pool.aggregator]])
-        labels = [*self.pool.labels, "aggregator"]
-        return [dict(r, label=lb, executor="ray", stage="end") for r, lb in zip(rows, labels, strict=True)]
+        labelled = self.pool.labelled_actors()
+        rows = ray.get([a.resources.remote() for _, a in labelled])
+        return [dict(r, label=lb, executor="ray", placed_away=r.get("slot", -1) in self.pool.away, stage="end")
+                for r, (lb, _) in zip(rows, labelled, strict=True)]
 
     def close(self) -> None:
         """End this run on the pool (and the pool itself when this executor started it)."""
@@ -288,7 +325,9 @@ class _Fold:
     pool's slots share a node); :meth:`finish` has one aggregator add the other nodes'
     partial sums to its own. When an aggregator dies mid-round, the states folded into it
     are gone (they left the object store): the executor restarts it and raises
-    :class:`~sfp_ray.errors.ServerLost`, and the orchestrator starts the round over.
+    :class:`~sfp_ray.errors.ServerLost`; when a client's state was held on a node that left
+    before it was folded, :class:`~sfp_ray.errors.RoundLost`. Either way the orchestrator
+    starts the round over.
     """
 
     def __init__(self, executor: RayExecutor, state: State) -> None:
@@ -328,14 +367,21 @@ class _Fold:
             previous = self.state.client if spec.cut_plan is not None and isinstance(self.state, RayState) else None
             client_ref, server_ref, info_ref = root.finish.remote(self.key, previous, *partials)
             info = ray.get(info_ref)
+        except ray.exceptions.ObjectLostError as e:  # a client state was stored on a node that left
+            self._discard()
+            raise RoundLost(f"client results held on a lost node could not be averaged ({_describe(e)})") from e
         except ray.exceptions.RayActorError:
-            for a in self.used.values():
-                with contextlib.suppress(ray.exceptions.RayError):
-                    a.discard.remote(self.key)
+            self._discard()
             restarted = pool.heal_aggregators()
             raise ServerLost(f"an aggregator actor died while averaging ({', '.join(restarted) or 'restarted'}); "
                              "it was restarted") from None
         return Aggregate(RayState(client_ref, server_ref if self.with_server else None), info["flops"], info["wall_s"])
+
+    def _discard(self) -> None:
+        """Drop the round's partial sums on the aggregators that still live."""
+        for a in self.used.values():
+            with contextlib.suppress(ray.exceptions.RayError):
+                a.discard.remote(self.key)
 
 
 def _describe(e: BaseException, who: str | None = None) -> str:
@@ -344,5 +390,12 @@ def _describe(e: BaseException, who: str | None = None) -> str:
         cause = getattr(e, "cause", None)
         return one_line(cause) if isinstance(cause, BaseException) else one_line(e)
     if isinstance(e, ray.exceptions.RayActorError) and who is not None:
+        if _node_died(e):
+            return f"node lost: the {who} died with its node"
         return f"{type(e).__name__}: the {who} died"
     return one_line(e)
+
+
+def _node_died(e: BaseException) -> bool:
+    """Whether Ray says an actor died because its node did."""
+    return "node has died" in str(e)

@@ -35,22 +35,38 @@ in Ray's actor queue. A pool can serve several runs one after another (``sfp-ray
 methods and seeds): actors are started once, each run is set up on them by key, and the
 training data is put into the object store once per dataset.
 
-Recovery: an actor that died is replaced by a new one with the same options, which is set
-up again for every run the pool hosts (:meth:`ActorPool.restart_slot`,
-:meth:`ActorPool.restart_server`, :meth:`ActorPool.heal`); the executor decides when.
+Recovery: an actor that died is replaced by a new one, which is set up again for every run
+the pool hosts (:meth:`ActorPool.restart_slots`, :meth:`ActorPool.restart_server`,
+:meth:`ActorPool.restart_aggregator`, :meth:`ActorPool.heal`); the executor decides when.
+A new actor asks for the same options (its memory included) and gets the same memory
+estimate as the one it replaces. When the actor's node is gone, the slot is placed again
+(:func:`placement`): on a node that still offers ``device:<class>``; otherwise, under
+``ray.on_node_loss: replace``, on any node with room (the slot is then *placed away* from
+its class, ``resources.csv``: ``placed_away``); under ``fail``, or when no node has room, or
+when the new actor is not placed within ``ray.placement_timeout_s``, the slot is left
+without an actor and the executor fails its clients with the reason. A slot shared by
+several classes (``rpi4+phone``) asks for no ``device:<class>``, so it goes to any node with
+room. :meth:`ActorPool.check_nodes`, called before every round, notices nodes that left or
+joined: it replaces what was lost, tries the slots left out again when the cluster's nodes
+changed, and moves slots placed away back to a node of their class when one offers it. The
+server and the root aggregator are always placed again, on any node with room; a per-node
+aggregator of a lost node is dropped (one is made again where states are folded). Every
+such event is one line (``notify``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sfp_ray.devices import DeviceProfile, device_resource
 from sfp_ray.errors import ClusterError, ConfigError
@@ -62,8 +78,7 @@ from sfp_ray.sizing import MemoryEstimate, PoolMemory, pool_memory
 
 log = logging.getLogger(__name__)
 
-
-__all__ = ["ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"]
+__all__ = ["ActorPool", "NodeInfo", "PoolPlan", "alive_nodes", "placement", "plan_pool", "plan_slots", "route"]
 
 
 def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
@@ -97,11 +112,12 @@ def plan_slots(classes: Sequence[str], max_actors: int) -> list[str]:
     return [c for c in counts for _ in range(slots[c])]
 
 
-def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str],
+def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str | None],
           serves: Mapping[str, Sequence[str]] | None = None) -> dict[int, int]:
     """Slot index for each ``(client_id, class)`` of a round: round-robin within each class.
 
     ``serves`` maps a slot kind to the classes it serves (default: each kind its own class).
+    A slot whose kind is None (it has no actor) gets no client.
 
     Example:
         >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a", "a", "b"])
@@ -110,16 +126,22 @@ def route(cohort: Sequence[tuple[int, str]], slot_classes: Sequence[str],
         {3: 0, 7: 1, 2: 0}
         >>> route([(7, "a"), (2, "b"), (3, "a"), (9, "a")], ["a+b", "a+b"], {"a+b": ("a", "b")})
         {3: 0, 7: 1, 9: 0, 2: 1}
+        >>> route([(7, "a"), (3, "a")], ["a", None])
+        {3: 0, 7: 0}
+        >>> route([(7, "a"), (2, "b")], [None, "a+b"], {"a+b": ("a", "b")})
+        {7: 1, 2: 1}
     """
     slots_of: dict[str, list[int]] = {}
     for i, kind in enumerate(slot_classes):
+        if kind is None:
+            continue
         for c in (serves or {}).get(kind, (kind,)):
             slots_of.setdefault(c, []).append(i)
     dealt: Counter[tuple[int, ...]] = Counter()  # per group of slots: classes sharing slots are dealt together
     out: dict[int, int] = {}
     for cid, cls in sorted(cohort, key=lambda x: (x[1], x[0])):
         if cls not in slots_of:
-            raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(set(slot_classes))})")
+            raise ValueError(f"no slot of device class {cls!r} (slots: {sorted(slots_of)})")
         ids = tuple(slots_of[cls])
         out[cid] = ids[dealt[ids] % len(ids)]
         dealt[ids] += 1
@@ -307,7 +329,96 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
     return plan
 
 
+
+# --------------------------------------------------------------------------- nodes and re-placement
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """An alive node of the cluster: its id, address and total resources."""
+
+    node_id: str
+    address: str
+    resources: Mapping[str, float]
+
+    def describe(self) -> str:
+        """``3ecb2eef (10.0.0.7, device:laptop)``: short id, address and the device classes it offers."""
+        offers = sorted(k for k, v in self.resources.items() if k.startswith("device:") and v)
+        return f"{self.node_id[:8]} ({', '.join([self.address, *offers])})"
+
+
+def alive_nodes() -> dict[str, NodeInfo]:
+    """The alive nodes of the connected cluster, by node id."""
+    return {n["NodeID"]: NodeInfo(n["NodeID"], str(n.get("NodeManagerAddress", "")), dict(n.get("Resources") or {}))
+            for n in ray.nodes() if n.get("Alive", n.get("alive", False))}
+
+
+def placement(device: str, options: Mapping[str, Any], nodes: Sequence[Mapping[str, float]], policy: str,
+              free: list[dict[str, float]] | None = None) -> tuple[dict[str, Any], bool] | str:
+    """Where a client slot of class ``device`` can start now: ``(options, placed away)``, or why it cannot.
+
+    ``options`` are the slot's planned Ray options, ``nodes`` the alive nodes' total
+    resources, ``free`` what is left of them now (default: all of it); what the slot will
+    take is reserved in ``free``. The slot keeps its options when a node offers
+    ``device:<class>`` with room for it (or when the plan did not ask for the class).
+    Otherwise, under ``policy="replace"``, it takes the same options without
+    ``device:<class>`` (any node with room for its CPUs, GPUs, memory and other resources);
+    under ``"fail"``, or when no node has room, the answer is the reason.
+
+    Example:
+        >>> opts = {"num_cpus": 0.5, "resources": {"device:laptop": 1.0}}
+        >>> placement("laptop", opts, [{"CPU": 2.0, "device:laptop": 2.0}], "replace")
+        ({'num_cpus': 0.5, 'resources': {'device:laptop': 1.0}}, False)
+        >>> placement("laptop", opts, [{"CPU": 2.0}], "replace")
+        ({'num_cpus': 0.5}, True)
+        >>> placement("laptop", opts, [{"CPU": 2.0}], "fail")
+        'no node offers device:laptop'
+        >>> placement("laptop", opts, [{"CPU": 2.0}], "replace", free=[{"CPU": 0.25}])
+        'no node offers device:laptop, and no node has room for a laptop actor'
+    """
+    key = device_resource(device)
+    room = free if free is not None else [dict(n) for n in nodes]
+    wanted = dict(options.get("resources") or {})
+    if key not in wanted:
+        return (dict(options), False) if _reserve(room, options) else f"no node has room for a {device} actor"
+    offered = any(float(n.get(key, 0.0)) > 0 for n in nodes)
+    if offered and _reserve(room, options):
+        return dict(options), False
+    full = f"the nodes that offer {key} are full" if offered else f"no node offers {key}"
+    if policy == "fail":
+        return full
+    away = {k: v for k, v in options.items() if k != "resources"}
+    if len(wanted) > 1:
+        away["resources"] = {k: v for k, v in wanted.items() if k != key}
+    if _reserve(room, away):
+        return away, True
+    return f"{full}, and no node has room for a {device} actor"
+
+
+def _amounts(options: Mapping[str, Any]) -> dict[str, float]:
+    """The resources Ray options ask for: ``{"CPU": .., "GPU": .., "memory": .., <custom>: ..}`` (none zero)."""
+    need = {"CPU": float(options.get("num_cpus", 1) or 0), "GPU": float(options.get("num_gpus") or 0),
+            "memory": float(options.get("memory") or 0)}
+    need.update({str(k): float(v) for k, v in (options.get("resources") or {}).items()})
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def _reserve(free: list[dict[str, float]], options: Mapping[str, Any]) -> bool:
+    """Take what ``options`` ask for from the first node of ``free`` that has it all; whether one had."""
+    need = _amounts(options)
+    for node in free:
+        if all(node.get(k, 0.0) >= v - 1e-9 for k, v in need.items()):
+            for k, v in need.items():
+                node[k] = node.get(k, 0.0) - v
+            return True
+    return False
+
+
 # --------------------------------------------------------------------------- the pool
+
+
+#: What the pool keeps an actor under: a slot's index, ``"server"`` or ``"aggregator"``.
+Key = int | str
 
 
 class ActorPool:
@@ -315,58 +426,90 @@ class ActorPool:
 
     Args:
         plan: from :func:`plan_pool`.
-        ready_timeout_s: how long :meth:`wait_ready` waits for every actor to be placed and
-            started before giving up with :class:`~sfp_ray.errors.ClusterError`.
+        ready_timeout_s: how long :meth:`wait_ready` waits at the start while no actor becomes
+            placed and started, before giving up with :class:`~sfp_ray.errors.ClusterError`
+            (many actors importing torch at once on a small node take a while, so the wait
+            goes on as long as they keep coming up).
         server_max_concurrency: requests the server actor serves at once.
+        placement_timeout_s: how long an actor started again during the run (after a death or
+            a node loss, or moved back to its class) may take to be placed and started.
+        on_node_loss: ``replace`` or ``fail`` (``ray.on_node_loss``; see :func:`placement`).
+        notify: called with one line per event (a node lost, slots re-placed or left out, the
+            server or aggregator started again elsewhere); default: a warning of this module's
+            logger.
     """
 
-    def __init__(self, plan: PoolPlan, *, ready_timeout_s: float = 300.0, server_max_concurrency: int = 8) -> None:
+    def __init__(self, plan: PoolPlan, *, ready_timeout_s: float = 300.0, server_max_concurrency: int = 8,
+                 placement_timeout_s: float = 60.0, on_node_loss: str = "replace",
+                 notify: Callable[[str], None] | None = None) -> None:
         self.plan = plan
         self.ready_timeout_s = ready_timeout_s
+        self.placement_timeout_s = placement_timeout_s
+        self.on_node_loss = on_node_loss
+        self.notify: Callable[[str], None] = notify if notify is not None else (lambda msg: log.warning("%s", msg))
         self._ready: list[dict[str, Any]] | None = None
         self._data: dict[int, tuple[Any, Any]] = {}
         self._setups: dict[str, RunSetup] = {}  # the runs set up on the actors, to set up again on a restart
         self.server_max_concurrency = server_max_concurrency
-        self.slots: list[Any] = []
+        self.slots: list[Any] = []  # each slot's actor; None while it has none (``lost`` says why)
         self.server: Any = None
         self.aggregator: Any = None
-        self.labels: list[str] = []
-        #: the node each slot's actor runs on (from its resources row; None until known)
-        self.slot_nodes: list[str | None] = [None] * len(plan.slot_classes)
-        self._aggregator_node: str | None = None
+        self.node_of: dict[Key, str] = {}  # the node each actor runs on, once it started
+        self.options_of: dict[Key, dict[str, Any]] = {}  # the Ray options each actor was started with
+        self.lost_nodes: set[str] = set()  # nodes seen leaving the cluster
+        self.away: set[int] = set()  # slots started without their device:<class> resource
+        self.lost: dict[int, str] = {}  # slots without an actor, and why (their clients fail with it)
+        self._tried: dict[int, frozenset[str]] = {}  # the alive nodes when a slot's last placement failed
+        self._nodes: dict[str, NodeInfo] = {}  # the alive nodes at the last look
         self._node_aggregators: dict[str, Any] = {}  # per-node aggregators when the slots span several nodes
         try:
             if plan.server is not None:
-                self.server = self._new_server()
+                self.server = self._new_server(plan.server_options)
             self.aggregator = self._new_aggregator()
-            for i in range(len(plan.slot_classes)):
-                self.slots.append(self._new_slot(i))
+            for i, c in enumerate(plan.slot_classes):
+                self.slots.append(self._new_slot(i, plan.options[c]))
         except BaseException:
             self.close()
             raise
-        self.labels = ([f"server:{plan.server.name}"] if plan.server is not None else []) + [
+
+    @property
+    def labels(self) -> list[str]:
+        """``server:<class>`` (when the plan has a server), then ``client:<kind>`` of every slot."""
+        plan = self.plan
+        return ([f"server:{plan.server.name}"] if plan.server is not None else []) + [
             f"client:{c}" for c in plan.slot_classes]
 
-    def _new_server(self) -> Any:
+    @property
+    def slot_nodes(self) -> list[str | None]:
+        """The node each slot's actor runs on (None until it started, or while the slot has no actor)."""
+        return [self.node_of.get(i) or None for i in range(len(self.plan.slot_classes))]
+
+    def _new_server(self, options: Mapping[str, Any]) -> Any:
         plan = self.plan
         assert plan.server is not None
         est = plan.server_estimate
-        return ServerActor.options(**plan.server_options, max_concurrency=self.server_max_concurrency).remote(
+        self.options_of["server"] = dict(options)
+        return ServerActor.options(**options, max_concurrency=self.server_max_concurrency).remote(
             plan.server, plan.server.name in plan.gpu_fallback, est.row() if est is not None else None)
 
-    def _new_slot(self, i: int) -> Any:
+    def _new_slot(self, i: int, options: Mapping[str, Any]) -> Any:
         c = self.plan.slot_classes[i]
         est = self.plan.memory.client.row() if self.plan.memory is not None else None
-        return ClientActor.options(**self.plan.options[c]).remote(self.plan.profiles[c], i,
-                                                                   c in self.plan.gpu_fallback, est)
+        self.options_of[i] = dict(options)
+        return ClientActor.options(**options).remote(self.plan.profiles[c], i, c in self.plan.gpu_fallback, est)
 
     def _new_aggregator(self, node: str | None = None) -> Any:
-        """The aggregator actor (``node``: one pinned to that node, which folds the states of its clients)."""
-        opts = dict(self.plan.aggregator_options)
-        if node is not None:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        """The root aggregator actor, or (``node``) one for that node, which folds the states of its clients.
 
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        Both prefer their node (a soft affinity: elsewhere when it has no room); the root's is
+        the driver's, so the global states it returns are stored where they outlive the loss
+        of any other node.
+        """
+        opts = dict(self.plan.aggregator_options)
+        if node is None:
+            self.options_of["aggregator"] = dict(opts)
+        here = node if node is not None else ray.get_runtime_context().get_node_id()
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=True)
         est = self.plan.memory.aggregator.row() if self.plan.memory is not None else None
         return AggregatorActor.options(**opts).remote(est)
 
@@ -377,10 +520,12 @@ class ActorPool:
         on first use), so each node's states are summed where they are and one partial sum per
         node crosses the network.
         """
-        nodes = {n for n in self.slot_nodes if n is not None}
-        node = self.slot_nodes[slot] if 0 <= slot < len(self.slot_nodes) else None
-        if len(nodes) <= 1 or node is None or node == self._aggregator_node:
-            return self._aggregator_node or "", self.aggregator
+        slot_nodes = self.slot_nodes
+        nodes = {n for n in slot_nodes if n is not None}
+        node = slot_nodes[slot] if 0 <= slot < len(slot_nodes) else None
+        root = self.node_of.get("aggregator") or None
+        if len(nodes) <= 1 or node is None or node == root:
+            return root or "", self.aggregator
         agg = self._node_aggregators.get(node)
         if agg is None:
             agg = self._node_aggregators[node] = self._new_aggregator(node)
@@ -405,6 +550,8 @@ class ActorPool:
         servers = [s.server_device for s in specs if s.method.server(s.cfg) is not None]
         caps = [s.cfg.ray.max_actors for s in specs if s.cfg.ray.max_actors is not None]
         memory = pool_memory([(s.cfg, s.method) for s in specs], first.num_classes)
+        kwargs.setdefault("placement_timeout_s", first.cfg.ray.placement_timeout_s)
+        kwargs.setdefault("on_node_loss", first.cfg.ray.on_node_loss)
         return cls.for_devices(first.devices, servers[0] if servers else None, max_actors=min(caps) if caps else None,
                                server_max_concurrency=first.cfg.ray.server_max_concurrency, memory=memory,
                                memory_fraction=first.cfg.ray.memory_fraction, **kwargs)
@@ -416,30 +563,50 @@ class ActorPool:
         """A pool planned for clients of these device profiles (and a server) on the connected cluster.
 
         ``memory``: what each actor asks Ray for (:func:`~sfp_ray.sizing.pool_memory`; None:
-        nothing), planned into ``memory_fraction`` of each node. The actors start at once, in
-        the background: a caller can go on loading data while they import torch.
+        nothing), planned into ``memory_fraction`` of each node; the other keyword arguments go
+        to :class:`ActorPool` (``ready_timeout_s``, ``placement_timeout_s``, ``on_node_loss``,
+        ``notify``). The actors start at once, in the background: a caller can go on loading
+        data while they import torch.
         """
         if not ray.is_initialized():
             raise ClusterError("Ray is not running: call sfp_ray.executors.ray.start_ray first")
         plan = plan_pool(clients, server, cluster_nodes(), max_actors=max_actors, memory=memory,
                          server_max_concurrency=server_max_concurrency, memory_fraction=memory_fraction)
-        return cls(plan, ready_timeout_s=kwargs.pop("ready_timeout_s", 300.0),
-                   server_max_concurrency=server_max_concurrency, **kwargs)
+        return cls(plan, server_max_concurrency=server_max_concurrency, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
 
     def actors(self) -> list[Any]:
-        return ([self.server] if self.server is not None else []) + self.slots
+        """The server (when there is one) and every slot that has an actor."""
+        return ([self.server] if self.server is not None else []) + [a for a in self.slots if a is not None]
+
+    def labelled_actors(self) -> list[tuple[str, Any]]:
+        """``(label, actor)`` of the server, every slot that has an actor, and the aggregator."""
+        return [(label, a) for _, label, a in self._labelled()]
+
+    def _labelled(self) -> list[tuple[Key, str, Any]]:
+        out: list[tuple[Key, str, Any]] = []
+        if self.server is not None and self.plan.server is not None:
+            out.append(("server", f"server:{self.plan.server.name}", self.server))
+        out += [(i, f"client:{c}", a) for i, (c, a) in enumerate(zip(self.plan.slot_classes, self.slots, strict=True))
+                if a is not None]
+        if self.aggregator is not None:
+            out.append(("aggregator", "aggregator", self.aggregator))
+        return out
 
     def wait_ready(self) -> list[dict[str, Any]]:
         """Wait until every actor is placed and started; their resource rows (once; the aggregator's last)."""
         if self._ready is not None:
             return self._ready
-        actors = self.actors()
-        refs = [a.ready.remote() for a in actors] + [self.aggregator.ready.remote()]
-        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout_s)
+        labelled = self._labelled()
+        refs = [a.ready.remote() for _, _, a in labelled]
+        pending = list(refs)
+        while pending:  # as long as actors keep coming up, wait for the others
+            done, pending = ray.wait(pending, num_returns=1, timeout=self.ready_timeout_s)
+            if not done:
+                break
         if pending:
-            waiting = Counter([*self.labels, "aggregator"][refs.index(r)] for r in pending)
+            waiting = Counter(labelled[refs.index(r)][1] for r in pending)
             self.close()
             raise ClusterError(
                 f"{len(pending)} of {len(refs)} actors were not placed/started within {self.ready_timeout_s:g} s "
@@ -456,11 +623,11 @@ class ActorPool:
         except BaseException:
             self.close()
             raise
-        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client, stage="start")
-                       for r, lb in zip(rows, [*self.labels, "aggregator"], strict=True)]
-        first = 1 if self.server is not None else 0
-        self.slot_nodes = [r.get("node_id") or None for r in rows[first:first + len(self.slots)]]
-        self._aggregator_node = rows[-1].get("node_id") or None
+        self._nodes = alive_nodes()
+        for (key, _, _), row in zip(labelled, rows, strict=True):
+            self.node_of[key] = str(row.get("node_id") or "")
+        self._ready = [dict(r, label=lb, executor="ray", pooled=not self.plan.per_client, placed_away=False,
+                            stage="start") for r, (_, lb, _) in zip(rows, labelled, strict=True)]
         return self._ready
 
     def data_refs(self, data: Any) -> tuple[Any, Any]:
@@ -484,7 +651,7 @@ class ActorPool:
             dataset=(train.num_classes, train.name, tuple(train.class_names)),
             server=self.server if spec.method.server(spec.cfg) is not None else None,
             cuts=(spec.global_cut, spec.server_cut) if spec.cut_plan is not None else None)
-        waits = [a.setup.remote(setup) for a in self.slots]
+        waits = [a.setup.remote(setup) for a in self.slots if a is not None]
         if setup.server is not None:
             waits.append(self.server.setup.remote(setup))
         ray.get(waits)
@@ -494,67 +661,314 @@ class ActorPool:
     # ------------------------------------------------------------------ recovery
 
     def alive(self, actor: Any, timeout_s: float = 60.0) -> bool:
-        """Whether ``actor`` answers (False when it died; a busy actor that does not answer in time counts as alive)."""
-        try:
-            ray.get(actor.ready.remote(), timeout=timeout_s)
-        except ray.exceptions.RayActorError:
-            return False
-        except ray.exceptions.GetTimeoutError:
-            return True
-        return True
+        """Whether ``actor`` answers (False when it died; a busy actor that does not answer in time counts as alive).
 
-    def _start(self, actor: Any, label: str, setups: Sequence[RunSetup]) -> dict[str, Any]:
-        """Wait for a new actor to start and set the given runs up on it; its resources row."""
+        An actor Ray cannot reach for now (``ActorUnavailableError``: its node may be dying,
+        not yet declared dead) is asked again until ``timeout_s``, and counts as dead then.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError:
+                return False
+            except ray.exceptions.GetTimeoutError:
+                return True
+
+    def live_classes(self) -> list[str | None]:
+        """Each slot's kind, None for a slot without an actor (for :func:`route`, with ``plan.serves``)."""
+        return [c if a is not None else None for c, a in zip(self.plan.slot_classes, self.slots, strict=True)]
+
+    def served_classes(self) -> set[str]:
+        """The device classes that a slot with an actor serves (a shared slot serves several)."""
+        return {c for kind in self.live_classes() if kind is not None for c in self.plan.classes_of(kind)}
+
+    def unavailable(self, device: str) -> str:
+        """Why no slot serving class ``device`` has an actor: the error its clients fail with."""
+        why = [self.lost[i] for i, kind in enumerate(self.plan.slot_classes)
+               if device in self.plan.classes_of(kind) and i in self.lost]
+        return why[0] if why else f"no slot of device class {device!r} has an actor"
+
+    def _look(self) -> dict[str, NodeInfo]:
+        """The alive nodes now; one line for each node that left since the last look."""
+        nodes = alive_nodes()
+        for nid, info in self._nodes.items():
+            if nid not in nodes:
+                self.lost_nodes.add(nid)
+                hosted = self._hosted(nid)
+                self.notify(f"Ray node {info.describe()} was lost" + (f", with {hosted}" if hosted else ""))
+        self._nodes = nodes
+        return nodes
+
+    def _hosted(self, node_id: str) -> str:
+        """What of this pool ran on a node: ``client:laptop slots 3, 4 and the server``."""
+        keys = [k for k, n in self.node_of.items() if n == node_id]
+        parts = [_slots_text(self.plan.slot_classes, [k for k in keys if isinstance(k, int)])]
+        parts = [p for p in parts if p] + [f"the {k} actor" for k in ("server", "aggregator") if k in keys]
+        if len(parts) <= 1:
+            return "".join(parts)
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    def _where(self, node_id: str) -> str:
+        info = self._nodes.get(node_id)
+        return f"node {info.describe()}" if info is not None else f"node {node_id[:8]}"
+
+    def _free(self, nodes: Mapping[str, NodeInfo]) -> list[dict[str, float]]:
+        """What the alive nodes have left once this pool's actors took their share (other jobs not counted)."""
+        free = {nid: dict(info.resources) for nid, info in nodes.items()}
+        actors: dict[Key, Any] = {"server": self.server, "aggregator": self.aggregator, **dict(enumerate(self.slots))}
+        for key, nid in self.node_of.items():
+            if nid in free and actors.get(key) is not None:
+                for k, v in _amounts(self.options_of.get(key, {})).items():
+                    free[nid][k] = free[nid].get(k, 0.0) - v
+        for nid in self._node_aggregators:  # asked for on their node (a soft affinity: where they most likely are)
+            if nid in free:
+                for k, v in _amounts(self.plan.aggregator_options).items():
+                    free[nid][k] = free[nid].get(k, 0.0) - v
+        return list(free.values())
+
+    def check_nodes(self) -> None:
+        """Follow the cluster's nodes before a round (one ``ray.nodes()`` call when nothing changed).
+
+        Actors whose node left are started again (the server and the root aggregator anywhere
+        with room, slots as :func:`placement` says); the per-node aggregator of a node that
+        left is dropped (folds of that node's clients are not expected any more); slots left
+        without an actor are tried again when the set of alive nodes changed since their last
+        try; slots placed away from their class go back to a node of their class when one
+        offers it.
+        """
+        nodes = self._look()
+        gone = {k for k, n in self.node_of.items() if n and n not in nodes}
+        for nid in [n for n in self._node_aggregators if n not in nodes]:
+            self._kill(self._node_aggregators.pop(nid))
+        if "server" in gone:
+            self.notify(f"the server actor was restarted on {self.restart_server() or 'another node'}")
+        if "aggregator" in gone:
+            self.restart_aggregator()
+            self.notify(f"the aggregator actor was restarted on {self._where(self.node_of['aggregator'])}")
+        seen = frozenset(nodes)
+        offered = {k for n in nodes.values() for k, v in n.resources.items() if k.startswith("device:") and v}
+        back = [i for i in sorted(self.away)
+                if self._tried.get(i) != seen and device_resource(self.plan.slot_classes[i]) in offered]
+        moved = self._move_back(back) if back else False
+        todo = {k for k in gone if isinstance(k, int)} | {i for i in self.lost if moved or self._tried.get(i) != seen}
+        if todo:
+            self.restart_slots(sorted(todo))
+
+    def _kill(self, actor: Any) -> None:
+        if actor is None:
+            return
         try:
-            row = ray.get(actor.ready.remote(), timeout=self.ready_timeout_s)
-            ray.get([actor.setup.remote(s) for s in setups])
-            return row
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ClusterError(f"could not restart the {label} actor: {first}") from None
+            ray.kill(actor)
+        except Exception as e:  # noqa: BLE001 - it is gone already
+            log.debug("ray.kill failed: %s", e)
+
+    def _await(self, actors: Mapping[Key, Any]) -> tuple[dict[Key, dict[str, Any]], dict[Key, str]]:
+        """Wait for new actors to be placed and started and set the runs up on them.
+
+        Returns the start-up rows of those that came up and, for the others, why not (an
+        actor still pending after ``placement_timeout_s``, or one that died starting).
+        """
+        rows: dict[Key, dict[str, Any]] = {}
+        failed: dict[Key, str] = {}
+        if not actors:
+            return rows, failed
+        refs = {a.ready.remote(): k for k, a in actors.items()}
+        done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self.placement_timeout_s)
+        for r in pending:
+            failed[refs[r]] = f"not placed within {self.placement_timeout_s:g} s (ray.placement_timeout_s)"
+        for r in done:
+            try:
+                rows[refs[r]] = ray.get(r)
+            except ray.exceptions.RayError as e:
+                failed[refs[r]] = _first_line(e)
+        setups = {k: [s for s in self._setups.values() if k != "server" or s.server is not None] for k in rows
+                  if k != "aggregator"}
+        for k, runs in setups.items():
+            try:
+                ray.get([actors[k].setup.remote(s) for s in runs])
+            except ray.exceptions.RayError as e:
+                failed[k] = _first_line(e)
+                del rows[k]
+        return rows, failed
+
+    def restart_slots(self, indices: Sequence[int]) -> None:
+        """Start new actors for the slots ``indices`` (their actors died, or they have none).
+
+        Each is placed as :func:`placement` says; a slot that cannot be placed, or whose
+        actor is not placed and started within ``placement_timeout_s``, is left without an
+        actor (``lost``) and tried again by :meth:`check_nodes` once the cluster's nodes
+        change. One line per outcome when a node was lost or a slot leaves its class.
+        """
+        nodes = self._look()
+        seen = frozenset(nodes)
+        capacity = [n.resources for n in nodes.values()]
+        starts: dict[int, tuple[dict[str, Any], bool]] = {}
+        node_lost: dict[int, bool] = {}
+        for i in indices:
+            before = self.node_of.pop(i, "")
+            node_lost[i] = (bool(before) and before not in nodes) or self.lost.get(i, "").startswith("node lost")
+            self._kill(self.slots[i])
+            self.slots[i] = None
+            self.away.discard(i)
+        room = self._free(nodes)
+        for i in indices:
+            cls = self.plan.slot_classes[i]
+            decision = placement(cls, self.plan.options[cls], capacity, self.on_node_loss, free=room)
+            if isinstance(decision, str):
+                self._leave_out(i, decision, node_lost[i], seen)
+            else:
+                starts[i] = decision
+        actors = {i: self._new_slot(i, opts) for i, (opts, _) in starts.items()}
+        rows, failed = self._await(actors)
+        placed: dict[tuple[str, str, bool, bool], list[int]] = {}
+        for i, actor in actors.items():
+            if i in failed:
+                self._kill(actor)
+                self._leave_out(i, str(failed[i]), node_lost[i], seen)
+                continue
+            was_lost = i in self.lost
+            self.slots[i], self.node_of[i] = actor, str(rows[i].get("node_id", ""))
+            self.lost.pop(i, None)
+            self._tried.pop(i, None)
+            if starts[i][1]:
+                self.away.add(i)
+            group = (self.plan.slot_classes[i], self.node_of[i], starts[i][1], node_lost[i] or was_lost)
+            placed.setdefault(group, []).append(i)
+        for (cls, node, away, moved), slots in placed.items():
+            what = _slots_text(self.plan.slot_classes, slots)
+            if away:
+                their = "its" if len(slots) == 1 else "their"
+                key = device_resource(cls)
+                why = (f"the nodes that offer {key} are full" if any(n.resources.get(key) for n in nodes.values())
+                       else f"no node offers {key}")
+                self.notify(f"{what} re-placed on {self._where(node)}, away from {their} class: {why} "
+                            "(ray.on_node_loss=replace)")
+            elif moved:
+                self.notify(f"{what} re-placed on {self._where(node)}")
+            else:
+                log.info("restarted the client actor of %s", what)
+        self._say_left_out([i for i in indices if i in self.lost])
 
     def restart_slot(self, i: int) -> None:
-        """Replace the client actor of slot ``i`` (it died) by a new one hosting the same runs."""
-        old = self.slots[i]
-        try:
-            ray.kill(old)
-        except Exception as e:  # noqa: BLE001 - it is gone already
-            log.debug("ray.kill failed: %s", e)
-        new = self._new_slot(i)
-        self.slots[i] = new
-        row = self._start(new, f"client:{self.plan.slot_classes[i]} (slot {i})", list(self._setups.values()))
-        self.slot_nodes[i] = row.get("node_id") or None
-        log.info("restarted the client actor of slot %d", i)
+        """Replace the client actor of slot ``i`` (it died); see :meth:`restart_slots`."""
+        self.restart_slots([i])
 
-    def restart_server(self) -> None:
-        """Replace the server actor (it died) by a new one hosting the same runs' bodies."""
-        try:
-            ray.kill(self.server)
-        except Exception as e:  # noqa: BLE001 - it is gone already
-            log.debug("ray.kill failed: %s", e)
-        self.server = self._new_server()
-        self._start(self.server, "server", [s for s in self._setups.values() if s.server is not None])
+    def _leave_out(self, i: int, reason: str, node_lost: bool, seen: frozenset[str]) -> None:
+        self.lost[i] = f"node lost: {reason}" if node_lost and not reason.startswith("node lost") else reason
+        self._tried[i] = seen
+
+    def _say_left_out(self, slots: Sequence[int]) -> None:
+        by_reason: dict[str, list[int]] = {}
+        for i in slots:
+            by_reason.setdefault(self.lost[i], []).append(i)
+        live = set(self.live_classes())
+        for reason, group in by_reason.items():
+            kinds = {self.plan.slot_classes[i] for i in group}  # a shared slot's kind stands for several classes
+            served = sorted(c for k in kinds if k in live for c in self.plan.classes_of(k))
+            then = (f"the {', '.join(served)} clients use the class's other slots" if served else
+                    f"the {', '.join(sorted(c for k in kinds for c in self.plan.classes_of(k)))} clients fail")
+            them = "it" if len(group) == 1 else "them"
+            self.notify(f"{_slots_text(self.plan.slot_classes, group)} left out ({reason}); {then} until a node can "
+                        f"take {them} (checked before every round)")
+
+    def _move_back(self, slots: Sequence[int]) -> bool:
+        """Start slots placed away again on a node of their class; a slot that cannot be stays where it is.
+
+        Returns whether one moved (its old place is free then).
+        """
+        seen = frozenset(self._nodes)
+        capacity = [n.resources for n in self._nodes.values()]
+        room = self._free(self._nodes)
+        fits = []
+        for i in slots:
+            cls = self.plan.slot_classes[i]
+            if placement(cls, self.plan.options[cls], capacity, "fail", free=room) == (self.plan.options[cls], False):
+                fits.append(i)
+            else:
+                self._tried[i] = seen  # the nodes of its class are full: tried again when the nodes change
+        away_options = {i: self.options_of.get(i, {}) for i in fits}
+        actors = {i: self._new_slot(i, self.plan.options[self.plan.slot_classes[i]]) for i in fits}
+        rows, failed = self._await(actors)
+        moved: dict[tuple[str, str], list[int]] = {}
+        for i, actor in actors.items():
+            if i in failed:
+                self._kill(actor)
+                self.options_of[i] = away_options[i]
+                self._tried[i] = seen
+                log.info("slot %d stays away from its class: %s", i, failed[i])
+                continue
+            self._kill(self.slots[i])
+            self.slots[i], self.node_of[i] = actor, str(rows[i].get("node_id", ""))
+            self.away.discard(i)
+            self._tried.pop(i, None)
+            moved.setdefault((self.plan.slot_classes[i], self.node_of[i]), []).append(i)
+        for (cls, node), group in moved.items():
+            self.notify(f"{_slots_text(self.plan.slot_classes, group)} back on {self._where(node)}, which offers "
+                        f"{device_resource(cls)}")
+        if failed:
+            self.notify(f"{_slots_text(self.plan.slot_classes, list(failed))} stayed away from the nodes of "
+                        f"{'its' if len(failed) == 1 else 'their'} class ({next(iter(failed.values()))}); tried again "
+                        "when the cluster's nodes change")
+        return bool(moved)
+
+    def restart_server(self) -> str:
+        """Replace the server actor (it died) by one hosting the same runs' bodies.
+
+        It keeps its class (``device:<class>``) while a node offers it, and goes to any node
+        with room otherwise; :class:`~sfp_ray.errors.ClusterError` when no node can take it.
+        Returns where it now runs when its node was lost or it left its class, else ``""``.
+        """
+        plan = self.plan
+        assert plan.server is not None
+        nodes = self._look()
+        before = self.node_of.get("server", "")
+        self._kill(self.server)
+        self.server = None
+        self.node_of.pop("server", None)
+        decision = placement(plan.server.name, plan.server_options, [n.resources for n in nodes.values()], "replace",
+                             free=self._free(nodes))
+        if isinstance(decision, str):
+            raise ClusterError(f"could not restart the server actor: {decision}")
+        options, away = decision
+        actor = self._new_server(options)
+        rows, failed = self._await({"server": actor})
+        if failed:
+            self._kill(actor)
+            raise ClusterError(f"could not restart the server actor: {failed['server']}")
+        self.server, self.node_of["server"] = actor, str(rows["server"].get("node_id", ""))
         log.info("restarted the server actor")
+        where = self._where(self.node_of["server"])
+        if away:
+            return f"{where}, away from its class: no node offers {device_resource(plan.server.name)}"
+        return where if before and before not in nodes else ""
 
     def restart_aggregator(self) -> None:
         """Replace the aggregator actor (it died)."""
-        try:
-            ray.kill(self.aggregator)
-        except Exception as e:  # noqa: BLE001 - it is gone already
-            log.debug("ray.kill failed: %s", e)
+        self._look()
+        self._kill(self.aggregator)
         self.aggregator = self._new_aggregator()
-        self._aggregator_node = self._start(self.aggregator, "aggregator", []).get("node_id") or None
+        rows, failed = self._await({"aggregator": self.aggregator})
+        if failed:
+            raise ClusterError(f"could not restart the aggregator actor: {failed['aggregator']}")
+        self.node_of["aggregator"] = str(rows["aggregator"].get("node_id", ""))
 
     def heal(self) -> list[str]:
         """Restart every actor of the pool that died; the labels of those restarted."""
         restarted = []
         if self.server is not None and not self.alive(self.server):
-            self.restart_server()
+            where = self.restart_server()
+            self.notify("the server actor died; it was restarted" + (f" on {where}" if where else ""))
             restarted.append("server")
-        for i, a in enumerate(self.slots):
-            if not self.alive(a):
-                self.restart_slot(i)
-                restarted.append(f"client:{self.plan.slot_classes[i]}")
+        dead = [i for i, a in enumerate(self.slots) if a is not None and not self.alive(a)]
+        if dead:
+            self.restart_slots(dead)
+            restarted.extend(f"client:{self.plan.slot_classes[i]}" for i in dead)
         if self.aggregator is not None and not self.alive(self.aggregator):
             self.restart_aggregator()
             restarted.append("aggregator")
@@ -581,5 +995,27 @@ class ActorPool:
                     log.debug("ray.kill failed: %s", e)
         self.server, self.aggregator, self.slots = None, None, []
         self._node_aggregators.clear()
+        self.node_of.clear()
+        self.away.clear()
+        self.lost.clear()
         self._data.clear()
         self._setups.clear()
+
+
+def _slots_text(classes: Sequence[str], slots: Sequence[int]) -> str:
+    """``client:laptop slots 3, 4`` (classes in order of first slot; ``; `` between classes); empty for none.
+
+    Example:
+        >>> _slots_text(["rpi4", "laptop", "laptop"], [2, 1])
+        'client:laptop slots 1, 2'
+    """
+    by_class: dict[str, list[int]] = {}
+    for i in sorted(slots):
+        by_class.setdefault(classes[i], []).append(i)
+    return "; ".join(f"client:{c} slot{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+                     for c, ids in by_class.items())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
