@@ -349,10 +349,10 @@ class RayConfig:
     ready) before the run gives up on it: a client slot is then left out as under ``on_node_loss`` and
     tried again when the cluster's nodes change; a server or aggregator that cannot be placed stops the run."""
     memory_fraction: float = 0.5
-    """Share of each node's memory (Ray's ``memory`` resource) the pool plans to fill with its actors' estimates, in
-    (0, 1]; the rest stays free for the driver, Ray's own processes, states in flight and the page cache. Every actor
-    still asks Ray for its whole estimate; when even the smallest pool needs more than this share, it is planned
-    against the whole node (with a notice)."""
+    """Share of each node's memory (Ray's ``memory`` resource) the pool plans to fill, in (0, 1]: its actors'
+    estimates and the states a round keeps in flight in the object store (one client state per slot, four more); the
+    rest stays free for the driver, Ray's own processes and the page cache. Every actor asks Ray for its own estimate;
+    when even the smallest pool needs more than this share, it is planned against the whole node (with a notice)."""
 
 
 @dataclass(frozen=True)

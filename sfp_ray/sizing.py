@@ -34,6 +34,7 @@ estimates with the observed peaks at ViT-B and ViT-L scale.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -288,10 +289,25 @@ class PoolMemory:
     client: MemoryEstimate
     aggregator: MemoryEstimate
     server: MemoryEstimate | None = None
+    #: bytes of the largest client state (with its server part): what one state in flight takes in the object store
+    state_bytes: int = 0
 
     def server_at(self, concurrency: int) -> MemoryEstimate | None:
         """The server's estimate when it serves ``concurrency`` requests at once."""
         return with_concurrency(self.server, concurrency) if self.server is not None else None
+
+    def with_traffic(self) -> PoolMemory:
+        """The estimates plus the states a round keeps in flight in Ray's object store (for planning only).
+
+        A slot's finished client state waits there until it is folded (one per slot), and the
+        round holds four more: the global state, the next one, and the folds allowed to be
+        behind. The object store is memory too, so the pool plans for them, without asking Ray
+        for them on the actors' behalf.
+        """
+        traffic = self.state_bytes
+        return PoolMemory(dataclasses.replace(self.client, states=self.client.states + traffic),
+                          dataclasses.replace(self.aggregator, states=self.aggregator.states + 4 * traffic),
+                          self.server, self.state_bytes)
 
 
 def expected_classes(cfg: Config) -> int:
@@ -313,7 +329,8 @@ def pool_memory(runs: Sequence[tuple[Config, Any]], num_classes: int | None = No
             servers.append(server_estimate(cfg, method, n, 1))
         states.append(state_bytes(cfg, method, n))
     return PoolMemory(max(clients, key=lambda e: e.total), aggregator_estimate(states),
-                      max(servers, key=lambda e: e.total) if servers else None)
+                      max(servers, key=lambda e: e.total) if servers else None,
+                      max((c + s for c, s, _ in states), default=0))
 
 
 __all__ = ["NUMPY_FLOOR_MB", "TORCH_FLOOR_MB", "LiveBytes", "MemoryEstimate", "PoolMemory", "aggregator_estimate",

@@ -310,6 +310,25 @@ def test_pool_asks_ray_for_each_actors_memory_and_sizes_itself_by_it():
     assert len(plan_pool(_profiles(rpi4=10), None, [{"CPU": 64.0}], memory=_memory(2, 1)).slot_classes) == 10
 
 
+def test_the_pool_plans_for_states_in_flight_but_asks_ray_for_the_estimates():
+    import dataclasses as dc
+
+    gib = 2**30
+    memory = dc.replace(_memory(2, 1), state_bytes=gib // 2)
+    node = [{"CPU": 64.0, "memory": 20 * gib}]
+    # half of 20 GiB: the aggregator's 1 + 4 states in flight of 0.5 = 3 GiB, then 2 + 0.5 per slot: 2 slots
+    plan = plan_pool(_profiles(rpi4=40), None, node, memory=memory, memory_fraction=0.5)
+    assert len(plan.slot_classes) == 2
+    assert plan.options["rpi4"]["memory"] == 2 * gib and plan.aggregator_options["memory"] == gib
+    assert plan.memory is memory
+    # the whole node: no fraction, no planning for traffic (what Ray is asked for is all that counts)
+    assert len(plan_pool(_profiles(rpi4=40), None, node, memory=memory).slot_classes) == 9
+    # even one slot does not fit the share: planned against the whole node, with a notice
+    big = dc.replace(_memory(12, 1), state_bytes=gib)
+    plan = plan_pool(_profiles(rpi4=4), None, node, memory=big, memory_fraction=0.5)
+    assert len(plan.slot_classes) == 1 and any("ray.memory_fraction=0.5" in n for n in plan.notices)
+
+
 def test_pool_shares_slots_between_classes_when_memory_holds_no_actor_per_class():
     clients = _profiles(rpi4=6, phone=3, laptop=1)
     plan = plan_pool(clients, None, [{"CPU": 2.0, "memory": 11 * 2**30}], memory=_memory(5, 1))

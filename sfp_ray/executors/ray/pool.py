@@ -188,6 +188,19 @@ class PoolPlan:
         return self.memory.server_at(self.server_concurrency)
 
 
+def _asking_for(plan: PoolPlan, memory: PoolMemory) -> PoolPlan:
+    """``plan`` with every actor asking Ray for its own estimate in ``memory`` (the plan may hold more)."""
+    for kind, opts in plan.options.items():
+        if "memory" in opts:
+            plan.options[kind] = dict(opts, memory=int(memory.client.total))
+    if "memory" in plan.aggregator_options:
+        plan.aggregator_options = dict(plan.aggregator_options, memory=int(memory.aggregator.total))
+    if "memory" in plan.server_options and memory.server is not None:
+        plan.server_options = dict(plan.server_options, memory=int(memory.server_at(plan.server_concurrency).total))
+    plan.memory = memory
+    return plan
+
+
 def _options(device: DeviceProfile, nodes: Sequence[Mapping[str, float]], fallback: bool) -> dict[str, Any]:
     offers = any(float(n.get(device_resource(device.name), 0.0)) > 0 for n in nodes)
     opts = device.ray_options(include_memory=False, device_resource_amount=1.0 if offers else 0.0)
@@ -215,14 +228,16 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
     ``memory`` (:func:`~sfp_ray.sizing.pool_memory`) is what each actor asks Ray for; the
     server's grows with the requests it serves at once, ``min(server_max_concurrency,
     slots)``. The plan fills at most ``memory_fraction`` of each node's memory with those
-    estimates (``ray.memory_fraction``); when even the smallest pool needs more, it is
-    planned against the whole node, with a notice.
+    estimates and the states a round keeps in flight in the object store
+    (:meth:`~sfp_ray.sizing.PoolMemory.with_traffic`; ``ray.memory_fraction``); when even the
+    smallest pool needs more, it is planned against the whole node, with a notice.
     """
     if memory is not None and memory_fraction < 1.0 and any(float(n.get("memory", 0.0)) > 0 for n in nodes):
         share = [dict(n, memory=float(n["memory"]) * memory_fraction) if n.get("memory") else dict(n) for n in nodes]
-        try:
-            return plan_pool(clients, server, share, max_actors=max_actors, memory=memory,
-                             server_max_concurrency=server_max_concurrency)
+        try:  # planned with the states in flight in the object store; each actor asks Ray for its own estimate
+            planned = plan_pool(clients, server, share, max_actors=max_actors, memory=memory.with_traffic(),
+                                server_max_concurrency=server_max_concurrency)
+            return _asking_for(planned, memory)
         except ClusterError:
             plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
                              server_max_concurrency=server_max_concurrency)
