@@ -483,7 +483,8 @@ def test_package_reexports_resolve() -> None:
 
 def test_a_run_adapts_only_the_samples_its_clients_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare_run resizes the images some client holds, not the whole split, and each client
-    gets the same images, bit for bit and in the same order, as from the whole split adapted."""
+    gets the same images, bit for bit and in the same order, as from the whole split adapted.
+    """
     from sfp_ray import orchestrator
     from sfp_ray.config import load_config
 
