@@ -414,7 +414,8 @@ def test_restarted_actors_ask_for_the_memory_they_started_with(ray_session):
 
 def test_states_are_folded_on_the_node_that_made_them():
     """A slot on the root aggregator's node folds into the root; a slot on any other node into
-    that node's aggregator, made once, also when no slot shares the root's node."""
+    that node's aggregator, made once, also when no slot shares the root's node.
+    """
     from types import SimpleNamespace
 
     from sfp_ray.executors.ray.pool import ActorPool
