@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-scale-models"))
     ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in scale_models.csv (a case run again replaces its row)")
     args = ap.parse_args(argv)
 
     cases: list[tuple[str, list[str]]] = []
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     trees = [("new", ROOT)] + ([(f"base {args.baseline}", baseline_tree(args.baseline))] if args.baseline else [])
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
+    prior = pd.read_csv(res / "scale_models.csv") if args.append and (res / "scale_models.csv").is_file() else None
     rows = []
     for i, (case, cargs) in enumerate(cases):
         for label, code in trees:
@@ -267,17 +270,36 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['peak_above_idle_gib']} GiB, spilled {row['peak_spilled_gib']} GiB, "
                   f"{row.get('client_actors', '?')} client actors", file=sys.stderr, flush=True)
             rows.append(row)
-            df = pd.DataFrame(rows)
+            df = merged(prior, pd.DataFrame(rows))
             df.to_csv(res / "scale_models.csv", index=False)
             (res / "scale_models_table.md").write_text(
                 "# Paper-scale models: measured table\n\n"
-                f"`python benchmarks/scale_models.py {' '.join(argv if argv is not None else sys.argv[1:])}` on a "
+                f"`python benchmarks/scale_models.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+                f"{' (the rows of earlier invocations kept)' if prior is not None else ''} on a "
                 f"{psutil.cpu_count()}-core machine with {psutil.virtual_memory().total / GIB:.0f} GiB, "
                 f"{time.strftime('%Y-%m-%d')}. PSS: summed over the run's process tree, sampled every second; "
                 "above idle: the machine's used memory above its level just before the run.\n\n"
                 + "\n".join(table(df)) + "\n")
-    print("\n".join(table(pd.DataFrame(rows))))
+    print("\n".join(table(merged(prior, pd.DataFrame(rows)))))
     return 0
+
+
+def merged(prior: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """``prior``'s rows with those of ``new`` in place of the same (case, code); the rest of ``new`` after them."""
+    if prior is None or prior.empty:
+        return new
+    out = prior.copy()
+    key = list(zip(out["case"], out["code"]))
+    extra = []
+    for _, r in new.iterrows():
+        k = (r["case"], r["code"])
+        if k in key:
+            i = key.index(k)
+            out = out.drop(index=out.index[i]).reset_index(drop=True)
+            out = pd.concat([out.iloc[:i], r.to_frame().T, out.iloc[i:]], ignore_index=True)
+        else:
+            extra.append(r)
+    return pd.concat([out, pd.DataFrame(extra)], ignore_index=True) if extra else out
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@
 # Ray scheduling tickets those COUNT clients ask for (see sfp_ray/devices.yaml):
 #   --num-cpus = ceil(COUNT * num_cpus)   (at least 1)
 #   --num-gpus = ceil(COUNT * num_gpus)   (0 for CPU-only classes, so no GPU is offered)
-#   --memory   = COUNT * memory_mb MiB    (a scheduling ticket only, may exceed physical RAM:
-#                                          the emulating actor is not the device)
 # These are tickets, not the device's real cores: physical speed is modelled by
-# peak_flops x efficiency in simulated time.
+# peak_flops x efficiency in simulated time. Memory is the host's: Ray detects it, and every
+# actor asks for what it will hold (counted from the model and the method by sfp-ray), so
+# Ray never places more actors on the node than its RAM holds.
 #
 # Environment (all optional):
 #   SFP_NODE_IP                   same as --node-ip
@@ -29,7 +29,7 @@
 #   SFP_STATE_DIR                 pid file and log of the node (default ~/.sfp-ray)
 #   SFP_START_TIMEOUT             seconds to wait for the node to come up (default 120)
 #   SFP_NUM_CPUS / SFP_NUM_GPUS   override the CPU/GPU count ("auto" = let Ray detect)
-#   SFP_NODE_MEMORY_MB            override the memory ticket in MiB ("auto" = let Ray detect)
+#   SFP_NODE_MEMORY_MB            memory the node offers actors, in MiB (default "auto": Ray detects it)
 #   SFP_DEVICE_CATALOG            extra device catalogue YAML (same as config key devices.catalog)
 #   SFP_PYTHON                    Python with sfp_ray + ray installed (default: <repo>/.venv/bin/python)
 #   SFP_DRY_RUN=1                 print the `ray start` command instead of running it
@@ -114,7 +114,7 @@ read -r DEF_CPUS DEF_GPUS DEF_MEM_MB NODE_RESOURCES <<<"$CLASS_INFO"
 
 NUM_CPUS="${SFP_NUM_CPUS:-$DEF_CPUS}"
 NUM_GPUS="${SFP_NUM_GPUS:-$DEF_GPUS}"
-MEM_MB="${SFP_NODE_MEMORY_MB:-$DEF_MEM_MB}"
+MEM_MB="${SFP_NODE_MEMORY_MB:-auto}"  # the host's; not COUNT x the device's memory_mb (DEF_MEM_MB)
 
 CMD=("$RAY" start --address="$HEAD_ADDR" --resources="$NODE_RESOURCES" --disable-usage-stats)
 [[ -n "$NODE_IP" ]] && CMD+=(--node-ip-address="$NODE_IP")

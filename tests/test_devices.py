@@ -464,8 +464,14 @@ def test_start_worker_dry_run(tmp_path):
     assert "--address=10.0.0.1:6379" in out
     assert '\\"device:rpi4\\":3' in out
     assert "--num-cpus=1 " in out and "--num-gpus=0 " in out
-    assert f"--memory={3 * 4096 * 2**20}" in out
+    # memory is the host's (Ray detects it); actors ask for their own estimates
+    assert "--memory" not in out
     assert "RAY_AUTH_MODE=token" in out
+    pinned = subprocess.run(
+        ["bash", str(CLUSTER / "start-worker.sh"), "10.0.0.1", "rpi4", "3"],
+        env={**env, "SFP_NODE_MEMORY_MB": "2048"}, capture_output=True, text=True, check=True,
+    ).stdout
+    assert f"--memory={2048 * 2**20}" in pinned
     bad = subprocess.run(
         ["bash", str(CLUSTER / "start-worker.sh"), "10.0.0.1", "toaster"],
         env=env, capture_output=True, text=True,

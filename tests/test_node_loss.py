@@ -409,6 +409,29 @@ def test_restarted_actors_ask_for_the_memory_they_started_with(ray_session):
         pool.close()
 
 
+def test_states_are_folded_on_the_node_that_made_them():
+    """A slot on the root aggregator's node folds into the root; a slot on any other node into
+    that node's aggregator, made once, also when no slot shares the root's node."""
+    from types import SimpleNamespace
+
+    from sfp_ray.executors.ray.pool import ActorPool
+
+    made: list[str] = []
+
+    def pool(slot_nodes, root):
+        return SimpleNamespace(slot_nodes=slot_nodes, node_of={"aggregator": root}, aggregator="root",
+                               _node_aggregators={}, _new_aggregator=lambda n: made.append(n) or f"agg@{n}")
+
+    away = pool(["B", "B", "C"], "A")  # every slot away from the root's node
+    assert [ActorPool.aggregator_for(away, s) for s in range(3)] == [("B", "agg@B"), ("B", "agg@B"), ("C", "agg@C")]
+    assert made == ["B", "C"]  # one aggregator per node, made on first use
+    mixed = pool(["A", "B", None], "A")
+    assert ActorPool.aggregator_for(mixed, 0) == ("A", "root")
+    assert ActorPool.aggregator_for(mixed, 2) == ("A", "root")  # node unknown: the root
+    assert ActorPool.aggregator_for(mixed, 7) == ("A", "root")  # no such slot: the root
+    assert ActorPool.aggregator_for(pool(["B"], ""), 0) == ("", "root")  # root's node unknown
+
+
 def test_a_client_state_lost_before_it_was_folded_starts_the_round_over(ray_session):
     """The process that held a client's state is gone before the fold ran: RoundLost, and no partial sum stays."""
     from types import SimpleNamespace

@@ -531,15 +531,15 @@ class ActorPool:
     def aggregator_for(self, slot: int) -> tuple[str, Any]:
         """``(node id, aggregator)`` that folds the states of clients run by ``slot``.
 
-        One aggregator while the slots share a node; on several nodes, one per node (created
-        on first use), so each node's states are summed where they are and one partial sum per
-        node crosses the network.
+        The root aggregator for slots on its own node; a slot on any other node gets that node's
+        aggregator (created on first use), so each node's states are summed where they are and
+        one partial sum per node crosses the network, even when every slot sits away from the
+        root's node.
         """
         slot_nodes = self.slot_nodes
-        nodes = {n for n in slot_nodes if n is not None}
         node = slot_nodes[slot] if 0 <= slot < len(slot_nodes) else None
         root = self.node_of.get("aggregator") or None
-        if len(nodes) <= 1 or node is None or node == root:
+        if node is None or root is None or node == root:
             return root or "", self.aggregator
         agg = self._node_aggregators.get(node)
         if agg is None:
