@@ -329,7 +329,8 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
                 say(f"{name} seed {seed}: resuming after round {ck['round']} of {f.rounds}")
             say(f"{name} seed {seed}: {f.num_clients} clients ({f.clients_per_round}/round), "
                 f"{f.rounds} rounds, {executor} executor, data {spec.cfg.data.name} "
-                f"({len(spec.train)} train / {len(spec.test)} test), backbone {spec.checkpoint or 'none'}")
+                f"({len(spec.train)} train held by the clients / {len(spec.test)} test), "
+                f"backbone {spec.checkpoint or 'none'}")
             path = checkpoints.checkpoint_path(folder, name, seed)
             with pool.executor() as ex:
                 Orchestrator(spec, ex, [sink], progress=progress, checkpoint=path, resume=ck, warn=warn).run()

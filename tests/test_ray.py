@@ -261,6 +261,12 @@ def test_the_pool_plans_for_states_in_flight_but_asks_ray_for_the_estimates():
     big = dc.replace(_memory(12, 1), state_bytes=gib)
     plan = plan_pool(_profiles(rpi4=4), None, node, memory=big, memory_fraction=0.5)
     assert len(plan.slot_classes) == 1 and any("ray.memory_fraction=0.5" in n for n in plan.notices)
+    # the share holds no pool (1 + 4 x 1 + 5 + 1 = 11 > 10 GiB): the whole node, still counting the states in
+    # flight, holds 2 slots (5 + 2 x 6 = 17 <= 20), not the 3 that the estimates alone would allow (1 + 3 x 5 = 16)
+    mid = dc.replace(_memory(5, 1), state_bytes=gib)
+    plan = plan_pool(_profiles(rpi4=40), None, node, memory=mid, memory_fraction=0.5)
+    assert len(plan.slot_classes) == 2 and any("ray.memory_fraction=0.5" in n for n in plan.notices)
+    assert plan.options["rpi4"]["memory"] == 5 * gib and plan.aggregator_options["memory"] == gib
 
 
 def test_pool_shares_slots_between_classes_when_memory_holds_no_actor_per_class():

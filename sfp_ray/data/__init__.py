@@ -37,7 +37,7 @@ _EXPORTS = {
     ".core": ("ArrayDataset", "NORM_MEAN", "NORM_STD"),
     ".partitioning": ("PARTITION_SCHEMES", "label_skew", "partition"),
     ".sources": ("DEFAULT_SEARCH_DIRS", "DEFAULT_TORCHVISION_ROOT", "ENV_DATA_ROOT", "FASHION_MNIST_CLASSES", "Loader",
-                 "dataset_search_path", "list_datasets", "load_dataset", "register_dataset"),
+                 "adapt", "dataset_search_path", "list_datasets", "load_dataset", "register_dataset"),
     ".catalog": ("DatasetInfo", "dataset_info", "dataset_num_classes"),
 }
 

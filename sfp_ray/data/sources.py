@@ -64,6 +64,7 @@ __all__ = [
     "ENV_DATA_ROOT",
     "FASHION_MNIST_CLASSES",
     "Loader",
+    "adapt",
     "dataset_num_classes",
     "dataset_search_path",
     "list_datasets",
@@ -220,10 +221,7 @@ def load_dataset(
             f"data.name: unknown dataset {name!r}; registered datasets: "
             f"{', '.join(list_datasets())}"
         )
-    if in_chans is not None and in_chans not in (1, 3):
-        raise ConfigError(f"model.in_chans: must be 1 or 3, got {in_chans!r}")
-    if img_size is not None and (isinstance(img_size, bool) or int(img_size) != img_size or img_size < 1):
-        raise ConfigError(f"model.img_size: must be a positive integer, got {img_size!r}")
+    _check_shape(img_size, in_chans)
     bad_max = max_samples is not None and (
         isinstance(max_samples, bool) or int(max_samples) != max_samples or max_samples < 1
     )
@@ -238,6 +236,28 @@ def load_dataset(
         ds = select_classes(ds, classes)
     if max_samples is not None and int(max_samples) < len(ds):
         ds = ds.subset(stratified_sample(ds.labels.numpy(), int(max_samples), int(seed)))
+    return adapt(ds, img_size=img_size, in_chans=in_chans)
+
+
+def _check_shape(img_size: int | None, in_chans: int | None) -> None:
+    if in_chans is not None and in_chans not in (1, 3):
+        raise ConfigError(f"model.in_chans: must be 1 or 3, got {in_chans!r}")
+    if img_size is not None and (isinstance(img_size, bool) or int(img_size) != img_size or img_size < 1):
+        raise ConfigError(f"model.img_size: must be a positive integer, got {img_size!r}")
+
+
+def adapt(ds: ArrayDataset, *, img_size: int | None = None, in_chans: int | None = None) -> ArrayDataset:
+    """``ds`` with its images resized to ``img_size`` and converted to ``in_chans`` channels, in place.
+
+    The last two steps of :func:`load_dataset`, for a caller that first keeps only the samples
+    it uses (each image is adapted on its own, so adapting a subset gives the same images):
+    at 224 px a float32 image of 3 channels takes 588 KiB, 35 GiB for Fashion-MNIST's 60,000.
+
+    Example:
+        >>> adapt(load_dataset("synthetic", train=False, max_samples=4), img_size=8, in_chans=3).images.shape
+        torch.Size([4, 3, 8, 8])
+    """
+    _check_shape(img_size, in_chans)
     if img_size is not None:
         ds.images = resize(ds.images, int(img_size))
     if in_chans is not None:

@@ -230,7 +230,8 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
     slots)``. The plan fills at most ``memory_fraction`` of each node's memory with those
     estimates and the states a round keeps in flight in the object store
     (:meth:`~sfp_ray.sizing.PoolMemory.with_traffic`; ``ray.memory_fraction``); when even the
-    smallest pool needs more, it is planned against the whole node, with a notice.
+    smallest pool needs more, it is planned against the whole node, with a notice: still with the
+    states in flight where that holds a pool, else for the estimates alone.
     """
     if memory is not None and memory_fraction < 1.0 and any(float(n.get("memory", 0.0)) > 0 for n in nodes):
         share = [dict(n, memory=float(n["memory"]) * memory_fraction) if n.get("memory") else dict(n) for n in nodes]
@@ -239,8 +240,13 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
                                 server_max_concurrency=server_max_concurrency)
             return _asking_for(planned, memory)
         except ClusterError:
-            plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
-                             server_max_concurrency=server_max_concurrency)
+            try:  # the whole node, still counting the states in flight: fewer slots, nothing spilled
+                plan = _asking_for(plan_pool(clients, server, nodes, max_actors=max_actors,
+                                             memory=memory.with_traffic(),
+                                             server_max_concurrency=server_max_concurrency), memory)
+            except ClusterError:
+                plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
+                                 server_max_concurrency=server_max_concurrency)
             plan.notices.append(f"ray.memory_fraction={memory_fraction:g}: even the smallest pool needs more of a "
                                 f"node's memory (a client actor: {memory.client.describe()}); planned against the "
                                 "whole node")
