@@ -3,6 +3,7 @@
 #                 over seeds 0,1,2 on Ray client actors (mean ± 95% CI), then project the paper's
 #                 thin cut (no client blocks) next to the default cut
 #   make test   - install, run the test suite
+#   make test-fast - the suite without the tests marked slow (Ray clusters, CLI subprocesses, many rounds)
 #   make bench-flower - peer benchmark against Flower's Ray simulation (benchmarks/peers/README.md)
 # Both are idempotent: a second run skips finished steps.
 # make docs regenerates docs/configuration.md from sfp_ray/config.py (python -m sfp_ray.docgen).
@@ -15,7 +16,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 DEMO_OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install data lint docs clean-runs bench-flower
+.PHONY: demo test test-fast install data lint docs clean-runs bench-flower
 
 install: $(STAMP)
 
@@ -49,6 +50,9 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install data
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 docs: install
 	$(BIN)/python -m sfp_ray.docgen

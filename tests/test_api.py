@@ -6,17 +6,17 @@ import io
 
 import pandas as pd
 import pytest
+from conftest import tiny
 
 import sfp_ray
 from sfp_ray.api import Results, to_config
 from sfp_ray.config import Config
 from sfp_ray.errors import ConfigError
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=2", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=2", "data.samples_per_client=8", "data.test_samples=16"]
+TINY = tiny("federation.rounds=2")
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_compare_returns_the_report_as_dataframes(tmp_path):
     r = sfp_ray.compare(["sfprompt", "fl_full"], overrides=TINY, seeds=[0, 1], executor="serial", out=tmp_path,
                         plots=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny
 
 from sfp_ray.availability import RoundJudge, cohort_size, draw, phase_fractions, truncate
 from sfp_ray.config import load_config
@@ -17,10 +18,8 @@ from sfp_ray.records import CostRecord, MessageRecord, Segment
 from sfp_ray.reports import ReportSink
 from sfp_ray.roles.client import ClientOutput
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=6",
-        "federation.clients_per_round=6", "federation.rounds=3", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=4", "devices.mix={rpi4: 0.5, laptop: 0.5}"]
+TINY = tiny("model.depth=3", "federation.num_clients=6", "federation.clients_per_round=6", "federation.rounds=3",
+            "train.batch_size=4", "devices.mix={rpi4: 0.5, laptop: 0.5}")
 
 RPI4 = """\
 devices:
@@ -123,6 +122,7 @@ def _run(tmp_path, extra=(), warnings=None):
         out / "costs.csv")
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_unreliable_rpi4_go_offline_and_drop_out_and_the_run_finishes(tmp_path):
     cat = catalog(tmp_path, 0.5, 0.3)
     _, res, clients, rounds, costs = _run(tmp_path, [f"devices.catalog={cat}", "federation.rounds=6",
@@ -145,6 +145,7 @@ def test_unreliable_rpi4_go_offline_and_drop_out_and_the_run_finishes(tmp_path):
     assert mine[mine.phase == "upload"].bytes_up.sum() == 0  # a dropped client never uploads
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_round_nobody_finishes_keeps_the_global_state_and_says_so(tmp_path):
     warnings: list[str] = []
     spec, res, clients, rounds, _ = _run(tmp_path, ["devices.mix={rpi4: 1.0}", "federation.deadline_s=1e-6"],
@@ -157,6 +158,7 @@ def test_a_round_nobody_finishes_keeps_the_global_state_and_says_so(tmp_path):
     assert sum("no client's state was averaged" in w for w in warnings) == 3
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_over_selection_averages_the_first_to_finish(tmp_path):
     _, _, clients, rounds, _ = _run(tmp_path, ["federation.num_clients=6", "federation.clients_per_round=3",
                                                "federation.over_select=0.5"])
@@ -178,6 +180,7 @@ def test_bad_probabilities_and_settings_are_rejected(tmp_path):
         load_config(overrides=["federation.over_select=-0.5"])
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_timeline_csv_and_plot_show_each_clients_round(tmp_path, capsys):
     from sfp_ray.cli import main
 
@@ -274,6 +277,7 @@ def test_a_trace_that_pickles_an_object_is_refused_unrun(tmp_path):
         load_trace(tmp_path / "missing.pkl")
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_run_with_a_trace_leaves_its_offline_clients_out(tmp_path):
     import pickle
 

@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import as_sets, tiny
 
 from sfp_ray.cli import main
 from sfp_ray.config import load_config
@@ -14,26 +15,16 @@ from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.orchestrator import Orchestrator, prepare_run
 from sfp_ray.reports import COST_COLUMNS, ROUND_COLUMNS, ReportSink
 
-TINY = [
-    "data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-    "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "data.samples_per_client=24",
-    "data.test_samples=64", "federation.num_clients=3", "federation.clients_per_round=2",
-    "federation.rounds=2", "train.batch_size=8",
-]
+TINY = tiny("model.depth=3", "data.samples_per_client=24", "data.test_samples=64", "federation.num_clients=3",
+            "federation.rounds=2", "train.batch_size=8")
 
-
-def _sets(items):
-    out = []
-    for s in items:
-        out += ["--set", s]
-    return out
 
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory, ray_session):
     """The default path: ``sfp-ray compare`` with no executor flag runs on Ray actors."""
     out = tmp_path_factory.mktemp("cmp")
-    rc = main(["--quiet", "compare", "--methods", "sfprompt,fl_full", *_sets(TINY), "--out", str(out)])
+    rc = main(["--quiet", "compare", "--methods", "sfprompt,fl_full", *as_sets(TINY), "--out", str(out)])
     assert rc == 0
     return out
 
@@ -90,9 +81,10 @@ def test_report_rebuilds_summary_and_plots(compare_dir, capsys):
         (["run", "--method", "fedprox"], "fedprox"),
         (["run", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
         (["report", "/nonexistent-run"], "/nonexistent-run"),
-        (["run", *_sets(TINY), "--set", "split.head_blocks=3"], "split.head_blocks"),
-        (["run", *_sets([t for t in TINY if not t.startswith("data.name")]), "--set", "data.name=cifar10",
-          "--set", "data.root=/nonexistent-data"], "cifar"),
+        (["run", *as_sets(TINY), "--set", "split.head_blocks=3"], "split.head_blocks"),
+        # the data is read once Ray has started (the default executor): a Ray test
+        pytest.param(["run", *as_sets([t for t in TINY if not t.startswith("data.name")]), "--set", "data.name=cifar10",
+                      "--set", "data.root=/nonexistent-data"], "cifar", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, key, capsys):
@@ -101,11 +93,13 @@ def test_bad_input_exits_2_with_one_line(args, key, capsys):
     assert len(err) == 1 and err[0].startswith("sfp-ray: error:") and key in err[0], err
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_python_dash_m_is_the_same_program():
     out = subprocess.run([sys.executable, "-m", "sfp_ray", "methods"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "sfprompt" in out.stdout and "fl_full" in out.stdout
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_rows_are_flushed_every_round_so_a_crash_keeps_finished_rounds(tmp_path):
     class Crashing(SerialExecutor):
         def run_clients(self, specs, state, on_done=None):
@@ -122,17 +116,18 @@ def test_rows_are_flushed_every_round_so_a_crash_keeps_finished_rounds(tmp_path)
     assert list(rounds["round"]) == [1] and set(costs["round"]) == {1}
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_pretrain_then_run_uses_the_cached_backbone(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SFP_CACHE_DIR", str(tmp_path / "cache"))
     small = [t for t in TINY if not t.startswith("model.checkpoint")] + [
         "pretrain.dataset=synthetic", "pretrain.classes=[0,1,2]", "pretrain.max_samples=64", "pretrain.epochs=1",
         "data.classes=[3,4,5]", "federation.rounds=1"]
-    assert main(["--quiet", "pretrain", *_sets(small)]) == 0
+    assert main(["--quiet", "pretrain", *as_sets(small)]) == 0
     cached = list((tmp_path / "cache").glob("pretrain-*.pt"))
     assert len(cached) == 1
-    assert main(["--quiet", "pretrain", *_sets(small)]) == 0  # second time: cached, nothing redone
+    assert main(["--quiet", "pretrain", *as_sets(small)]) == 0  # second time: cached, nothing redone
     assert "already cached" in capsys.readouterr().out
-    assert main(["--quiet", "run", "--executor", "serial", *_sets(small), "--out", str(tmp_path / "run")]) == 0
+    assert main(["--quiet", "run", "--executor", "serial", *as_sets(small), "--out", str(tmp_path / "run")]) == 0
     assert str(cached[0]) in (tmp_path / "run" / "config.yaml").read_text()
 
 

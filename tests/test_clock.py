@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import as_sets, tiny
 
 import sfp_ray
 from sfp_ray.availability import phase_fractions
@@ -22,10 +23,8 @@ from sfp_ray.devices import Throughput, get_device, load_catalog
 from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.records import Segment
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=3",
-        "federation.clients_per_round=3", "federation.rounds=2", "data.samples_per_client=8", "data.test_samples=16",
-        "train.batch_size=4"]
+TINY = tiny("model.depth=3", "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=2",
+            "train.batch_size=4")
 MEASURED = Throughput(flops_per_s=1e10, bytes_per_s=1e9, op_s=1e-5, call_s=1e-4, kernel_s=1e-3)
 
 
@@ -122,6 +121,7 @@ def host_catalog(tmp_path_factory):
     return write_catalog(cal, tmp_path_factory.mktemp("cal") / "host.yaml"), cal
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_calibrated_class_is_written_and_a_run_uses_it(host_catalog, tmp_path):
     path, cal = host_catalog
     text = path.read_text()
@@ -148,7 +148,7 @@ def test_calibrate_command_adds_to_a_catalogue_and_refuses_bad_input(host_catalo
     monkeypatch.setattr(calmod, "calibrate", lambda cfg, **kw: replace(cal, name=kw["name"]))
     out = tmp_path / "cat.yaml"
     out.write_text(path.read_text())
-    sets = [a for s in TINY for a in ("--set", s)]
+    sets = as_sets(TINY)
     assert main(["devices", "calibrate", "--name", "pi", "--out", str(out), *sets]) == 0
     assert set(load_catalog(out)) >= {"host", "pi"}  # added beside the class already there
     assert "device class 'pi'" in capsys.readouterr().out
@@ -280,6 +280,7 @@ def test_a_dropout_cut_keeps_the_link_bytes_it_sent():
     assert cut[1].seconds == 1.0 and cut[1].nbytes == 500.0 and cut[1].latency_s == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_run_with_a_slow_shared_server_link_takes_longer(tmp_path):
     slow = tmp_path / "slow.yaml"
     edge = get_device("edge_server")

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+#: the scripts start processes (sleepers standing in for Ray nodes, bash, git)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
 

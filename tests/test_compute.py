@@ -11,6 +11,7 @@ import warnings
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny
 
 from sfp_ray import compute
 from sfp_ray.compute import ComputeDevice, choose_device, cuda_unusable, set_determinism, wire_dtype
@@ -19,9 +20,7 @@ from sfp_ray.devices import get_device
 from sfp_ray.errors import ConfigError
 from sfp_ray.orchestrator import Orchestrator, prepare_run
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16", "model.patch_size=4",
-        "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=2", "federation.clients_per_round=2",
-        "federation.rounds=1", "data.samples_per_client=8", "data.test_samples=16", "devices.mix={rpi4: 1.0}"]
+TINY = tiny("model.depth=3", "devices.mix={rpi4: 1.0}")
 CUDA = torch.cuda.is_available()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import tiny
 
 import sfp_ray
 from sfp_ray.config import Config, load_config
@@ -30,9 +31,7 @@ DOCS = REPO / "docs"
 PAGES = ("architecture.md", "methods.md", "configuration.md", "reports.md", "heterogeneity.md", "clock.md")
 
 #: A run of a few seconds (as in tests/test_api.py).
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=2", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=2", "data.samples_per_client=8", "data.test_samples=16"]
+TINY = tiny("federation.rounds=2")
 
 
 def _read(page: str) -> str:
@@ -132,6 +131,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_every_file_of_a_run_folder_is_documented(run_dir):
     _, names = documented_files()
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
@@ -141,12 +141,14 @@ def test_every_file_of_a_run_folder_is_documented(run_dir):
     assert [n for n in expected if n not in files] == []
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 @pytest.mark.parametrize("file", ["summary.csv", "summary_by_seed.csv", "rounds.csv", "clients.csv", "timeline.csv",
                                   "costs.csv", "messages.csv"])
 def test_csv_columns_are_the_documented_ones(run_dir, file):
     _compare_columns(file, list(pd.read_csv(run_dir / file, nrows=1).columns))
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_parquet_columns_are_the_documented_ones(run_dir):
     _compare_columns("costs.parquet", list(pd.read_parquet(run_dir / "costs.parquet").columns))
 

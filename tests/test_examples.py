@@ -23,6 +23,7 @@ def test_the_paper_set_ups_are_all_there():
     assert names == {f"vit_{m}16_{d}_{k}of50" for m in ("b", "l") for d in ("cifar10", "cifar100") for k in (5, 10)}
 
 
+@pytest.mark.slow  # paper-scale models (ViT-B/L at 224 px), built on the meta device
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_paper_configuration_validates_and_says_what_it_runs(path: Path):
     cfg = load_config(path)
@@ -39,6 +40,7 @@ def test_paper_configuration_validates_and_says_what_it_runs(path: Path):
         assert est.params > 300e6  # the whole ViT-B or ViT-L, held for evaluation
 
 
+@pytest.mark.slow  # paper-scale models (ViT-B/L at 224 px), built on the meta device
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_project_works_on_each_paper_configuration(path: Path, tmp_path):
     out = tmp_path / "proj"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import as_sets, tiny
 
 from sfp_ray.cli import main
 from sfp_ray.config import load_config
@@ -23,15 +24,10 @@ from sfp_ray.faults import ENV_VAR, check_finite, parse_faults, task_faults
 from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
 from sfp_ray.reports import ReportSink
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=3",
-        "federation.clients_per_round=3", "federation.rounds=3", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=4", "devices.mix={rpi4: 1.0}"]
+TINY = tiny("model.depth=3", "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=3",
+            "train.batch_size=4", "devices.mix={rpi4: 1.0}")
 CLIENT_COLUMNS = ["round", "client_id", "device", "status", "attempts", "error", "samples", "kept", "wall_s", "sim_s"]
 
-
-def _sets(items: Sequence[str]) -> list[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 class RecordingSerial(SerialExecutor):
@@ -115,6 +111,7 @@ def test_min_success_fraction_is_validated():
 # --------------------------------------------------------------------------- client faults (serial)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_clients_are_retried_or_left_out_and_the_run_finishes(tmp_path, monkeypatch, clean):
     monkeypatch.setenv(ENV_VAR, "client:2:1:raise; client:3:0:nan*2; client:3:2:exit")
     res, ex, warnings = run_serial("sfprompt", tmp_path)
@@ -144,6 +141,7 @@ def test_clients_are_retried_or_left_out_and_the_run_finishes(tmp_path, monkeypa
     assert "round 3: client 0 (rpi4) failed 2 attempts and is left out of the round: NonFiniteError" in warnings[1]
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_round_with_too_few_successes_starts_over_once(tmp_path, monkeypatch, clean):
     # both attempts of clients 0 and 1 fail in the first try of round 2 (1 of 3 < 0.5): the round
     # starts over from the state of round 1, and then every client succeeds
@@ -157,10 +155,11 @@ def test_a_round_with_too_few_successes_starts_over_once(tmp_path, monkeypatch, 
     assert len(clients) == 9 and set(clients["status"]) == {"ok"}  # only the try that counted is reported
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_round_that_fails_twice_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_VAR, "client:2:0:raise*4; client:2:1:exit*4")
     out = tmp_path / "run"
-    rc = main(["--quiet", "run", "--executor", "serial", *_sets(TINY), "--out", str(out)])
+    rc = main(["--quiet", "run", "--executor", "serial", *as_sets(TINY), "--out", str(out)])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sfp-ray: error: sfprompt seed 0: round 2: 1 of 3 clients succeeded, "
@@ -170,7 +169,7 @@ def test_a_round_that_fails_twice_stops_the_run_with_one_line(tmp_path, monkeypa
     assert list(pd.read_csv(out / "rounds.csv")["round"]) == [1]  # round 1 is kept, and resumable
     # with a lower bar the same faults are survived
     monkeypatch.setenv(ENV_VAR, "client:2:0:raise*4; client:2:1:exit*4")
-    rc = main(["--quiet", "run", "--executor", "serial", *_sets(TINY), "--set", "federation.min_success_fraction=0.3",
+    rc = main(["--quiet", "run", "--executor", "serial", *as_sets(TINY), "--set", "federation.min_success_fraction=0.3",
                "--out", str(tmp_path / "run2")])
     assert rc == 0
     rounds = pd.read_csv(tmp_path / "run2" / "rounds.csv")
@@ -180,6 +179,7 @@ def test_a_round_that_fails_twice_stops_the_run_with_one_line(tmp_path, monkeypa
 # --------------------------------------------------------------------------- server faults (serial)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_lost_server_is_restarted_and_the_round_starts_over(tmp_path, monkeypatch, clean, capsys):
     # sfl: the server trains the body; the retried round starts from the last finished round's body
     monkeypatch.setenv(ENV_VAR, "server:2:exit")
@@ -190,13 +190,14 @@ def test_a_lost_server_is_restarted_and_the_round_starts_over(tmp_path, monkeypa
     assert set(pd.read_csv(tmp_path / "a" / "clients.csv")["status"]) == {"ok"}
     # lost again in the retried round: the run stops with one line
     monkeypatch.setenv(ENV_VAR, "server:2:exit*2")
-    rc = main(["--quiet", "run", "--executor", "serial", "--method", "sfl", *_sets(TINY), "--set",
+    rc = main(["--quiet", "run", "--executor", "serial", "--method", "sfl", *as_sets(TINY), "--set",
                "prompt.num_tokens=0", "--out", str(tmp_path / "b")])
     assert rc == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("sfp-ray: error: sfl seed 0: round 2: the server was lost") and "--resume" in last
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_failed_server_request_fails_only_that_client(tmp_path, monkeypatch, clean):
     monkeypatch.setenv(ENV_VAR, "server:3:raise")
     res, _, warnings = run_serial("sfprompt", tmp_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import as_sets, tiny
 
 import sfp_ray
 import sfp_ray.sweeps as sweeps
@@ -27,13 +28,8 @@ HARNESS = ("import sys; from sfp_ray.cli import main; rc = main(sys.argv[1:]); "
            "print('imported:', ' '.join(m for m in ('ray', 'torch', 'timm', 'pandas') if m in sys.modules)); "
            "sys.exit(rc)")
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=1", "data.samples_per_client=8", "data.test_samples=16"]
+TINY = tiny("model.depth=3")
 
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 def closed_port() -> int:
@@ -74,6 +70,7 @@ MISTAKES = {
 }
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 @pytest.mark.parametrize("case", list(MISTAKES))
 def test_a_mistake_is_one_line_within_3_s_with_no_ray_and_no_out_folder(case, tmp_path):
     args, expected = MISTAKES[case]
@@ -89,6 +86,7 @@ def test_a_mistake_is_one_line_within_3_s_with_no_ray_and_no_out_folder(case, tm
     assert "ray" not in imported and "torch" not in imported, out  # Ray never started
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_stale_ray_current_cluster_fails_in_seconds_naming_the_address_and_the_file(tmp_path):
     env, address, path = stale_cluster_file(tmp_path)
     rc, out, err, seconds = cli(["run", "--address", "auto", "--out", str(tmp_path / "out")], tmp_path, env)
@@ -200,6 +198,7 @@ def test_a_yaml_error_gives_line_and_column_and_says_tab(text, where, tmp_path):
 # --------------------------------------------------------------------------- listings
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 @pytest.mark.parametrize("command", ["methods", "devices", "datasets"])
 def test_listings_answer_within_1_s_without_torch(command, tmp_path):
     rc, out, err, seconds = cli([command], tmp_path)
@@ -249,6 +248,7 @@ def test_each_method_declares_the_keys_it_reads():
         base)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_sweep_over_the_cut_trains_fl_full_once_per_seed(tmp_path, monkeypatch, capsys):
     """The issue's case: split.head_blocks=0,1,2 x sfprompt,fl_full x seeds 0,1 trains fl_full twice, not six times."""
     trained: list[tuple[str, str, int]] = []
@@ -260,7 +260,8 @@ def test_a_sweep_over_the_cut_trains_fl_full_once_per_seed(tmp_path, monkeypatch
 
     monkeypatch.setattr(sweeps, "run_cell", counting)
     rc = main(["--quiet", "sweep", "--grid", "split.head_blocks=0,1,2", "--methods", "sfprompt,fl_full",
-               "--seeds", "0,1", "--executor", "serial", "--no-plots", "--out", str(tmp_path / "shared"), *_sets(TINY)])
+               "--seeds", "0,1", "--executor", "serial", "--no-plots", "--out", str(tmp_path / "shared"),
+               *as_sets(TINY)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert sorted((m, s) for _, m, s in trained if m == "fl_full") == [("fl_full", 0), ("fl_full", 1)]
@@ -394,7 +395,7 @@ def test_every_ratio_to_fl_full_is_printed_in_one_format(tmp_path, capsys):
 
 
 def test_project_prints_what_it_assumed(tmp_path, capsys):
-    assert main(["project", *_sets(TINY), "--methods", "sfprompt", "--out", str(tmp_path)]) == 0
+    assert main(["project", *as_sets(TINY), "--methods", "sfprompt", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert ("assumed: 8 samples per client (data.samples_per_client), 10 classes (all of synthetic), 16x16 px images "
             "(model.img_size) with 1 channel, 3 blocks") in out

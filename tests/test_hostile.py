@@ -22,30 +22,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import as_sets, tiny
 
 from sfp_ray.cli import main
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=2", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=1", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=8"]
+TINY = tiny("train.batch_size=8")
 
-
-def _sets(items: list[str]) -> list[str]:
-    out: list[str] = []
-    for s in items:
-        out += ["--set", s]
-    return out
 
 
 def run_args(tmp: Path, *extra: str, base: list[str] = TINY) -> list[str]:
     """``sfp-ray run`` of the tiny serial configuration plus ``extra`` arguments."""
-    return ["--quiet", "run", "--executor", "serial", *_sets(base), *extra, "--out", str(tmp / "out")]
+    return ["--quiet", "run", "--executor", "serial", *as_sets(base), *extra, "--out", str(tmp / "out")]
 
 
 def ray_args(tmp: Path, *extra: str) -> list[str]:
     """``sfp-ray run`` of the tiny configuration on the Ray executor (refused before Ray starts)."""
-    return ["--quiet", "run", "--executor", "ray", *_sets(TINY), *extra, "--out", str(tmp / "out")]
+    return ["--quiet", "run", "--executor", "ray", *as_sets(TINY), *extra, "--out", str(tmp / "out")]
 
 
 def closed_port() -> int:
@@ -56,7 +48,7 @@ def closed_port() -> int:
 
 
 def with_set(tmp: Path, *items: str) -> list[str]:
-    return run_args(tmp, *_sets(list(items)))
+    return run_args(tmp, *as_sets(list(items)))
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -100,7 +92,7 @@ def fmnist_root(tmp: Path, *, train_images: bytes | None = None, train_labels: b
 def fmnist(tmp: Path, **files: bytes) -> list[str]:
     root = fmnist_root(tmp, **files)
     base = [t for t in TINY if not t.startswith("data.name")]
-    return run_args(tmp, *_sets(["data.name=fashion-mnist", f"data.root={root}"]), base=base)
+    return run_args(tmp, *as_sets(["data.name=fashion-mnist", f"data.root={root}"]), base=base)
 
 
 def catalog(tmp: Path, text: bytes | str) -> list[str]:
@@ -167,7 +159,7 @@ CORPUS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "seeds-negative": (lambda t: run_args(t, "--seeds", "-1"), "seed"),
     "threads-zero": (lambda t: run_args(t, "--threads", "0"), "--threads"),
     "threads-not-integer": (lambda t: run_args(t, "--threads", "two"), "--threads"),
-    "threads-with-ray": (lambda t: ["--quiet", "run", "--executor", "ray", "--threads", "2", *_sets(TINY),
+    "threads-with-ray": (lambda t: ["--quiet", "run", "--executor", "ray", "--threads", "2", *as_sets(TINY),
                                     "--out", str(t / "out")], "--threads"),
     "unknown-method": (lambda t: run_args(t, "--method", "fedprox"), "fedprox"),
     "empty-methods": (lambda t: ["compare", "--executor", "serial", "--methods", ","], "--methods"),
@@ -326,7 +318,7 @@ CORPUS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "mix-class-without-catalog": (lambda t: with_set(t, "devices.mix={tablet: 1.0}"), "'tablet'"),
     "address-not-answering": (lambda t: ray_args(t, "--address", f"127.0.0.1:{closed_port()}"), "127.0.0.1:"),
     "address-malformed": (lambda t: ray_args(t, "--address", "headnode"), "--address 'headnode'"),
-    "sweep-address-not-answering": (lambda t: ["sweep", "--grid", "train.batch_size=4,8", *_sets(TINY), "--address",
+    "sweep-address-not-answering": (lambda t: ["sweep", "--grid", "train.batch_size=4,8", *as_sets(TINY), "--address",
                                                f"127.0.0.1:{closed_port()}", "--out", str(t / "out")], "127.0.0.1:"),
     "yaml-tab": (lambda t: config_file(t, "federation:\n\trounds: 3\n"), "line 2, column 1: a tab character"),
     "catalog-tab": (lambda t: catalog(t, GOOD_DEVICE.replace("    latency_ms: 5\n", "\tlatency_ms: 5\n")),
@@ -335,13 +327,13 @@ CORPUS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
                                                         .replace("    num_gpus: 0\n", "")),
                                       "missing fields 'description', 'num_gpus'"),
     "run-with-methods": (lambda t: run_args(t, "--methods", "sfprompt,fl_full"), "--method NAME"),
-    "project-unknown-dataset": (lambda t: ["project", *_sets(TINY), "--set", "data.name=mnist", "--out",
+    "project-unknown-dataset": (lambda t: ["project", *as_sets(TINY), "--set", "data.name=mnist", "--out",
                                            str(t / "out")], "data.name"),
     # output folders
     "out-is-a-file": (lambda t: [*run_args(t)[:-1], str(write(t / "taken", "x"))], "--out"),
     "out-under-a-file": (lambda t: [*run_args(t)[:-1], str(write(t / "taken", "x") / "sub")], "--out"),
-    "project-out-is-a-file": (lambda t: ["project", *_sets(TINY), "--out", str(write(t / "taken", "x"))], "--out"),
-    "pretrain-out-under-a-file": (lambda t: ["--quiet", "pretrain", *_sets(TINY),
+    "project-out-is-a-file": (lambda t: ["project", *as_sets(TINY), "--out", str(write(t / "taken", "x"))], "--out"),
+    "pretrain-out-under-a-file": (lambda t: ["--quiet", "pretrain", *as_sets(TINY),
                                              "--out", str(write(t / "taken", "x") / "ck.pt")], "--out"),
 }
 
@@ -368,6 +360,7 @@ def test_the_corpus_is_large():
     assert len(CORPUS) >= 30
 
 
+@pytest.mark.slow  # a run on every sample of the dataset
 def test_a_cap_on_user_input_is_a_one_line_notice(tmp_path, capsys):
     rc = main(with_set(tmp_path, "data.samples_per_client=100000"))
     err = capsys.readouterr().err
@@ -380,13 +373,14 @@ def test_a_cap_on_user_input_is_a_one_line_notice(tmp_path, capsys):
 def test_pretraining_on_fewer_samples_than_asked_is_a_notice(tmp_path, capsys):
     small = [t for t in TINY if not t.startswith("model.checkpoint")] + [
         "pretrain.dataset=synthetic", "pretrain.classes=[0,1]", "pretrain.max_samples=100000", "pretrain.epochs=1"]
-    rc = main(["--quiet", "pretrain", *_sets(small), "--out", str(tmp_path / "ck.pt")])
+    rc = main(["--quiet", "pretrain", *as_sets(small), "--out", str(tmp_path / "ck.pt")])
     err = capsys.readouterr().err
     assert rc == 0 and (tmp_path / "ck.pt").is_file()
     notices = [line for line in err.splitlines() if "pretrain.max_samples" in line]
     assert len(notices) == 1 and notices[0].startswith("sfp-ray: notice: ") and "100000" in notices[0], err
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_debug_shows_the_traceback():
     out = subprocess.run([sys.executable, "-m", "sfp_ray", "--debug", "run", "--executor", "serial", "--set",
                           "federation.rounds=0"], capture_output=True, text=True, timeout=300)

@@ -1,12 +1,13 @@
-"""The package's structure: layers import downwards only, no import cycles, Ray in one place.
+"""The package's structure: every module in a layer, layers import downwards only, no import cycles, Ray in one place.
 
 Reads every module's imports with :mod:`ast` (at the top level and inside functions, as
 fedjax and timm test their structure) and checks:
 
+* every module (and package) of ``sfp_ray`` belongs to one of the layers of :data:`LAYERS`;
+* a module imports only modules of its own layer or of layers below it;
 * no import cycle between modules;
-* the lower layer (configuration, models, data, pruning, aggregation, costs and records,
-  devices, statistics, tensors, errors) imports nothing above it and never imports Ray;
-* Ray is imported only by the Ray executor package and the CLI.
+* the lower layers (foundation and domain: configuration, models, data, costs and records, devices, ...)
+  never import Ray, and Ray is imported only by the Ray executor package.
 """
 
 from __future__ import annotations
@@ -18,11 +19,25 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "sfp_ray"
 
-#: Modules (or packages) of the lower layer: pure computation, no Ray, nothing above them.
-LOWER = {"errors", "lazy", "config", "models", "data", "pruning", "aggregation", "costs", "records", "devices", "stats",
-         "tensors", "compute"}
+#: The layers, bottom up, each with the top-level modules and packages of ``sfp_ray`` in it ("": the package root).
+#: A module may import its own layer and the layers below; docs/architecture.md draws them.
+LAYERS: list[tuple[str, frozenset[str]]] = [
+    # the package root ("") imports only ``lazy`` when loaded: it re-exports the public names on first use
+    ("foundation", frozenset({"", "errors", "lazy", "records", "tensors", "packing", "stats", "pruning",
+                              "aggregation"})),
+    ("domain", frozenset({"config", "models", "data", "costs", "devices", "compute", "faults", "availability",
+                          "capacity", "checkpoints"})),
+    ("roles", frozenset({"roles", "pretrain", "calibration"})),
+    ("methods", frozenset({"methods", "sizing", "placement"})),
+    ("executors", frozenset({"executors"})),
+    ("runs", frozenset({"orchestrator", "reports", "projection", "preflight"})),
+    ("front ends", frozenset({"api", "sweeps", "cli", "docgen", "__main__"})),
+]
+LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
+#: The lower layers: pure computation that never imports Ray.
+LOWER = LAYERS[0][1] | LAYERS[1][1]
 #: Where Ray may be imported.
-RAY_ALLOWED = ("sfp_ray.executors.ray", "sfp_ray.cli")
+RAY_ALLOWED = ("sfp_ray.executors.ray",)
 
 
 def _module_name(path: Path) -> str:
@@ -91,15 +106,29 @@ def test_no_import_cycles():
             visit(m)
 
 
+def test_every_module_is_in_a_layer():
+    """A new module must be placed: its top-level name in one layer of :data:`LAYERS`, and in only one."""
+    placed = [n for _, names in LAYERS for n in names]
+    assert len(placed) == len(set(placed)), "a name is in two layers"
+    unplaced = sorted(m for m in MODULES if _top(m) not in LEVEL)
+    assert not unplaced, f"modules in no layer of tests/test_layering.py LAYERS: {unplaced}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_imports_only_its_layer_and_below(module):
+    level = LEVEL.get(_top(module))
+    assert level is not None, f"{module} is in no layer (see test_every_module_is_in_a_layer)"
+    upward = sorted(i for i in GRAPH[module] if LEVEL.get(_top(i), level) > level)
+    assert not upward, f"{module} ({LAYERS[level][0]}) imports from layers above: {upward}"
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _top(m) in LOWER))
-def test_lower_layer_imports_nothing_above_it_and_never_ray(module):
+def test_lower_layers_never_import_ray(module):
     imports = _imports(MODULES[module])
     assert not any(i == "ray" or i.startswith("ray.") for i in imports), f"{module} imports Ray"
-    upper = sorted(i for i in GRAPH[module] if _top(i) not in LOWER)
-    assert not upper, f"{module} (lower layer) imports {upper}"
 
 
-def test_ray_is_imported_only_by_the_ray_package_and_the_cli():
+def test_ray_is_imported_only_by_the_ray_package():
     users = sorted(m for m, p in MODULES.items() if any(i == "ray" or i.startswith("ray.") for i in _imports(p)))
     assert users and all(m.startswith(RAY_ALLOWED) for m in users), users
 

@@ -11,12 +11,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_METHODS, client_task, tiny
 
-from sfp_ray.config import Config, build_config
+from sfp_ray.config import Config, load_config
 from sfp_ray.costs import FlopMeter, Ledger
 from sfp_ray.data import load_dataset
 from sfp_ray.devices import get_device
@@ -27,28 +27,17 @@ from sfp_ray.methods.sfprompt import SFPromptClient, sfprompt_names
 from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
 from sfp_ray.pruning import keep_count, select_hardest
 from sfp_ray.records import CostRecord, MessageRecord
-from sfp_ray.roles import ClientTask, LocalBodyLink, ServerRole, Workspace
+from sfp_ray.roles import LocalBodyLink, ServerRole, Workspace
 from sfp_ray.roles.optim import make_optimizer
 
-IMG, PATCH, DIM, DEPTH = 16, 4, 64, 4
+IMG, PATCH, DIM, DEPTH = 16, 4, 64, 4  # as in conftest.TINY_METHODS
 NUM_PATCHES = (IMG // PATCH) ** 2
 NUM_CLASSES = 10  # synthetic data, all classes
 
 
 def tiny_config(**overrides: Any) -> Config:
-    """A tiny, offline configuration; ``overrides`` are dotted keys."""
-    base = {
-        "seed": 0,
-        "data": {"name": "synthetic", "classes": None, "samples_per_client": 32, "test_samples": 64},
-        "model": {"checkpoint": None, "img_size": IMG, "patch_size": PATCH, "depth": DEPTH,
-                  "embed_dim": DIM, "num_heads": 2},
-        "federation": {"num_clients": 3, "clients_per_round": 2, "rounds": 1},
-        "train": {"batch_size": 16, "lr": 1e-3},  # one rate for every method here (roles are built directly)
-        "prompt": {"num_tokens": 3},
-        "split": {"head_blocks": 1, "tail_blocks": 1},
-        "devices": {"mix": {"rpi4": 1.0}},
-    }
-    return build_config(base, [f"{k}={v}" for k, v in overrides.items()])
+    """The method tests' configuration (:data:`conftest.TINY_METHODS`); ``overrides`` are dotted keys."""
+    return load_config(overrides=tiny(*[f"{k}={v}" for k, v in overrides.items()], base=TINY_METHODS))
 
 
 class CollectSink:
@@ -85,12 +74,6 @@ class CollectSink:
 def workspace(cfg: Config) -> Workspace:
     """The whole split model of ``cfg`` in this process."""
     return Workspace(cfg.model, cfg.split, cfg.prompt, num_classes=NUM_CLASSES, checkpoint=None, seed=cfg.seed)
-
-
-def task(cid: int, rnd: int, seed: int, indices: Any, client_state: Any = None) -> ClientTask:
-    return ClientTask(round=rnd, client_id=cid, seed=seed, device=get_device("rpi4"),
-                      server_device=get_device("edge_server"), indices=np.asarray(indices),
-                      client_state=client_state or {})
 
 
 def run(cfg: Config, method: str) -> tuple[RunResult, CollectSink]:
@@ -279,7 +262,8 @@ def test_client_round_without_split_never_uses_the_link() -> None:
     cfg = tiny_config(**{"train.split_epochs": 0})
     ws = workspace(cfg)
     client = SFPromptClient(ws, cfg)
-    out = client.run(task(0, 1, 1, range(20)), client_data(20), ws.get_state(client.names), RaisingLink(), FlopMeter())
+    out = client.run(client_task(0, 1, 1, range(20)), client_data(20), ws.get_state(client.names), RaisingLink(),
+                     FlopMeter())
     assert {c.phase for c in out.costs} == {"download", "prune", "local_update", "upload"}
 
 
@@ -292,7 +276,7 @@ def test_el2n_pruning_keeps_documented_count_through_a_round(keep_ratio: float) 
     cid = 0
     n = len(spec.client_indices[cid])
     assert n == 32
-    out = ex.run_clients([task(cid, 1, 11, spec.client_indices[cid])], init)[0]
+    out = ex.run_clients([client_task(cid, 1, 11, spec.client_indices[cid])], init)[0]
     kept = out.client_state["kept"]
     assert len(kept) == keep_count(n, keep_ratio) == math.ceil(keep_ratio * n - 1e-9)
     # the kept samples are the hardest under the downloaded global state
@@ -304,7 +288,7 @@ def test_el2n_pruning_keeps_documented_count_through_a_round(keep_ratio: float) 
     trained = sum(c.samples for c in out.costs if c.phase == "split_train")
     assert trained == len(kept) * cfg.train.split_epochs
     # pruning once (default): round 2 reuses the kept set and does not score again
-    out2 = ex.run_clients([task(cid, 2, 12, spec.client_indices[cid], out.client_state)], out.state)[0]
+    out2 = ex.run_clients([client_task(cid, 2, 12, spec.client_indices[cid], out.client_state)], out.state)[0]
     assert "prune" not in {c.phase for c in out2.costs}
     assert out2.client_state["kept"] is kept
 
@@ -314,8 +298,8 @@ def test_pruning_every_round_rescores() -> None:
     spec = prepare_run(cfg, "sfprompt")
     ex = SerialExecutor()
     init = ex.start(spec).state
-    out = ex.run_clients([task(1, 1, 11, spec.client_indices[1])], init)[0]
-    out2 = ex.run_clients([task(1, 2, 12, spec.client_indices[1], out.client_state)], out.state)[0]
+    out = ex.run_clients([client_task(1, 1, 11, spec.client_indices[1])], init)[0]
+    out2 = ex.run_clients([client_task(1, 2, 12, spec.client_indices[1], out.client_state)], out.state)[0]
     assert "prune" in {c.phase for c in out2.costs}
     assert out2.client_state["pruned_at_round"] == 2
     assert len(out2.client_state["kept"]) == keep_count(32, 0.25)

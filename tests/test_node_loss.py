@@ -34,22 +34,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_MODEL, as_sets, tiny
 
 from sfp_ray.executors.ray.pool import placement, route
 from sfp_ray.executors.ray.terminal import HeadWatch, RayLog
 
 MARK = "SFP_NODE_LOSS_RESULT "
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=2", "prompt.num_tokens=2", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=4", "federation.num_clients=4", "federation.clients_per_round=4",
-        "devices.mix={rpi4: 0.5, laptop: 0.5}", "ray.max_actors=2"]
+TINY = tiny("model.depth=2", "data.samples_per_client=8", "data.test_samples=16", "train.batch_size=4",
+            "federation.num_clients=4", "federation.clients_per_round=4", "devices.mix={rpi4: 0.5, laptop: 0.5}",
+            "ray.max_actors=2", base=TINY_MODEL)
 #: GCS health checks of the test cluster: a node that stops answering is declared dead after ~1.5 s.
 FAST_HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                "health_check_initial_delay_ms": 0}
 
-
-def _sets(items):
-    return [a for s in items for a in ("--set", s)]
 
 
 def main(work: Path) -> None:
@@ -99,7 +96,7 @@ def main(work: Path) -> None:
         after.update({1: lambda: kill_laptop(wait=False), 2: add_laptop})
         out["rc_replace"] = cli.main([
             "--quiet", "run", "--method", "sfprompt", "--no-plots", "--address", cluster.address,
-            *_sets([*TINY, "federation.rounds=3", "data.samples_per_client=32"]), "--out", str(work / "replace")])
+            *as_sets([*TINY, "federation.rounds=3", "data.samples_per_client=32"]), "--out", str(work / "replace")])
         out["saved_address"] = read_plan(work / "replace").address
         out["connected_after_run"] = ray.is_initialized()
 

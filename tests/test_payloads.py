@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny
 
 import sfp_ray.roles.client as client_mod
 from sfp_ray.config import load_config
@@ -35,10 +36,7 @@ from sfp_ray.orchestrator import Orchestrator, prepare_run
 from sfp_ray.reports import ReportSink
 from sfp_ray.tensors import as_tensor
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=1", "data.samples_per_client=12",
-        "data.test_samples=16", "train.batch_size=8", "pruning.keep_ratio=0.75"]
+TINY = tiny("model.depth=3", "data.samples_per_client=12", "train.batch_size=8", "pruning.keep_ratio=0.75")
 
 EMBED_DIM = 192  # vit_tiny
 TOKENS = 1 + 2 + (16 // 4) ** 2  # class token + prompts + patches

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_same_run, run_ray, run_serial, tiny
 
 from sfp_ray.config import load_config
 from sfp_ray.devices import DeviceProfile
@@ -23,11 +24,8 @@ from sfp_ray.placement import (
 )
 from sfp_ray.reports import ReportSink
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=5", "prompt.num_tokens=2", "federation.num_clients=4",
-        "federation.clients_per_round=4", "federation.rounds=2", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=4", "devices.mix={rpi4: 0.5, laptop: 0.5}",
-        "split.policy=per_device"]
+TINY = tiny("model.depth=5", "federation.num_clients=4", "federation.clients_per_round=4", "federation.rounds=2",
+            "train.batch_size=4", "devices.mix={rpi4: 0.5, laptop: 0.5}", "split.policy=per_device")
 
 
 def device(name: str, flops: float, memory_mb: int = 1024, up: float = 1e3, down: float = 1e3) -> DeviceProfile:
@@ -90,6 +88,7 @@ def test_memory_rules_out_cuts_and_a_class_that_holds_none_is_an_error():
         choose_cuts(costs, [device("mcu", 1e9, memory_mb=8)], server, 1)
 
 
+@pytest.mark.slow  # every cut of a 5-block model evaluated on the meta device
 def test_the_affine_shortcut_equals_exact_evaluation_of_every_cut():
     cfg = get_method("sfprompt").resolve(load_config(overrides=TINY))
     m = get_method("sfprompt")
@@ -128,6 +127,7 @@ def _run(tmp_path, extra=(), executor=None):
     return spec, res
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_per_device_run_gives_classes_their_own_cuts_and_costs(tmp_path):
     spec, res = _run(tmp_path)
     clients = pd.read_csv(tmp_path / "clients.csv")
@@ -157,8 +157,6 @@ def test_per_device_run_gives_classes_their_own_cuts_and_costs(tmp_path):
 
 
 def test_per_device_matches_between_the_serial_and_the_ray_executor(tmp_path, ray_session):
-    from test_ray import assert_same_run, run_ray, run_serial
-
     spec = prepare_run(load_config(overrides=TINY), "sfprompt")
     serial = run_serial(spec)
     ray_res, _ = run_ray(prepare_run(load_config(overrides=TINY), "sfprompt"))

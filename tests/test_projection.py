@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import tiny
 
 from sfp_ray.cli import main
 from sfp_ray.config import load_config
@@ -22,10 +23,8 @@ from sfp_ray.orchestrator import Orchestrator, prepare_run
 from sfp_ray.projection import project, project_method
 from sfp_ray.records import CostRecord, tally
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=8", "model.patch_size=2",
-        "model.depth=4", "prompt.num_tokens=2", "data.test_samples=16", "data.samples_per_client=20",
-        "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=1", "train.batch_size=8",
-        "train.local_epochs=2"]
+TINY = tiny("model.img_size=8", "model.patch_size=2", "model.depth=4", "data.samples_per_client=20",
+            "federation.num_clients=3", "federation.clients_per_round=3", "train.batch_size=8", "train.local_epochs=2")
 
 
 class CostSink:

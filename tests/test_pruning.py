@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_METHODS, client_task, tiny
 
-from sfp_ray.config import build_config
+from sfp_ray.config import build_config, load_config
 from sfp_ray.costs import Ledger
 from sfp_ray.errors import ConfigError
 from sfp_ray.executors.serial import SerialExecutor
@@ -150,13 +151,12 @@ def test_pruning_keys_are_validated() -> None:
 
 
 def start(**overrides):
-    from test_methods import task, tiny_config  # tests/ is on sys.path (rootdir-relative test modules)
-
     literal = {"pruning.policy": "hardest", "pruning.per_class": False, "pruning.scope": "all"}  # the paper's reading
-    spec = prepare_run(tiny_config(**{**literal, **overrides}), "sfprompt")
+    changes = [f"{k}={v}" for k, v in {**literal, **overrides}.items()]
+    spec = prepare_run(load_config(overrides=tiny(*changes, base=TINY_METHODS)), "sfprompt")
     ex = SerialExecutor()
     init = ex.start(spec).state
-    return spec, ex, init, task
+    return spec, ex, init, client_task
 
 
 def client_scores(spec, ex, state, cid: int, rnd: int) -> tuple[torch.Tensor, object]:

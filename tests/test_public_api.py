@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import sfp_ray
 
 EXPECTED = {
@@ -19,6 +21,7 @@ def test_public_names_are_pinned_and_resolve():
         assert getattr(sfp_ray, name) is not None, name
 
 
+@pytest.mark.slow  # a Python interpreter in a subprocess
 def test_import_is_light():
     """``import sfp_ray`` (and the CLI module) must not import torch: the CLI sets thread
     policies before torch starts.

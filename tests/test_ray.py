@@ -8,52 +8,28 @@ each on a 2-core machine). Runs compare with the serial executor at one torch th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from conftest import TINY_MODEL, assert_same_run, run_ray, run_serial, tiny
 
 from sfp_ray.config import RayConfig, load_config
 from sfp_ray.devices import get_device
 from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.executors.ray import RayExecutor, check_fit, parse_address, plan_pool, plan_slots, route, start_ray
-from sfp_ray.executors.serial import SerialExecutor
-from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run, sample_cohort
+from sfp_ray.orchestrator import prepare_run, sample_cohort
 
-TINY = [
-    "data.name=synthetic",
-    "data.classes=null",
-    "model.checkpoint=none",
-    "model.img_size=16",
-    "model.patch_size=4",
-    "model.depth=4",
-    "prompt.num_tokens=2",
-    "data.test_samples=64",
-]
+TINY = tiny("model.depth=4", "data.test_samples=64", base=TINY_MODEL)
 
 JETSON = {"num_cpus": 0.25, "num_gpus": 0.25}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def fused_attn_off() -> Iterator[None]:
-    """Build timm models in this process without the fused attention kernel (like the Ray workers)."""
-    from timm.layers import set_fused_attn, use_fused_attn
-
-    on, experimental = use_fused_attn(), use_fused_attn(experimental=True)
-    set_fused_attn(False)
-    try:
-        yield
-    finally:
-        set_fused_attn(on or experimental, experimental=experimental)
 
 
 class Capture:
@@ -95,48 +71,6 @@ class RecordingRayExecutor(RayExecutor):
         self.returned.append({o.client_id: dict(o.client_state) for o in outs})
         self.routing.append(dict(self.last_routing))
         return outs
-
-
-def run_serial(spec) -> RunResult:
-    old = torch.get_num_threads()
-    try:
-        with fused_attn_off():
-            # the actors' thread count (one, for these classes) and device (the CPU: the session's GPU is logical)
-            return Orchestrator(spec, SerialExecutor(device="cpu")).run()
-    finally:
-        torch.set_num_threads(old)
-
-
-def run_ray(spec, executor: RayExecutor | None = None, sink: Capture | None = None) -> tuple[RunResult, RayExecutor]:
-    ex = executor or RayExecutor()
-    try:
-        with fused_attn_off():
-            res = Orchestrator(spec, ex, sinks=[sink] if sink else []).run()
-        ex.report_rows = ex.resources()  # type: ignore[attr-defined]
-        ex.actor_count = len(ex.pool.slots)  # type: ignore[attr-defined]
-        ex.plan = ex.pool.plan  # type: ignore[attr-defined]
-    finally:
-        ex.close()
-    return res, ex
-
-
-def max_state_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    assert set(a) == set(b)
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def assert_same_run(serial: RunResult, ray_res: RunResult, tol: float = 1e-5) -> None:
-    diff = max_state_diff(serial.final_state, ray_res.final_state)
-    assert diff <= tol, (f"final states differ by {diff:.3g}; train losses serial "
-                         f"{[r.train_loss for r in serial.rounds]} vs ray {[r.train_loss for r in ray_res.rounds]}")
-    for rs, rr in zip(serial.rounds, ray_res.rounds, strict=True):
-        assert rr.test_accuracy == pytest.approx(rs.test_accuracy, abs=1e-9)
-        assert rr.test_loss == pytest.approx(rs.test_loss, rel=1e-5)
-        assert rr.bytes_round == rs.bytes_round
-        assert rr.client_flops_round == rs.client_flops_round
-        assert rr.server_flops_round == rs.server_flops_round
-        assert rr.sim_s == pytest.approx(rs.sim_s, rel=1e-9)
-    assert ray_res.meta.executor == "ray"
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -477,8 +411,10 @@ def test_sfprompt_ray_matches_serial(ray_session):
         assert r["node_id"] == ray_session.get_runtime_context().get_node_id()
     server_row = ex.report_rows[0]
     assert server_row["role"] == "server" and server_row["assigned_num_gpus"] == 0.5
-    # the server's per-request queue time reached the round records
-    assert all(r.server_queue_s >= 0 for r in res.rounds)
+    # the server's per-request queue time (from the client's send to the server's start, measured) reached the
+    # round records: every round's requests crossed processes on Ray; in-process nothing queues
+    assert all(r.server_queue_s > 0 for r in res.rounds), [r.server_queue_s for r in res.rounds]
+    assert all(r.server_queue_s == 0 for r in serial.rounds), [r.server_queue_s for r in serial.rounds]
 
 
 def test_fl_full_ray_matches_serial(ray_session):

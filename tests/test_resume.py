@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import as_sets, tiny
 
 import sfp_ray
 from sfp_ray import orchestrator
@@ -25,15 +25,10 @@ from sfp_ray.api import resume
 from sfp_ray.checkpoints import checkpoint_path, load_checkpoint
 from sfp_ray.cli import main
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=3", "prompt.num_tokens=2", "federation.num_clients=3",
-        "federation.clients_per_round=3", "federation.rounds=3", "data.samples_per_client=8",
-        "data.test_samples=16", "train.batch_size=4"]
+TINY = tiny("model.depth=3", "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=3",
+            "train.batch_size=4")
 METHODS = ["sfprompt", "sfl"]
 
-
-def _sets(items: Sequence[str]) -> list[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 class Stop(KeyboardInterrupt):
@@ -81,6 +76,7 @@ def assert_same_run(out, reference, method: str) -> None:
     assert rounds[rounds["method"] == method]["run_id"].nunique() == 1  # the resumed run kept its run id
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, reference, capsys):
     out = tmp_path / "run"
     with pytest.raises(Stop):
@@ -102,6 +98,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, reference, caps
     pd.testing.assert_frame_equal(pd.read_csv(out / "clients.csv"), before)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_rows_flushed_after_the_last_checkpoint_are_dropped(tmp_path, reference, monkeypatch):
     """A driver killed between a round's rows and its checkpoint: the round runs again, its rows once."""
     real = orchestrator.save_checkpoint
@@ -122,6 +119,7 @@ def test_rows_flushed_after_the_last_checkpoint_are_dropped(tmp_path, reference,
     assert_same_run(out, reference, "sfprompt")
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_compare_resumes_method_by_method(tmp_path, reference, capsys):
     out = tmp_path / "cmp"
     with pytest.raises(Stop):
@@ -165,9 +163,10 @@ def test_resume_errors_are_one_line(tmp_path_factory, capsys, args, expected):
     assert len(err) == 1 and err[0].startswith("sfp-ray: error: ") and expected in err[0], err
 
 
+@pytest.mark.slow  # a driver in a subprocess, killed mid-run
 def test_sigkill_of_the_driver_loses_at_most_the_round_in_progress(tmp_path, reference):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sfp_ray", "--quiet", "run", "--executor", "serial", "--no-plots", *_sets(TINY),
+    cmd = [sys.executable, "-m", "sfp_ray", "--quiet", "run", "--executor", "serial", "--no-plots", *as_sets(TINY),
            "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MODEL, tiny
 
 from sfp_ray.config import load_config
 from sfp_ray.methods import get_method
@@ -21,8 +22,7 @@ from sfp_ray.sizing import (
     with_concurrency,
 )
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16", "model.patch_size=4",
-        "model.depth=4", "prompt.num_tokens=2"]
+TINY = tiny("model.depth=4", base=TINY_MODEL)
 MIB = 2**20
 
 

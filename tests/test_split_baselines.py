@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL, tiny
 
 from sfp_ray.config import Config, load_config
 from sfp_ray.costs import FlopMeter, Ledger, count_flops
@@ -36,16 +37,13 @@ IMG, PATCH, DIM, DEPTH = 16, 4, 32, 3
 SEQ = 1 + (IMG // PATCH) ** 2  # class token + patches (no prompts)
 NUM_CLASSES = 10
 
-TINY = [
-    "data.name=synthetic", "data.classes=null", "model.checkpoint=none", f"model.img_size={IMG}",
-    f"model.patch_size={PATCH}", f"model.depth={DEPTH}", f"model.embed_dim={DIM}", "model.num_heads=2",
-    "data.samples_per_client=16", "data.test_samples=32", "train.batch_size=8", "split.head_blocks=1",
-    "split.tail_blocks=1", "federation.num_clients=3", "federation.clients_per_round=2", "federation.rounds=1",
-    "devices.mix={rpi4: 1.0}",
-]
+TINY = tiny(f"model.img_size={IMG}", f"model.patch_size={PATCH}", f"model.depth={DEPTH}", f"model.embed_dim={DIM}",
+            "model.num_heads=2", "data.samples_per_client=16", "data.test_samples=32", "train.batch_size=8",
+            "split.head_blocks=1", "split.tail_blocks=1", "federation.num_clients=3", "federation.clients_per_round=2",
+            "federation.rounds=1", "devices.mix={rpi4: 1.0}", base=TINY_MODEL)
 
 
-def tiny(method: str, *extra: str) -> Config:
+def tiny_for(method: str, *extra: str) -> Config:
     """The tiny configuration resolved for ``method`` (its forced settings applied)."""
     return get_method(method).resolve(load_config(overrides=TINY + list(extra)))
 
@@ -99,7 +97,7 @@ def run_serial(spec: Any, executor: SerialExecutor | None = None, sink: Costs | 
 def test_registry_entries_and_phase_names():
     assert SPLIT_PHASES == ("download", "split_train", "upload", "aggregate", "eval")
     sfl, sl, sfp = get_method("sfl"), get_method("sl"), get_method("sfprompt")
-    cfg = tiny("sfl")
+    cfg = tiny_for("sfl")
     assert sfl.server(cfg).train is not None and sl.server(cfg).train is not None  # the server trains the body
     assert sfp.server(cfg).train is None  # SFPrompt's body is frozen
     assert isinstance(sfl.plan, ParallelFedAvg) and isinstance(sl.plan, SequentialRelay)
@@ -116,7 +114,7 @@ def test_registry_entries_and_phase_names():
 @pytest.mark.parametrize("cut", [(1, 1), (0, 0)], ids=["h1t1", "h0t0"])
 def test_sl_split_step_equals_unsplit_step(cut: tuple[int, int], optimizer: str) -> None:
     """Two split steps of one client train head, body and tail exactly like the whole model."""
-    cfg = tiny("sl", f"split.head_blocks={cut[0]}", f"split.tail_blocks={cut[1]}", f"train.optimizer={optimizer}",
+    cfg = tiny_for("sl", f"split.head_blocks={cut[0]}", f"split.tail_blocks={cut[1]}", f"train.optimizer={optimizer}",
                "train.lr=0.01")
     assert not cfg.model.fused_attn  # one attention kernel for counted and uncounted passes
     ws = workspace(cfg)
@@ -163,7 +161,7 @@ def test_sl_split_step_equals_unsplit_step(cut: tuple[int, int], optimizer: str)
 
 
 def test_server_trains_one_body_copy_per_client_and_hands_it_back() -> None:
-    cfg = tiny("sfl", "train.lr=0.05")
+    cfg = tiny_for("sfl", "train.lr=0.05")
     ws = workspace(cfg)
     server = ServerRole(ws.split.body, train=cfg.train)
     start = {n: v for n, v in ws.get_state(ws.names()).items() if n.startswith("body.")}
@@ -211,7 +209,7 @@ class RecordingSerialExecutor(SerialExecutor):
 
 
 def test_sfl_averages_client_parts_and_body_copies_by_sample_count() -> None:
-    spec = prepare_run(tiny("sfl", "train.lr=0.05", "data.partition=dirichlet", "data.samples_per_client=null",
+    spec = prepare_run(tiny_for("sfl", "train.lr=0.05", "data.partition=dirichlet", "data.samples_per_client=null",
                             "data.name=digits"))
     ex = RecordingSerialExecutor()
     res = run_serial(spec, ex)
@@ -229,7 +227,7 @@ def test_sfl_averages_client_parts_and_body_copies_by_sample_count() -> None:
 
 @pytest.mark.parametrize("method", ["sfprompt", "sfl", "sl"])
 def test_body_trains_only_for_split_learning(method: str) -> None:
-    spec = prepare_run(tiny(method))
+    spec = prepare_run(tiny_for(method))
     initial = workspace(spec.cfg)
     bodies = initial.names(lambda n: n.startswith("body."))
     ex = SerialExecutor(num_threads=1)
@@ -286,7 +284,7 @@ def test_body_trains_only_for_split_learning(method: str) -> None:
 
 
 def test_sl_relays_state_from_client_to_client() -> None:
-    spec = prepare_run(tiny("sl", "federation.rounds=2"))
+    spec = prepare_run(tiny_for("sl", "federation.rounds=2"))
     ex = RecordingSerialExecutor()
     res = run_serial(spec, ex)
     assert len(ex.calls) == 4 and all(len(ids) == 1 for ids, _, _ in ex.calls)
@@ -317,7 +315,7 @@ def test_projection_covers_split_learning() -> None:
 
 def test_meter_keys_of_trained_and_frozen_backward_differ() -> None:
     """A meter shared by a frozen and a trained server never reuses one's count for the other."""
-    cfg = tiny("sfl")
+    cfg = tiny_for("sfl")
     ws = workspace(cfg)
     meter = FlopMeter()
     frozen = ServerRole(copy.deepcopy(ws.split.body), meter=meter)
@@ -342,7 +340,7 @@ def test_split_learning_ray_matches_serial(ray_session, method: str) -> None:
     on its own body copy; ``sl``: each client's state (a reference in the object store) is
     the next client's starting state.
     """
-    spec = prepare_run(tiny(method, "federation.num_clients=2", "data.samples_per_client=8"))
+    spec = prepare_run(tiny_for(method, "federation.num_clients=2", "data.samples_per_client=8"))
     serial = run_serial(spec)
     ex = RayExecutor()
     try:

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import tiny
 
 from sfp_ray.stats import spread, t_quantile
 
@@ -36,13 +37,12 @@ def test_spread_edge_cases() -> None:
     assert same.std == 0 and same.ci95 == 0
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_by_seed_and_summary_files_agree(tmp_path) -> None:
-    from test_api import TINY  # tests/ is on sys.path
-
     import sfp_ray
 
-    r = sfp_ray.compare(["sfprompt", "fl_full"], overrides=TINY, seeds=[0, 1, 2], executor="serial", out=tmp_path,
-                        plots=False)
+    r = sfp_ray.compare(["sfprompt", "fl_full"], overrides=tiny("federation.rounds=2"), seeds=[0, 1, 2],
+                        executor="serial", out=tmp_path, plots=False)
     by_seed = pd.read_csv(tmp_path / "summary_by_seed.csv")
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("method")
     assert len(by_seed) == 6 and set(by_seed["seed"]) == {0, 1, 2}

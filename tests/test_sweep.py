@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import as_sets, tiny
 
 import sfp_ray
 import sfp_ray.sweeps as sweeps
@@ -14,15 +15,10 @@ from sfp_ray.cli import main
 from sfp_ray.errors import ConfigError
 from sfp_ray.stats import spread
 
-TINY = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=16",
-        "model.patch_size=4", "model.depth=2", "prompt.num_tokens=2", "federation.num_clients=2",
-        "federation.clients_per_round=2", "federation.rounds=1", "data.samples_per_client=8", "data.test_samples=16"]
+TINY = tiny()
 GRID = {"split.head_blocks": [0, 1], "pruning.keep_ratio": [0.5, 1.0]}
 KEYS = list(GRID)
 
-
-def _sets(items):
-    return [a for s in items for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +30,7 @@ def swept(tmp_path_factory):
     return res
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_sweep_csv_has_a_row_per_cell_method_and_seed_with_the_swept_keys(swept):
     df = pd.read_csv(swept.out / "sweep.csv")
     assert len(df) == 2 * 2 * 2 * 2 == len(swept.sweep)
@@ -65,6 +62,7 @@ def test_sweep_csv_has_a_row_per_cell_method_and_seed_with_the_swept_keys(swept)
               "bytes_ratio"]].to_string())
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_sweep_summary_has_mean_and_ci_per_cell_and_method(swept):
     sm = pd.read_csv(swept.out / "sweep_summary.csv")
     assert len(sm) == 4 * 2
@@ -80,12 +78,14 @@ def test_sweep_summary_has_mean_and_ci_per_cell_and_method(swept):
         assert row["final_accuracy_ci95"] == pytest.approx(s.ci95, nan_ok=True)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_plots_one_png_per_swept_key(swept, tmp_path):
     paths = sweeps.write_plots(tmp_path, swept.summary, KEYS, ["sfprompt", "fl_full"])
     assert sorted(p.name for p in paths) == ["sweep_pruning.keep_ratio.png", "sweep_split.head_blocks.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_restarting_a_finished_sweep_trains_nothing_and_rewrites_the_same_table(swept, monkeypatch, capsys):
     before = (swept.out / "sweep.csv").read_bytes()
     run_cell = sweeps.run_cell
@@ -97,7 +97,7 @@ def test_restarting_a_finished_sweep_trains_nothing_and_rewrites_the_same_table(
     # the same sweep through the command line: every cell is found finished
     rc = main(["--quiet", "sweep", "--grid", "split.head_blocks=0,1", "--grid", "pruning.keep_ratio=0.5,1.0",
                "--methods", "sfprompt,fl_full", "--seeds", "0,1", "--executor", "serial", "--no-plots",
-               "--out", str(swept.out), *_sets(TINY)])
+               "--out", str(swept.out), *as_sets(TINY)])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "4 of 4 cells already finished" in out.err and "0 run now, 4 already finished" in out.out
@@ -127,7 +127,7 @@ def test_invalid_grid_keys_and_values_fail_before_any_run(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"^--grid seed: cannot be swept"):
         sfp_ray.sweep({"seed": [0, 1]}, ["fl_full"], overrides=TINY, executor="serial", out=out)
     assert not out.exists()
-    rc = main(["sweep", "--grid", "split.head_blockz=0,1", "--executor", "serial", "--out", str(out), *_sets(TINY)])
+    rc = main(["sweep", "--grid", "split.head_blockz=0,1", "--executor", "serial", "--out", str(out), *as_sets(TINY)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("sfp-ray: error: --grid split.head_blockz:")
     assert not out.exists()
@@ -145,6 +145,7 @@ def test_cells_a_method_cannot_run_are_reported_not_run(tmp_path):
     assert any("split.head_blocks=2: skipping fl_full" in n for n in notes)
 
 
+@pytest.mark.slow  # several rounds or runs end to end
 def test_a_failing_cell_is_recorded_the_others_go_on_and_it_runs_again_next_time(tmp_path, monkeypatch):
     real = sweeps.run_cell
 
@@ -166,7 +167,7 @@ def test_a_failing_cell_is_recorded_the_others_go_on_and_it_runs_again_next_time
 
 
 def test_project_grid_writes_one_row_per_cell_and_method(tmp_path):
-    rc = main(["project", *_sets(TINY), "--grid", "split.head_blocks=0,1", "--grid", "prompt.num_tokens=2,4",
+    rc = main(["project", *as_sets(TINY), "--grid", "split.head_blocks=0,1", "--grid", "prompt.num_tokens=2,4",
                "--methods", "sfprompt", "--out", str(tmp_path)])
     assert rc == 0
     df = pd.read_csv(tmp_path / "projection.csv")
