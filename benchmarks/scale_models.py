@@ -23,6 +23,9 @@ and 100 clients per round, 2 samples each, one round; plus the issue's command (
 same cases on the code of git revision REV (a worktree under ``.cache/``) in the same sitting,
 one case after the other, new code first.
 
+Each run's folder is kept under ``--runs`` without its saved states (``*.pt``: 1.2 GB each at
+ViT-L). ``--append`` keeps the rows of an earlier invocation (a case run again replaces its row).
+
 Writes ``benchmarks/results/scale_models.csv`` and ``scale_models_table.md`` (the reading is
 ``scale_models.md``). Run: ``.venv/bin/python benchmarks/scale_models.py --baseline b64a615``.
 """
@@ -182,6 +185,9 @@ def run_case(code: Path, label: str, args: list[str], out: Path, min_available: 
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
         row["note"] = tail[0][:200] if tail else ""
     subprocess.run(["rm", "-rf", str(spill)], check=False)
+    # the run's saved states (final state, checkpoint): 1.2 GB each at ViT-L, and a full disk stops Ray's spilling
+    for state in [*out.glob("*.pt"), *out.glob("checkpoint/*.pt")]:
+        state.unlink(missing_ok=True)
     return row
 
 
