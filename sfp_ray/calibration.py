@@ -447,6 +447,7 @@ def write_catalog(cal: Calibration, out: str | os.PathLike) -> Path:
     text = entry_yaml(cal, existing)
     tmp = p.with_name(p.name + ".tmp")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         load_catalog(tmp)  # a file a run cannot use is never written
         os.replace(tmp, p)

@@ -559,6 +559,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{args.name}.yaml")
     if out.is_dir():
         raise ConfigError(f"--out: {out} is a folder; give the YAML file to write")
+    from sfp_ray.preflight import check_out_dir
+
+    check_out_dir(out.parent, create=False)  # before measuring: its folder is made when the class is written
     cfg = _load(args)
     kwargs = {"name": args.name, "threads": args.threads, "repeats": args.repeats, "batch_sizes": sizes,
               "timer": args.timer}

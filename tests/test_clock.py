@@ -153,11 +153,16 @@ def test_calibrate_command_adds_to_a_catalogue_and_refuses_bad_input(host_catalo
     assert set(load_catalog(out)) >= {"host", "pi"}  # added beside the class already there
     assert "device class 'pi'" in capsys.readouterr().out
     assert main(["devices", "--catalog", str(out)]) == 0 and "measured" in capsys.readouterr().out
+    # a file in a folder that does not exist yet: the folder is made when the class is written
+    assert main(["devices", "calibrate", "--name", "pi", "--out", str(tmp_path / "new" / "pi.yaml"), *sets]) == 0
+    assert "pi" in load_catalog(tmp_path / "new" / "pi.yaml")
+    capsys.readouterr()
     (tmp_path / "notes.yaml").write_text("just: text\n")
     for argv, msg in ((["--threads", "0"], "--threads"), (["--batch-sizes", "8,x"], "--batch-sizes"),
                       (["--name", "9bad"], "--name"), (["--out", str(tmp_path)], "is a folder"),
                       (["--timer", "cpu", "--threads", "2"], "--timer cpu"),
-                      (["--out", str(tmp_path / "notes.yaml")], "not a device catalogue")):
+                      (["--out", str(tmp_path / "notes.yaml")], "not a device catalogue"),
+                      (["--out", str(tmp_path / "notes.yaml" / "pi.yaml")], "is not a folder")):
         assert main(["devices", "calibrate", *argv]) == 2
         assert msg in capsys.readouterr().err
 
