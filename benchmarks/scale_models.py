@@ -294,18 +294,9 @@ def merged(prior: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     """``prior``'s rows with those of ``new`` in place of the same (case, code); the rest of ``new`` after them."""
     if prior is None or prior.empty:
         return new
-    out = prior.copy()
-    key = list(zip(out["case"], out["code"]))
-    extra = []
-    for _, r in new.iterrows():
-        k = (r["case"], r["code"])
-        if k in key:
-            i = key.index(k)
-            out = out.drop(index=out.index[i]).reset_index(drop=True)
-            out = pd.concat([out.iloc[:i], r.to_frame().T, out.iloc[i:]], ignore_index=True)
-        else:
-            extra.append(r)
-    return pd.concat([out, pd.DataFrame(extra)], ignore_index=True) if extra else out
+    fresh = {(r["case"], r["code"]): r for _, r in new.iterrows()}
+    rows = [fresh.pop((r["case"], r["code"]), r) for _, r in prior.iterrows()]
+    return pd.DataFrame([*rows, *fresh.values()]).reset_index(drop=True)
 
 
 if __name__ == "__main__":

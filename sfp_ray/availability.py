@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from sfp_ray.errors import ConfigError
+from sfp_ray.faults import one_line
 from sfp_ray.records import FINISHED, Segment
 
 #: Statuses of a client whose state is averaged.
@@ -154,8 +155,7 @@ def read_plain(p: Path, where: str) -> Any:
             return yaml.safe_load(raw)
         return _PlainUnpickler(io.BytesIO(raw)).load()
     except Exception as e:  # noqa: BLE001 - any parse failure is the file's
-        raise ConfigError(f"{where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                          ) from None
+        raise ConfigError(f"{where}: cannot read it ({one_line(e)})") from None
 
 
 def load_trace(path: str | Path) -> AvailabilityTrace:

@@ -167,10 +167,10 @@ def _held(train: ArrayDataset, parts: Sequence[np.ndarray]) -> tuple[ArrayDatase
     Resized to 224 px a dataset takes 588 KiB per image, so the driver and Ray's object store
     keep only what some client trains on, not the whole split.
     """
-    held = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])) if parts else np.zeros(0, int)
+    held = np.unique(np.concatenate(parts))
     if len(held) == len(train):
         return train, list(parts)
-    return train.subset(held), [np.searchsorted(held, np.asarray(p, dtype=np.int64)) for p in parts]
+    return train.subset(held), [np.searchsorted(held, p) for p in parts]
 
 
 def validate_model(spec: RunSpec) -> None:

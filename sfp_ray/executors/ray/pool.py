@@ -235,21 +235,21 @@ def plan_pool(clients: Sequence[DeviceProfile], server: DeviceProfile | None,
     """
     if memory is not None and memory_fraction < 1.0 and any(float(n.get("memory", 0.0)) > 0 for n in nodes):
         share = [dict(n, memory=float(n["memory"]) * memory_fraction) if n.get("memory") else dict(n) for n in nodes]
-        try:  # planned with the states in flight in the object store; each actor asks Ray for its own estimate
-            planned = plan_pool(clients, server, share, max_actors=max_actors, memory=memory.with_traffic(),
-                                server_max_concurrency=server_max_concurrency)
-            return _asking_for(planned, memory)
-        except ClusterError:
-            try:  # the whole node, still counting the states in flight: fewer slots, nothing spilled
-                plan = _asking_for(plan_pool(clients, server, nodes, max_actors=max_actors,
-                                             memory=memory.with_traffic(),
+        # the share with the states in flight in the object store; else the whole node, still counting them (fewer
+        # slots, nothing spilled); else the whole node for the estimates alone. Each actor asks Ray for its estimate.
+        attempts = [(share, memory.with_traffic()), (nodes, memory.with_traffic()), (nodes, memory)]
+        for i, (where, planned_for) in enumerate(attempts):
+            try:
+                plan = _asking_for(plan_pool(clients, server, where, max_actors=max_actors, memory=planned_for,
                                              server_max_concurrency=server_max_concurrency), memory)
             except ClusterError:
-                plan = plan_pool(clients, server, nodes, max_actors=max_actors, memory=memory,
-                                 server_max_concurrency=server_max_concurrency)
-            plan.notices.append(f"ray.memory_fraction={memory_fraction:g}: even the smallest pool needs more of a "
-                                f"node's memory (a client actor: {memory.client.describe()}); planned against the "
-                                "whole node")
+                if i == len(attempts) - 1:
+                    raise
+                continue
+            if i:
+                plan.notices.append(f"ray.memory_fraction={memory_fraction:g}: even the smallest pool needs more of "
+                                    f"a node's memory (a client actor: {memory.client.describe()}); planned against "
+                                    "the whole node")
             return plan
     if not clients:
         raise ConfigError("federation.num_clients: a run needs at least one client")
@@ -875,10 +875,6 @@ class ActorPool:
             else:
                 log.info("restarted the client actor of %s", what)
         self._say_left_out([i for i in indices if i in self.lost])
-
-    def restart_slot(self, i: int) -> None:
-        """Replace the client actor of slot ``i`` (it died); see :meth:`restart_slots`."""
-        self.restart_slots([i])
 
     def _leave_out(self, i: int, reason: str, node_lost: bool, seen: frozenset[str]) -> None:
         self.lost[i] = f"node lost: {reason}" if node_lost and not reason.startswith("node lost") else reason
