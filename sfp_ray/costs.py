@@ -48,6 +48,71 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from sfp_ray.records import CostRecord, Direction, Kind, MessageRecord, Segment, Side
 
 
+class _CountGate:
+    """Keeps counted runs apart from every other measured run of the process (a readers-writer lock).
+
+    ``FlopCounterMode`` tracks modules with *process-wide* forward hooks, and ``sdpa_kernel``
+    sets a process-wide backend flag. In a threaded actor (the server serves several client
+    requests at once), another thread's forward pass during a counted run would pick up the
+    counter's gradient hooks, and its ``autograd.grad`` then fails ("A leaf node was passed to
+    _will_engine_execute_node ..."); interleaved ``sdpa_kernel`` exits could also leave the
+    MATH backend set for good. So a counted run is exclusive and the uncounted runs of a
+    :class:`FlopMeter` share the gate; a waiting count goes before new shared runs, and a
+    thread already inside the gate passes through (a nested call cannot deadlock).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def _hold(self, exclusive: bool) -> Iterator[None]:
+        if getattr(self._local, "depth", 0):
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        with self._cond:
+            if exclusive:
+                self._waiting_writers += 1
+                while self._writer or self._readers:
+                    self._cond.wait()
+                self._waiting_writers -= 1
+                self._writer = True
+            else:
+                while self._writer or self._waiting_writers:
+                    self._cond.wait()
+                self._readers += 1
+        self._local.depth = 1
+        try:
+            yield
+        finally:
+            self._local.depth = 0
+            with self._cond:
+                if exclusive:
+                    self._writer = False
+                else:
+                    self._readers -= 1
+                self._cond.notify_all()
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the gate alone (a counted run)."""
+        return self._hold(True)
+
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the gate beside other shared holders (an uncounted run)."""
+        return self._hold(False)
+
+
+#: the process's gate between counted and uncounted runs
+COUNT_GATE = _CountGate()
+
+
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn()`` under the FLOP counter (MATH attention backend); return (result, flops).
 
@@ -57,7 +122,7 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
         >>> flops  # 2 * batch * in * out
         48
     """
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    with COUNT_GATE.exclusive(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         out = fn()
     return out, int(counter.get_total_flops())
 
@@ -125,7 +190,8 @@ def count_work(fn: Callable[[], Any]) -> tuple[Any, Work]:
         >>> w.flops, w.kernels, w.ops, w.moved_bytes  # mm: 2*2*4*3 FLOPs; relu reads and writes 2x3 floats
         (48, 1, 1, 48)
     """
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, _WorkMode() as mode:
+    with (COUNT_GATE.exclusive(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter,
+          _WorkMode() as mode):
         out = fn()
     return out, Work(int(counter.get_total_flops()), int(mode.moved), int(mode.ops), int(mode.kernels))
 
@@ -152,10 +218,12 @@ class FlopMeter:
     def measure(self, key: Hashable, fn: Callable[[], Any]) -> tuple[Any, Work]:
         """Run ``fn`` and return ``(result, work)``; the first call per key is counted."""
         if not self.enabled:
-            return fn(), Work()
+            with COUNT_GATE.shared():
+                return fn(), Work()
         cached = self._cache.get(key)
         if cached is not None:
-            return fn(), cached
+            with COUNT_GATE.shared():
+                return fn(), cached
         out, work = count_work(fn)
         with self._lock:
             self._cache[key] = work

@@ -135,3 +135,58 @@ def test_ledger_charges_each_cost_to_the_side_that_paid():
     assert [m.shapes for m in led.messages] == ["4x8", "4x8"]
     t = tally(led.records())
     assert (t.client_flops, t.server_flops, t.bytes_up, t.bytes_down) == (512, 1e10, 128, 128)
+
+
+def test_a_threaded_meter_counts_while_other_threads_train():
+    """A server actor serves several requests at once: one thread's counted run must not break another's backward."""
+    import threading
+
+    from sfp_ray.costs import FlopMeter, count_work
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU()) for _ in range(3)])
+    meter, errors, grads = FlopMeter(), [], {}
+
+    def serve(tid: int) -> None:
+        for i in range(60):
+            x = torch.randn(4 + i % 5, 32).requires_grad_(True)
+            try:
+                out, _ = meter.measure(("fwd", tid, i % 20), lambda: body(x))
+                g = torch.ones_like(out)
+                gx, _ = meter.measure(("bwd", tid, i % 20), lambda: torch.autograd.grad(out, x, grad_outputs=g)[0])
+                grads[(tid, i)] = gx.shape
+            except Exception as exc:  # noqa: BLE001 - the test collects what each thread raised
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=serve, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hangs in the count gate"
+    assert errors == []
+    assert len(grads) == 4 * 60
+    x = torch.randn(4, 32).requires_grad_(True)
+    _, alone = count_work(lambda: body(x))
+    assert meter.measure(("fwd", 0, 0), lambda: body(x))[1] == alone  # batch 4: the figure counted under contention
+
+
+def test_the_count_gate_lets_a_thread_nest_its_own_calls():
+    import threading
+
+    from sfp_ray.costs import COUNT_GATE, FlopMeter
+
+    meter, lin, done = FlopMeter(), torch.nn.Linear(4, 3, bias=False), []
+
+    def nested() -> None:
+        with COUNT_GATE.shared():  # a cached run that counts something new inside
+            _, flops = meter.run("inner", lambda: lin(torch.ones(2, 4)))
+        with COUNT_GATE.exclusive():
+            with COUNT_GATE.shared():
+                done.append(flops)
+
+    t = threading.Thread(target=nested)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "nested gate calls deadlocked"
+    assert done == [48]

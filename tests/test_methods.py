@@ -267,6 +267,47 @@ def test_client_round_without_split_never_uses_the_link() -> None:
     assert {c.phase for c in out.costs} == {"download", "prune", "local_update", "upload"}
 
 
+class FailingBackwardLink:
+    """A link whose first backward request fails: the client has run the tail's backward, not its step."""
+
+    def __init__(self, link: LocalBodyLink) -> None:
+        self.link, self.failed = link, False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.link.forward(*args, **kwargs)
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the server failed this request")
+        return self.link.backward(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.link, name)
+
+
+def test_a_retried_client_round_equals_an_uninterrupted_one() -> None:
+    """A failed attempt leaves gradients on the tail; the retry on the same workspace must not add them in."""
+    cfg = tiny_config(**{"train.local_update": False})
+    results = []
+    for fail_first in (False, True):
+        ws = workspace(cfg)
+        client = SFPromptClient(ws, cfg)
+        start = ws.get_state(client.names)
+        if fail_first:
+            with pytest.raises(RuntimeError, match="failed this request"):
+                client.run(client_task(0, 1, 1, range(20)), client_data(20), start,
+                           FailingBackwardLink(LocalBodyLink(ServerRole(ws.split.body), 0, 1)), FlopMeter())
+            assert any(p.grad is not None for p in client.params)  # what the failed attempt left behind
+        out = client.run(client_task(0, 1, 1, range(20)), client_data(20), start,
+                         LocalBodyLink(ServerRole(ws.split.body), 0, 1), FlopMeter())
+        results.append(out)
+    clean, retried = results
+    assert retried.train_loss == clean.train_loss
+    for n, v in clean.state.items():
+        assert torch.equal(retried.state[n], v), n
+
+
 @pytest.mark.parametrize("keep_ratio", [0.3, 0.5])
 def test_el2n_pruning_keeps_documented_count_through_a_round(keep_ratio: float) -> None:
     cfg = tiny_config(**{"pruning.keep_ratio": keep_ratio, "pruning.policy": "hardest", "pruning.per_class": False})

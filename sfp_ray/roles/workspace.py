@@ -116,13 +116,19 @@ class Workspace:
         return [n for n in self._params if predicate is None or predicate(n)]
 
     def set_trainable(self, names: Iterable[str]) -> list[torch.nn.Parameter]:
-        """Make exactly ``names`` require grad; return those parameters in name order."""
+        """Make exactly ``names`` require grad, with no gradient left over; return those parameters in name order.
+
+        Left-over gradients are dropped: a call that failed between a backward pass and its
+        optimizer step (a body request that failed, say) leaves them behind, and the retry
+        would add them to its own first step.
+        """
         wanted = set(names)
         unknown = wanted - set(self._params)
         if unknown:
             raise KeyError(f"unknown or not held parameter names: {sorted(unknown)[:3]}")
         for n, p in self._params.items():
             p.requires_grad_(n in wanted)
+            p.grad = None
         return [self._params[n] for n in self._params if n in wanted]
 
     def get_state(self, names: Iterable[str], *, copy: bool = True) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ClusterError
 from sfp_ray.executors.base import State
 from sfp_ray.executors.ray.limits import enforce_limits, mark_task, observe
-from sfp_ray.faults import InjectedFault, check_finite, exit_process, server_fault
+from sfp_ray.faults import InjectedFault, check_finite, exit_process, one_line, server_fault
 from sfp_ray.methods import Method
 from sfp_ray.packing import Packed, pack, unpack
 from sfp_ray.placement import with_cut
@@ -164,6 +164,21 @@ class RayBodyLink:
                                                    sent_at=time.time()))
 
 
+def _release(server: Any, key: str, client_id: int, round: int, timeout_s: float = 10.0) -> None:
+    """Drop a failed attempt's graphs and body copy on the server, and wait for it.
+
+    Waiting matters: a retry of the client (on this or another actor) uses the same request
+    keys, and the server actor serves requests concurrently in no set order, so a release
+    still in flight could drop the retry's graphs. A server that died or hangs has nothing to
+    release for the retry (a new server starts empty), so its error is only logged.
+    """
+    try:
+        ray.get(server.release.remote(key, client_id, round), timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - the attempt's own error is what the caller raises
+        log.warning("client %d round %d: the server did not release the failed attempt's requests: %s",
+                    client_id, round, one_line(exc))
+
+
 @dataclass
 class _Hosted:
     """One run hosted by a client actor: a client role per cut it served, and the global-cut workspace."""
@@ -279,7 +294,7 @@ class ClientActor:
             check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
-                server.release.remote(key, task.client_id, task.round)
+                _release(server, key, task.client_id, task.round)
             raise
         res = {k: v for k, v in self.info.items()}
         res.update(observe(self.device, _tensor_device(role.ws)))
