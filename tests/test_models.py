@@ -15,7 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import sfp_ray.models as models_mod
+import sfp_ray.models.split as split_mod
 from sfp_ray.errors import ConfigError, ModelError
 from sfp_ray.models import (
     create_model,
@@ -350,7 +350,7 @@ def test_prompt_grad_slice_holds_the_whole_prompt_gradient() -> None:
 def test_bypass_trap_auto_pools_patches_and_warns(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(models_mod, "_TRAP_WARNED", set())  # the warning is once per process
+    monkeypatch.setattr(split_mod, "_TRAP_WARNED", set())  # the warning is once per process
     model = _make("cls")
     with caplog.at_level(logging.WARNING, logger="sfp_ray.models"):
         s = split_vit(model, 0, 0, num_prompts=2, bypass_pool="auto")
@@ -365,7 +365,7 @@ def test_bypass_trap_auto_pools_patches_and_warns(
 def test_bypass_trap_model_pool_keeps_token_and_warns(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(models_mod, "_TRAP_WARNED", set())  # the warning is once per process
+    monkeypatch.setattr(split_mod, "_TRAP_WARNED", set())  # the warning is once per process
     model = _make("cls")
     with caplog.at_level(logging.WARNING, logger="sfp_ray.models"):
         s = split_vit(model, 0, 0, num_prompts=2, bypass_pool="model")
