@@ -6,7 +6,7 @@
 #   make test-fast - the suite without the tests marked slow (Ray clusters, CLI subprocesses, many rounds)
 #   make bench-flower - peer benchmark against Flower's Ray simulation (benchmarks/peers/README.md)
 # Both are idempotent: a second run skips finished steps.
-# make docs regenerates docs/configuration.md from sfp_ray/config.py (python -m sfp_ray.docgen).
+# make docs regenerates docs/configuration.md from sfp_ray/config/schema.py (python -m sfp_ray.docgen).
 
 PY ?= python3
 VENV := .venv

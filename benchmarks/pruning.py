@@ -59,7 +59,7 @@ def pol(policy: str, per_class: bool, *extra: str) -> tuple[str, ...]:
     return (f"pruning.policy={policy}", f"pruning.per_class={str(per_class).lower()}", *scope, *extra)
 
 
-# the default policy (sfp_ray/config.py), spelled out so the cut cells do not depend on it
+# the default policy (sfp_ray/config/schema.py), spelled out so the cut cells do not depend on it
 DEFAULT_POLICY = ("pruning.policy=easiest", "pruning.per_class=true", "pruning.scope=split")
 DEFAULT_ARM = "easiest_per_class_scope_split"  # the arm with DEFAULT_POLICY (cut 1/1, the default cut)
 

@@ -2,7 +2,7 @@
 
 Every key of :class:`~sfp_ray.config.Config` is listed with its type (from the field's
 annotation), its default (from the dataclass) and its meaning: the attribute docstring
-written under the field in ``sfp_ray/config.py``, read from the source with :mod:`ast`.
+written under the field in ``sfp_ray/config/schema.py``, read from the source with :mod:`ast`.
 A section's introduction is its class docstring. The page is never edited by hand:
 
     python -m sfp_ray.docgen            # rewrite docs/configuration.md (also: make docs)
@@ -44,7 +44,7 @@ REGENERATE = "python -m sfp_ray.docgen"
 
 _INTRO = """\
 Every key of the experiment configuration, its type, its default and what it means.
-The configuration is typed and frozen (`sfp_ray/config.py`); an unknown key or a bad value
+The configuration is typed and frozen (`sfp_ray/config/schema.py`); an unknown key or a bad value
 is rejected with one line naming the dotted key and what is allowed.
 
 Keys are set in a YAML file, on the command line or in Python:
@@ -213,7 +213,7 @@ def config_reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        f"<!-- Generated from sfp_ray/config.py by `{REGENERATE}` (or `make docs`); do not edit by hand. -->",
+        f"<!-- Generated from sfp_ray/config/schema.py by `{REGENERATE}` (or `make docs`); do not edit by hand. -->",
         "",
         _INTRO.rstrip(),
         "",
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = undocumented()
     if missing:
-        print(f"undocumented configuration keys (add a docstring under the field in sfp_ray/config.py): "
+        print(f"undocumented configuration keys (add a docstring under the field in sfp_ray/config/schema.py): "
               f"{', '.join(missing)}", file=sys.stderr)
         return 1
     text = config_reference_markdown()

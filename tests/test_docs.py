@@ -57,15 +57,15 @@ def test_every_configuration_key_has_a_meaning():
     assert sorted(k.key for k in config_keys()) == sorted(_leaf_keys(Config))
     missing = undocumented()
     assert not missing, (f"configuration keys without a meaning: {', '.join(missing)}; write a docstring under each "
-                         f"field in sfp_ray/config.py, then run `{REGENERATE}` (or `make docs`)")
+                         f"field in sfp_ray/config/schema.py, then run `{REGENERATE}` (or `make docs`)")
 
 
 def test_configuration_page_is_current():
     page = DOCS / "configuration.md"
     committed = page.read_text(encoding="utf-8") if page.is_file() else ""
     if committed != config_reference_markdown():
-        pytest.fail(f"docs/configuration.md differs from the configuration in sfp_ray/config.py; regenerate it with "
-                    f"`{REGENERATE}` (or `make docs`) and commit it", pytrace=False)
+        pytest.fail(f"docs/configuration.md differs from the configuration in sfp_ray/config/schema.py; regenerate it "
+                    f"with `{REGENERATE}` (or `make docs`) and commit it", pytrace=False)
 
 
 def test_configuration_page_lists_every_key_with_its_default():
