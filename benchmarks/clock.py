@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see sfp_ray/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see sfp_ray/cli/commands.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see sfp_ray/cli.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see sfp_ray/cli/commands.py
 os.environ.setdefault("TIMM_FUSED_ATTN", "0")
 
 import argparse

@@ -21,7 +21,9 @@ from sfp_ray.data import (
     list_datasets,
     load_dataset,
     partition,
+    paths,
     register_dataset,
+    registry,
     sources,
 )
 from sfp_ray.errors import ConfigError, DataError
@@ -74,7 +76,7 @@ def _write_fmnist(directory: Path, n_train: int = 30, n_test: int = 20, compress
 def no_default_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Points the default Fashion-MNIST dirs at empty places and clears $SFP_DATA_ROOT."""
     empty = tmp_path / "nowhere"
-    monkeypatch.setattr(sources, "DEFAULT_SEARCH_DIRS", (empty / "a", empty / "b"))
+    monkeypatch.setattr(paths, "DEFAULT_SEARCH_DIRS", (empty / "a", empty / "b"))
     monkeypatch.delenv("SFP_DATA_ROOT", raising=False)
     return empty
 
@@ -440,7 +442,7 @@ def test_register_dataset() -> None:
         ds = load_dataset("tiny-test-ds", classes=[1], img_size=6)
         assert ds.images.shape == (2, 1, 6, 6) and ds.labels.tolist() == [0, 0]
     finally:
-        sources._REGISTRY.pop("tiny-test-ds", None)
+        registry._REGISTRY.pop("tiny-test-ds", None)
         catalog._INFO.pop("tiny-test-ds", None)
 
 

@@ -79,7 +79,7 @@ def _top(module: str) -> str:
 
 def test_the_package_is_read():
     assert {"sfp_ray.config", "sfp_ray.orchestrator", "sfp_ray.executors.ray.actors", "sfp_ray.cli"} <= set(MODULES)
-    assert "sfp_ray.records" in GRAPH["sfp_ray.costs"]  # an edge the parser must see
+    assert "sfp_ray.records" in GRAPH["sfp_ray.costs.ledger"]  # an edge the parser must see
 
 
 def test_no_import_cycles():
@@ -152,7 +152,7 @@ def test_nothing_outside_a_method_file_tests_a_method_name():
     names = set(list_methods())
     offenders = []
     for module, path in MODULES.items():
-        if module.startswith("sfp_ray.methods") or module == "sfp_ray.cli":
+        if module.startswith(("sfp_ray.methods", "sfp_ray.cli.")) or module == "sfp_ray.cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare):

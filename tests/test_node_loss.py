@@ -53,8 +53,8 @@ def main(work: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from sfp_ray import cli
     from sfp_ray.checkpoints import read_plan, write_plan
+    from sfp_ray.cli import commands as cli  # where main() looks _progress up
     from sfp_ray.config import load_config
 
     cluster = Cluster(initialize_head=True, head_node_args={

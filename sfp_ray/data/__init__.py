@@ -6,9 +6,13 @@ the only other module it would be allowed), and it never imports Ray. Its parts:
 * :mod:`sfp_ray.data.core`: :class:`ArrayDataset`, the in-memory container, and the
   array transforms shared by all loaders (normalisation to ``[-1, 1]``, class
   selection, stratified sub-sampling, resizing, channel conversion).
-* :mod:`sfp_ray.data.sources`: the dataset registry, the raw loaders (Fashion-MNIST idx
-  files, scikit-learn digits, synthetic data, CIFAR-10/100 and SVHN from a local
-  torchvision root), :func:`load_dataset` and the file search path.
+* :mod:`sfp_ray.data.sources`: :func:`load_dataset`, which looks a name up in the dataset
+  registry (:mod:`sfp_ray.data.registry`), calls its raw loader and adapts the result;
+  importing it registers the built-in loaders: Fashion-MNIST idx files
+  (:mod:`sfp_ray.data.idx`), scikit-learn digits and synthetic data
+  (:mod:`sfp_ray.data.small`), CIFAR-10/100 and SVHN from a local torchvision root
+  (:mod:`sfp_ray.data.torchvision_sets`). Where their files are looked for:
+  :mod:`sfp_ray.data.paths`.
 * :mod:`sfp_ray.data.partitioning`: :func:`partition` (``iid``, ``dirichlet``,
   ``shards``, with a minimum-samples repair) and :func:`label_skew`.
 
@@ -18,7 +22,8 @@ the only other module it would be allowed), and it never imports Ray. Its parts:
 The names below are re-exported so that ``from sfp_ray.data import X`` works for every
 public ``X``; they are imported on first use (PEP 562), so that the catalogue can be read
 without loading torch. Module-level settings (such as ``DEFAULT_SEARCH_DIRS``) are read where
-they are defined: patch them on the submodule, not on this package.
+they are defined: patch them on the submodule that defines them (:mod:`sfp_ray.data.paths`), not
+on this package.
 
 Example:
     >>> from sfp_ray.data import load_dataset, partition
@@ -36,6 +41,7 @@ from sfp_ray.lazy import lazy_exports
 _EXPORTS = {
     ".core": ("ArrayDataset", "NORM_MEAN", "NORM_STD"),
     ".partitioning": ("PARTITION_SCHEMES", "label_skew", "partition"),
+    # through .sources, which registers the built-in loaders when imported
     ".sources": ("DEFAULT_SEARCH_DIRS", "DEFAULT_TORCHVISION_ROOT", "ENV_DATA_ROOT", "FASHION_MNIST_CLASSES", "Loader",
                  "adapt", "dataset_search_path", "list_datasets", "load_dataset", "register_dataset"),
     ".catalog": ("DatasetInfo", "dataset_info", "dataset_num_classes"),

@@ -2,7 +2,7 @@
 
 ``sfp-ray datasets`` prints this table, and the checks before a run look ``data.name`` and
 ``data.classes`` up here in a fraction of a second. The loaders themselves are registered in
-:mod:`sfp_ray.data.sources` (:func:`~sfp_ray.data.sources.register_dataset` adds an entry
+:mod:`sfp_ray.data.registry` (:func:`~sfp_ray.data.registry.register_dataset` adds an entry
 here too).
 """
 

@@ -27,7 +27,7 @@ SLIVER = 0.001
 
 @ray.remote(max_retries=0)
 def _calibrate_task(cfg: Config, kwargs: dict[str, Any]) -> Any:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see sfp_ray/cli.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see sfp_ray/cli/commands.py)
     from sfp_ray.calibration import calibrate
 
     return calibrate(cfg, **kwargs)

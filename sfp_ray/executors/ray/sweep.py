@@ -59,7 +59,7 @@ def plan_task_cpus(n_tasks: int, nodes: Sequence[Mapping[str, float]], requested
 
 @ray.remote(max_retries=0)
 def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
-    # idle OpenMP threads must sleep rather than spin (see sfp_ray/cli.py); before torch is imported
+    # idle OpenMP threads must sleep rather than spin (see sfp_ray/cli/commands.py); before torch is imported
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
