@@ -2,7 +2,7 @@
 
 The Ray pool asks Ray for this memory (``memory=`` on each actor), so Ray never places more
 actors on a node than its memory holds, and the pool's size is the smallest that the
-CPUs, the GPUs and the memory each allow (:mod:`sfp_ray.executors.ray.pool`). An estimate
+CPUs, the GPUs and the memory each allow (:mod:`sfp_ray.executors.ray.planning`). An estimate
 has five terms:
 
 * **floor**: the process itself, measured: the private memory of a Ray actor that imported

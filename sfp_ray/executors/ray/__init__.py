@@ -1,7 +1,10 @@
 """The Ray runtime of sfp-ray: the only package (besides the CLI) that imports Ray.
 
 * :mod:`.runtime`: starting a private local Ray or joining a cluster; the fit check;
-* :mod:`.pool`: which actors a run gets, sized from the cluster with no knobs;
+* :mod:`.planning`: which actors a run gets, sized from the cluster with no knobs;
+* :mod:`.pool`: :class:`ActorPool`, the planned actors started, and kept whole when one dies or a node is lost;
+* :mod:`.nodes`: the cluster's alive nodes, and where a slot can start again when its node is lost;
+* :mod:`.lifecycle`: an actor seen from the driver: waiting until it started, whether it answers, killing it;
 * :mod:`.actors`: thin ``@ray.remote`` shells around the plain roles (client, server);
 * :mod:`.aggregator`: the aggregator actor (numpy only: its process never imports torch);
 * :mod:`.limits`: what an actor enforces of its device profile, and observes;
@@ -17,7 +20,8 @@ from sfp_ray.lazy import lazy_exports
 
 _EXPORTS = {
     ".executor": ("RayExecutor",),
-    ".pool": ("ActorPool", "PoolPlan", "plan_pool", "plan_slots", "route"),
+    ".planning": ("PoolPlan", "plan_pool", "plan_slots", "route"),
+    ".pool": ("ActorPool",),
     ".runtime": ("check_fit", "cluster_nodes", "parse_address", "ray_address_file", "resolve_address", "start_ray",
                  "stop_ray"),
 }

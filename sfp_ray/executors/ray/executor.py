@@ -52,7 +52,8 @@ import ray
 from sfp_ray.errors import ClusterError, RoundLost, ServerLost
 from sfp_ray.executors.base import Aggregate, Executor, RunSpec, Started, State, failed_output, settle
 from sfp_ray.executors.ray.actors import RayState, RunSetup
-from sfp_ray.executors.ray.pool import ActorPool, route
+from sfp_ray.executors.ray.planning import route
+from sfp_ray.executors.ray.pool import ActorPool
 from sfp_ray.faults import ATTEMPTS, one_line
 from sfp_ray.packing import pack
 from sfp_ray.roles.client import ClientOutput, ClientTask
