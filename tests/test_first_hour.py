@@ -20,6 +20,7 @@ from conftest import as_sets, tiny
 
 import sfp_ray
 import sfp_ray.sweeps as sweeps
+import sfp_ray.sweeps.run as sweep_run  # sweep() calls run_cell from here: tests patch it here
 from sfp_ray.cli import build_parser, main
 from sfp_ray.errors import ClusterError, ConfigError
 
@@ -258,7 +259,7 @@ def test_a_sweep_over_the_cut_trains_fl_full_once_per_seed(tmp_path, monkeypatch
         trained.extend((job.id, m, s) for m in job.methods for s in job.seeds)
         return real(job, out)
 
-    monkeypatch.setattr(sweeps, "run_cell", counting)
+    monkeypatch.setattr(sweep_run, "run_cell", counting)
     rc = main(["--quiet", "sweep", "--grid", "split.head_blocks=0,1,2", "--methods", "sfprompt,fl_full",
                "--seeds", "0,1", "--executor", "serial", "--no-plots", "--out", str(tmp_path / "shared"),
                *as_sets(TINY)])
@@ -279,7 +280,7 @@ def test_a_sweep_over_the_cut_trains_fl_full_once_per_seed(tmp_path, monkeypatch
                                    / sfp["client_flops_per_client_round_ref"], check_names=False)
 
     # without sharing every cell trains fl_full, and gets what the shared rows say: the declaration holds
-    monkeypatch.setattr(sweeps, "run_cell", real)
+    monkeypatch.setattr(sweep_run, "run_cell", real)
     full = sfp_ray.sweep({"split.head_blocks": [0, 2]}, ["sfprompt", "fl_full"], overrides=TINY, seeds=[0],
                          executor="serial", out=tmp_path / "unshared", plots=False, share=False)
     assert full.runs_saved == 0 and list(full.sweep.columns) == list(shared.columns)

@@ -11,6 +11,7 @@ from conftest import as_sets, tiny
 
 import sfp_ray
 import sfp_ray.sweeps as sweeps
+import sfp_ray.sweeps.run as sweep_run  # sweep() calls run_cell from here: tests patch it here
 from sfp_ray.cli import main
 from sfp_ray.errors import ConfigError
 from sfp_ray.stats import spread
@@ -93,7 +94,7 @@ def test_restarting_a_finished_sweep_trains_nothing_and_rewrites_the_same_table(
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell ran again")
 
-    monkeypatch.setattr(sweeps, "run_cell", no_training)
+    monkeypatch.setattr(sweep_run, "run_cell", no_training)
     # the same sweep through the command line: every cell is found finished
     rc = main(["--quiet", "sweep", "--grid", "split.head_blocks=0,1", "--grid", "pruning.keep_ratio=0.5,1.0",
                "--methods", "sfprompt,fl_full", "--seeds", "0,1", "--executor", "serial", "--no-plots",
@@ -105,7 +106,7 @@ def test_restarting_a_finished_sweep_trains_nothing_and_rewrites_the_same_table(
 
     # an interrupted cell (no marker) runs again, and only that one
     ran = []
-    monkeypatch.setattr(sweeps, "run_cell", lambda job, out: ran.append(job.id) or run_cell(job, out))
+    monkeypatch.setattr(sweep_run, "run_cell", lambda job, out: ran.append(job.id) or run_cell(job, out))
     victim = swept.sweep["cell_id"].iloc[-1]
     (swept.out / "cells" / victim / sweeps.MARKER).unlink()
     res = sfp_ray.sweep(GRID, ["sfprompt", "fl_full"], overrides=TINY, seeds=[0, 1], executor="serial",
@@ -154,13 +155,13 @@ def test_a_failing_cell_is_recorded_the_others_go_on_and_it_runs_again_next_time
             raise RuntimeError("out of memory\nmore detail")
         return real(job, out)
 
-    monkeypatch.setattr(sweeps, "run_cell", flaky)
+    monkeypatch.setattr(sweep_run, "run_cell", flaky)
     grid = {"train.batch_size": [4, 8]}
     res = sfp_ray.sweep(grid, ["fl_full"], overrides=TINY, seeds=[0], executor="serial", out=tmp_path, plots=False)
     assert res.failed == {"train.batch_size=4": "RuntimeError: out of memory"} and res.ran == ["train.batch_size=8"]
     df = pd.read_csv(tmp_path / "sweep.csv")
     assert list(df["status"]) == ["failed", "ok"] and df["error"].iloc[0] == "RuntimeError: out of memory"
-    monkeypatch.setattr(sweeps, "run_cell", real)
+    monkeypatch.setattr(sweep_run, "run_cell", real)
     again = sfp_ray.sweep(grid, ["fl_full"], overrides=TINY, seeds=[0], executor="serial", out=tmp_path, plots=False)
     assert again.ran == ["train.batch_size=4"] and again.skipped == ["train.batch_size=8"] and not again.failed
     assert set(pd.read_csv(tmp_path / "sweep.csv")["status"]) == {"ok"}
