@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from sfp_ray.config import Config, build_config, to_dict
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ConfigError, first_line
 
 #: Version of the checkpoint and plan formats.
 FORMAT = 1
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        first = f"{type(e).__name__}: {e}".splitlines()[0]
+        first = first_line(e, typed=True)
         raise ConfigError(f"--resume: cannot read the checkpoint {p} ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"--resume: {p} is not an sfp-ray checkpoint of format {FORMAT}")

@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 
-from sfp_ray.errors import ConfigError, yaml_problem
+from sfp_ray.errors import ConfigError, read_yaml_file
 
 __all__ = [
     "DEVICE_RESOURCE_PREFIX",
@@ -445,19 +444,7 @@ def _clock_fields(entry: Mapping[str, Any], problems: list[str]) -> dict[str, An
 def _read_catalog_file(path: str | os.PathLike) -> dict[str, DeviceProfile]:
     """The profiles of a catalogue file; every problem of every entry is reported at once, in one line."""
     src = os.fspath(path)
-    p = Path(src)
-    if p.is_dir():
-        raise ConfigError(f"devices.catalog: {src} is a folder, not a YAML file")
-    if not p.is_file():
-        raise ConfigError(f"devices.catalog: file not found: {src}")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"devices.catalog: {src} is not valid YAML: {yaml_problem(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"devices.catalog: {src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except OSError as exc:
-        raise ConfigError(f"devices.catalog: {src}: cannot read: {exc.strerror or exc}") from None
+    doc = read_yaml_file(src, "devices.catalog")
     if not isinstance(doc, Mapping) or "devices" not in doc:
         raise ConfigError(
             f"devices.catalog: {src}: expected a top-level mapping with a 'devices' key "

@@ -5,6 +5,10 @@ Library code raises; only the CLI turns an error into an exit code and a one-lin
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 
 class SfpRayError(Exception):
     """Base class of every error sfp-ray raises on purpose."""
@@ -38,6 +42,24 @@ class RoundFailed(SfpRayError):
     """Too few clients of a round succeeded (``federation.min_success_fraction``), even after a retry."""
 
 
+def first_line(e: BaseException, *, typed: bool = False, limit: int | None = None) -> str:
+    r"""The first non-blank line of an error's message, for one-line reports.
+
+    ``typed`` puts the exception's type in front (``Type: message``); an error without a message
+    gives its type's name; ``limit`` cuts the text to that many characters (ending in ``...``).
+
+    Example:
+        >>> first_line(ValueError("\n  bad value\nmore")), first_line(KeyError(), typed=True)
+        ('bad value', 'KeyError')
+        >>> first_line(RuntimeError("x" * 20), typed=True, limit=16)
+        'RuntimeError:...'
+    """
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    name = type(e).__name__
+    text = (f"{name}: {lines[0]}" if typed else lines[0]) if lines else name
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 def yaml_problem(exc: Exception) -> str:
     r"""One line for a YAML parse error: line and column, what went wrong, and a tab named as such.
 
@@ -56,8 +78,7 @@ def yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = str(getattr(exc, "problem", None) or getattr(exc, "context", None) or "").strip()
     if not problem:
-        text = str(exc).strip()
-        problem = text.splitlines()[0] if text else type(exc).__name__
+        problem = first_line(exc)
     line_text = ""
     if mark is not None and getattr(mark, "buffer", None) is not None:
         start = mark.buffer.rfind("\n", 0, mark.pointer) + 1
@@ -70,3 +91,26 @@ def yaml_problem(exc: Exception) -> str:
     if mark is None:
         return problem
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def read_yaml_file(path: str | os.PathLike, key: str) -> Any:
+    """The YAML document of the file ``path`` (None for an empty one); every problem is a one-line ConfigError.
+
+    ``key`` is the setting or flag that named the file (``--config``, ``devices.catalog``);
+    each message starts with it.
+    """
+    import yaml
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{key}: {p} is a folder, not a YAML file")
+    if not p.is_file():
+        raise ConfigError(f"{key}: file not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: {p} is not valid YAML: {yaml_problem(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{key}: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {p} ({e.strerror or e})") from None

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sfp_ray.errors import ConfigError
+from sfp_ray.errors import ConfigError, first_line
 
 #: The environment variable of the fault injection hook (a testing aid).
 ENV_VAR = "SFP_RAY_FAULT"
@@ -182,7 +182,5 @@ def check_finite(state: Mapping[str, Any] | None, loss: float | None = None, wha
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, at most ``limit`` characters (for ``clients.csv``)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``Type: first line of the message``, at most ``limit`` characters (the ``error`` of ``clients.csv``)."""
+    return first_line(e, typed=True, limit=limit)

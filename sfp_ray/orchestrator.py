@@ -188,17 +188,10 @@ def _cut_plan(spec: RunSpec) -> CutPlan | None:
     cfg, method = spec.cfg, spec.method
     if cfg.split.policy != "per_device":
         return None
-    server = method.server(cfg)
-    if server is None:
+    if not method.cuts_per_device(cfg):
         spec.notices.append(f"split.policy=per_device: {method.name} trains on the client without a server; "
                             "the cut does not apply")
         return None
-    if server.train is not None:
-        raise ConfigError(f"split.policy=per_device: {method.name}'s server trains the body it shares between "
-                          "clients, so every client must be cut alike; use split.policy=fixed")
-    if cfg.prompt.deep and cfg.prompt.num_tokens > 0:
-        raise ConfigError("split.policy=per_device: deep prompts (prompt.deep=true) belong to the blocks of each "
-                          "client's own cut and cannot be averaged across cuts; use prompt.deep=false")
     depth = spec.workspace(("head",), meta=True).split.depth
     return plan_cuts(cfg, method, spec.num_classes, spec.devices, spec.server_device,
                      typical_samples([len(p) for p in spec.client_indices]), depth)

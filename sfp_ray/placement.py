@@ -34,8 +34,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from sfp_ray.config import Config
 from sfp_ray.errors import ConfigError
 from sfp_ray.sizing import device_memory_bytes
@@ -139,17 +137,10 @@ def _exact_terms(cfg: Config, method: object, num_classes: int, samples: int, cu
     c = with_cut(cfg, cut)
     ws = Workspace(c.model, c.split, c.prompt, num_classes=num_classes, checkpoint=None, seed=c.seed, parts=PARTS,
                    meta=True)
-    pe = ws.vit.patch_embed
-    img = pe.img_size
-
-    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.empty(n, pe.proj.in_channels, img[0], img[1], device="meta"),
-                torch.zeros(n, dtype=torch.long, device="meta"))
-
-    row = method.project(CostContext(ws, c, *batch(1), samples))
-    mem = device_memory_bytes(ws, method, c, *batch(c.train.batch_size))
-    return [float(row["client_flops"]), float(row["server_flops"]), float(row["bytes_up"]), float(row["bytes_down"]),
-            float(mem), float(row.get("messages_per_round", 0.0))]
+    p = method.project(CostContext(ws, c, *ws.meta_batch(1), samples))
+    mem = device_memory_bytes(ws, method, c, *ws.meta_batch(c.train.batch_size))
+    return [float(p.client_flops), float(p.server_flops), float(p.bytes_up), float(p.bytes_down), float(mem),
+            float(p.messages_per_round or 0.0)]
 
 
 def cut_costs(cfg: Config, method: object, num_classes: int, samples: int,

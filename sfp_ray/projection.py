@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
 
 from sfp_ray.config import Config
 from sfp_ray.data.catalog import dataset_info
@@ -63,14 +62,12 @@ def project_method(cfg: Config, method: str) -> dict:
     m.client_role(ws, rcfg)  # the method accepts this configuration (e.g. no prompts for split learning)
     pe = ws.vit.patch_embed
     img = pe.img_size
-    x = torch.empty(1, pe.proj.in_channels, img[0], img[1], device="meta")
-    y = torch.zeros(1, dtype=torch.long, device="meta")
     row = {"method": method, "model": rcfg.model.name, "samples_per_client": samples, "img_size": img[0],
            "patch_size": pe.patch_size[0], "in_chans": pe.proj.in_channels, "num_classes": classes,
            "depth": ws.split.depth, "head_blocks": ws.split.head_blocks, "tail_blocks": ws.split.tail_blocks,
            "num_prompts": ws.split.num_prompts, "keep_ratio": rcfg.pruning.keep_ratio,
            "local_epochs": rcfg.train.local_epochs}
-    row.update(m.project(CostContext(ws, rcfg, x, y, samples)))
+    row.update(m.project(CostContext(ws, rcfg, *ws.meta_batch(1), samples)).row())
     return row
 
 

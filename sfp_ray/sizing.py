@@ -182,13 +182,6 @@ def trained_bytes(ws: Any, names: Sequence[str], cfg: Config) -> int:
     return sum(sizes) * (1 + optimizer_slots(cfg)) + 2 * max(sizes)
 
 
-def _batch(ws: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pe = ws.vit.patch_embed
-    img = pe.img_size
-    return (torch.empty(n, pe.proj.in_channels, img[0], img[1], device="meta"),
-            torch.zeros(n, dtype=torch.long, device="meta"))
-
-
 def _meta_workspace(cfg: Config, num_classes: int, parts: Sequence[str]) -> Any:
     from sfp_ray.roles.workspace import Workspace
 
@@ -218,9 +211,9 @@ def client_estimate(cfg: Config, method: Any, num_classes: int, *, evaluates: bo
     role = method.client_role(ws, cfg)
     names = method.client_names(ws)
     t = cfg.train
-    train = max((peak_bytes(fn) for fn in method.client_passes(role, *_batch(ws, t.batch_size))), default=0)
+    train = max((peak_bytes(fn) for fn in method.client_passes(role, *ws.meta_batch(t.batch_size))), default=0)
     if evaluates:
-        x, _ = _batch(ws, t.eval_batch_size)
+        x, _ = ws.meta_batch(t.eval_batch_size)
         with torch.no_grad():
             train = max(train, peak_bytes(lambda: ws.split(x)))
     return MemoryEstimate("client", floor=TORCH_FLOOR_MB * _MIB, params=_nbytes(held),
@@ -233,7 +226,7 @@ def server_estimate(cfg: Config, method: Any, num_classes: int, concurrency: int
     ws = _meta_workspace(cfg, num_classes, ("head", "body", "tail"))
     body = ws.split.body
     params = _nbytes(_unique(body.parameters()))
-    x, _ = _batch(ws, cfg.train.batch_size)
+    x, _ = ws.meta_batch(cfg.train.batch_size)
     with torch.no_grad():
         h = ws.split.head(x)
     trains = spec is not None and spec.train is not None

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sfp_ray.cli.parser import DEFAULT_METHODS, UsageError, _did_you_mean, build_parser
-from sfp_ray.errors import ConfigError, DataError, SfpRayError
+from sfp_ray.errors import ConfigError, DataError, SfpRayError, first_line
 
 log = logging.getLogger("sfp_ray")
 
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SfpRayError, OSError) as e:
         if args.debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         print(f"sfp-ray: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

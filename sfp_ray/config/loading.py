@@ -24,7 +24,7 @@ import yaml
 from sfp_ray.config.conversion import from_dict, to_dict
 from sfp_ray.config.schema import Config, ModelConfig
 from sfp_ray.config.validation import validate
-from sfp_ray.errors import ConfigError, yaml_problem
+from sfp_ray.errors import ConfigError, read_yaml_file
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
@@ -95,18 +95,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"--config: {p} is a folder, not a YAML file")
-        if not p.is_file():
-            raise ConfigError(f"--config: file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config: {p} is not valid YAML: {yaml_problem(e)}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--config: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-        except OSError as e:
-            raise ConfigError(f"--config: cannot read {p} ({e.strerror or e})") from None
+        loaded = read_yaml_file(p, "--config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):

@@ -17,7 +17,7 @@ import torch
 from sfp_ray.data.core import ArrayDataset, normalise
 from sfp_ray.data.paths import ENV_DATA_ROOT, _torchvision_root
 from sfp_ray.data.registry import register_dataset
-from sfp_ray.errors import DataError
+from sfp_ray.errors import DataError, first_line
 
 
 def _torchvision_missing(name: str, expected: Path, exc: Exception, download_call: str) -> DataError:
@@ -49,7 +49,7 @@ def fetch_torchvision(name: str, root: str | None, train: bool) -> Path:
             cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
             cls(str(base), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - URLError, OSError, a bad checksum: all the same user error
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"data.download: could not fetch {name} into {base} ({type(exc).__name__}: {first}); "
                         "without internet, put the torchvision-format files there and set data.download=false"
                         ) from None

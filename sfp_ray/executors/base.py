@@ -26,6 +26,7 @@ import torch
 
 from sfp_ray.aggregation import PartSums, aggregation_flops, to_arrays
 from sfp_ray.config import Config
+from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
 from sfp_ray.methods.base import Method
 from sfp_ray.placement import CutPlan, with_cut
@@ -207,6 +208,35 @@ class Executor(abc.ABC):
 
 
 
+class CutRoles:
+    """The client role and the FLOP meter of each cut a process serves, each built on first use.
+
+    ``workspace(cut)`` makes the workspace a role of ``cut`` trains in; cut None stands for the
+    run's configured cut (its role gets the configuration as it is). FLOPs are counted once per
+    shape and reused, and shapes do not tell cuts apart, so every cut has a meter of its own.
+    """
+
+    def __init__(self, method: Method, cfg: Config, workspace: Callable[[tuple[int, int] | None], Workspace]) -> None:
+        self.method, self.cfg, self._workspace = method, cfg, workspace
+        self.roles: dict[tuple[int, int] | None, Any] = {}
+        self.meters: dict[tuple[int, int], FlopMeter] = {}
+        #: the meter of the configured cut (and of evaluation)
+        self.meter = FlopMeter()
+
+    def role(self, cut: tuple[int, int] | None) -> Any:
+        """The client role of ``cut``."""
+        key = tuple(cut) if cut is not None else None
+        role = self.roles.get(key)
+        if role is None:
+            cfg = with_cut(self.cfg, key) if key is not None else self.cfg
+            role = self.roles[key] = self.method.client_role(self._workspace(key), cfg)
+        return role
+
+    def meter_of(self, cut: tuple[int, int] | None) -> FlopMeter:
+        """The FLOP meter of ``cut``."""
+        return self.meter if cut is None else self.meters.setdefault(tuple(cut), FlopMeter())
+
+
 def failed_output(task: ClientTask, attempts: int, error: str, wall_s: float = 0.0) -> ClientOutput:
     """The output of a client that failed every attempt: no state, no costs, its error (one line)."""
     return ClientOutput(client_id=task.client_id, state=None, num_samples=len(task.indices),
@@ -276,5 +306,6 @@ def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[
     return sums.finish(previous)
 
 
-__all__ = ["FINISHED", "Aggregate", "Executor", "LocalState", "RunSpec", "Started", "State", "aggregation_flops",
+__all__ = ["FINISHED", "Aggregate", "CutRoles", "Executor", "LocalState", "RunSpec", "Started", "State",
+           "aggregation_flops",
            "TensorSums", "failed_output", "fedavg_parts", "settle"]

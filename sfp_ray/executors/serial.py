@@ -22,10 +22,10 @@ from dataclasses import replace
 import torch
 
 from sfp_ray.compute import ComputeDevice, DeviceChoice, choose_device, set_determinism
-from sfp_ray.costs import FlopMeter
 from sfp_ray.errors import ServerLost
 from sfp_ray.executors.base import (
     Aggregate,
+    CutRoles,
     Executor,
     LocalState,
     RunSpec,
@@ -37,7 +37,6 @@ from sfp_ray.executors.base import (
     settle,
 )
 from sfp_ray.faults import ATTEMPTS, InjectedFault, InjectedServerLoss, check_finite, one_line, server_fault
-from sfp_ray.placement import with_cut
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask
 from sfp_ray.roles.evaluation import EvalResult, evaluate
 from sfp_ray.roles.server import LocalBodyLink, ServerRole
@@ -78,11 +77,12 @@ class SerialExecutor(Executor):
         set_determinism(spec.cfg.train.deterministic, device)
         self.spec = spec
         self.ws = spec.workspace(PARTS, device=device)  # the global cut: evaluation, every client under a fixed cut
-        self.roles: dict[tuple[int, int] | None, ClientRole] = {}
+        # a fixed cut: every client trains in the global workspace; per-device cuts: a workspace per cut
+        self.cuts = CutRoles(spec.method, spec.cfg, lambda cut: self.ws if cut is None else spec.workspace(
+            spec.method.client_parts, cut=cut, device=device))
         if spec.cut_plan is None:
-            self.roles[None] = spec.method.client_role(self.ws, spec.cfg)
-        self.meter = FlopMeter()
-        self.meters: dict[tuple[int, int] | None, FlopMeter] = {}
+            self.cuts.role(None)  # built now, so set-up errors surface at start
+        self.meter = self.cuts.meter
         server = spec.method.server(spec.cfg)
         # per-device cuts: the server's frozen body is a workspace of its own (evaluation loads trained tail
         # blocks into the global one, and the server must keep serving the frozen ones to thinner cuts)
@@ -95,22 +95,10 @@ class SerialExecutor(Executor):
     @property
     def role(self) -> ClientRole:
         """The client role of a run with a fixed cut."""
-        return self.roles[None]
+        return self.cuts.role(None)
 
     def _body_of(self, cut: tuple[int, int]) -> torch.nn.Module:
         return self.server_ws.split.body_for(*cut)
-
-    def _role(self, task: ClientTask) -> ClientRole:
-        """The client role of the task's cut (per-device cuts: a workspace of its own per cut)."""
-        spec = self.spec
-        assert spec is not None
-        if spec.cut_plan is None:
-            return self.roles[None]
-        role = self.roles.get(task.cut)
-        if role is None:
-            ws = spec.workspace(spec.method.client_parts, cut=task.cut, device=self.compute.device)
-            role = self.roles[task.cut] = spec.method.client_role(ws, with_cut(spec.cfg, task.cut))
-        return role
 
     def run_clients(self, tasks: Sequence[ClientTask], state: State,
                     on_done: Callable[[ClientOutput], None] | None = None) -> list[ClientOutput]:
@@ -176,9 +164,9 @@ class SerialExecutor(Executor):
             if "exit" in injected:  # in-process there is no process to lose: the attempt fails instead
                 raise InjectedFault(f"injected fault (SFP_RAY_FAULT): client {task.client_id} in round {task.round} "
                                     f"lost its process (simulated: the serial executor runs in-process)")
-            # FLOPs are counted once per shape and cached: every cut needs a meter of its own
-            meter = self.meter if spec.cut_plan is None else self.meters.setdefault(task.cut, FlopMeter())
-            out = self._role(task).run(task, spec.train.subset(task.indices), values.client, link, meter)
+            cut = task.cut if spec.cut_plan is not None else None
+            out = self.cuts.role(cut).run(task, spec.train.subset(task.indices), values.client, link,
+                                          self.cuts.meter_of(cut))
             check_finite(out.state, out.train_loss)
             body = link.finish() if link is not None else None
         except BaseException:

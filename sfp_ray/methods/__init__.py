@@ -39,8 +39,8 @@ from sfp_ray.methods.catalog import REFERENCE_METHOD, MethodInfo, list_methods, 
 #: Names imported on first use, and the module that defines each.
 _LAZY = {
     ".registry": ("get_method", "register_method"),
-    ".base": ("FEDERATED_PHASES", "SFPROMPT_PHASES", "SPLIT_PHASES", "CostContext", "Method", "RoundOutcome",
-              "ServerSpec"),
+    ".base": ("FEDERATED_PHASES", "SFPROMPT_PHASES", "SPLIT_PHASES", "CostContext", "Method", "Projection",
+              "RoundOutcome", "ServerSpec"),
 }
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "CostContext",
     "Method",
     "MethodInfo",
+    "Projection",
     "RoundOutcome",
     "ServerSpec",
     "get_method",

@@ -20,6 +20,7 @@ method means adding one file under ``sfp_ray/methods/`` that registers its objec
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ import torch
 
 from sfp_ray.config import Config, dotted_items
 from sfp_ray.costs import RoundClock, ServerLink, simulate_round
+from sfp_ray.errors import ConfigError
 from sfp_ray.methods.catalog import NOT_IN_RESULTS, MethodInfo, ignored, reads, resolve
 from sfp_ray.records import FINISHED, Segment
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
@@ -228,6 +230,24 @@ class Method(abc.ABC):
         """The server this method's clients use (None: clients never reach a body)."""
         return None
 
+    def cuts_per_device(self, cfg: Config) -> bool:
+        """Whether ``split.policy=per_device`` gives this method's clients cuts of their own.
+
+        False when its clients never reach a server (the cut does not apply); a ConfigError when
+        something of the method must be alike on every client: a body the server trains and
+        shares, or deep prompts, which live in the blocks of each client's own cut.
+        """
+        server = self.server(cfg)
+        if server is None:
+            return False
+        if server.train is not None:
+            raise ConfigError(f"split.policy=per_device: {self.name}'s server trains the body it shares between "
+                              "clients, so every client must be cut alike; use split.policy=fixed")
+        if cfg.prompt.deep and cfg.prompt.num_tokens > 0:
+            raise ConfigError("split.policy=per_device: deep prompts (prompt.deep=true) belong to the blocks of each "
+                              "client's own cut and cannot be averaged across cuts; use prompt.deep=false")
+        return True
+
     def state_parts(self) -> tuple[str, ...]:
         """Parts of the model the global state covers (the client's, plus the body when it trains)."""
         return self.client_parts
@@ -288,8 +308,37 @@ class Method(abc.ABC):
     # ------------------------------------------------------------------ costs
 
     @abc.abstractmethod
-    def project(self, ctx: Any) -> dict[str, float]:
+    def project(self, ctx: Any) -> Projection:
         """Per-client per-round costs from the method's cost model (see :mod:`sfp_ray.projection`)."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What a method's cost model says one client costs in one round (a row of ``projection.csv``).
+
+    FLOPs and bytes are per client per round; ``client_flops`` spreads pruning's scoring over the
+    rounds that share it, ``client_flops_first_round`` charges it whole. ``local_epochs`` is set
+    by a method that overrides the configured count (None: as configured); ``messages_per_round``
+    by a method that counts its messages.
+    """
+
+    client_flops: float
+    client_flops_first_round: float
+    prune_flops: float
+    local_update_flops: float
+    split_client_flops: float
+    server_flops: float
+    bytes_up: float
+    bytes_down: float
+    split_bytes_per_sample: float
+    state_bytes: float
+    split_epochs: int
+    local_epochs: int | None = None
+    messages_per_round: float | None = None
+
+    def row(self) -> dict[str, float]:
+        """The record as columns, in field order (the unset optional ones left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
-from sfp_ray.methods.base import FEDERATED_PHASES, CostContext, Method
+from sfp_ray.methods.base import FEDERATED_PHASES, CostContext, Method, Projection
 from sfp_ray.methods.catalog import method_info
 from sfp_ray.roles.client import (
     BodyLink,
@@ -85,15 +85,15 @@ class FederatedMethod(Method):
     def client_role(self, ws: Workspace, cfg: Config) -> FedAvgClient:
         return FedAvgClient(ws, cfg, self.client_names(ws))
 
-    def project(self, ctx: CostContext) -> dict[str, float]:
+    def project(self, ctx: CostContext) -> Projection:
         """``local_epochs`` passes of forward + backward over all local samples; the state both ways."""
         names = self.client_names(ctx.ws)
         ctx.ws.set_trainable(names)
         flops = ctx.samples * ctx.cfg.train.local_epochs * ctx.flops(lambda: model_loss(ctx.split, ctx.x, ctx.y))
         state = ctx.state_bytes(names)
-        return {"client_flops": flops, "client_flops_first_round": flops, "prune_flops": 0, "local_update_flops": flops,
-                "split_client_flops": 0, "server_flops": 0, "bytes_up": state, "bytes_down": state,
-                "split_bytes_per_sample": 0, "state_bytes": state, "split_epochs": 0}
+        return Projection(client_flops=flops, client_flops_first_round=flops, prune_flops=0, local_update_flops=flops,
+                          split_client_flops=0, server_flops=0, bytes_up=state, bytes_down=state,
+                          split_bytes_per_sample=0, state_bytes=state, split_epochs=0)
 
 
 def register(register_method: Any) -> None:

@@ -30,7 +30,7 @@ import torch
 from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
-from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, ServerSpec
+from sfp_ray.methods.base import SFPROMPT_PHASES, CostContext, Method, Projection, ServerSpec
 from sfp_ray.methods.catalog import method_info
 from sfp_ray.pruning import el2n_scores, keep_count, select
 from sfp_ray.roles.client import (
@@ -178,7 +178,7 @@ class SFPrompt(Method):
         q = f.clients_per_round / f.num_clients
         return max(once, 1.0 / max(1.0, pc.refresh_every * q))
 
-    def project(self, ctx: CostContext) -> dict[str, float]:
+    def project(self, ctx: CostContext) -> Projection:
         """Per-client costs of one round from the passes one sample takes (see the module docstring)."""
         cfg, split, x, y, n = ctx.cfg, ctx.split, ctx.x, ctx.y, ctx.samples
         t, pc = cfg.train, cfg.pruning
@@ -228,20 +228,20 @@ class SFPrompt(Method):
         state = ctx.state_bytes(sorted(names))
         share = self.scoring_share(ctx)
         extra_local = (local_scoring - local) if local_scoring else 0
-        return {
-            "client_flops": local + split_client + share * (prune + extra_local),
-            "client_flops_first_round": local + split_client + prune + extra_local,
-            "prune_flops": prune,
-            "local_update_flops": local,
-            "split_client_flops": split_client,
-            "server_flops": kept * e * f_body,
-            "bytes_up": kept * e * up + state,
-            "bytes_down": kept * e * down + state,
-            "split_bytes_per_sample": up + down,
-            "state_bytes": state,
-            "split_epochs": e,
-            "messages_per_round": messages,
-        }
+        return Projection(
+            client_flops=local + split_client + share * (prune + extra_local),
+            client_flops_first_round=local + split_client + prune + extra_local,
+            prune_flops=prune,
+            local_update_flops=local,
+            split_client_flops=split_client,
+            server_flops=kept * e * f_body,
+            bytes_up=kept * e * up + state,
+            bytes_down=kept * e * down + state,
+            split_bytes_per_sample=up + down,
+            state_bytes=state,
+            split_epochs=e,
+            messages_per_round=messages,
+        )
 
 
 def register(register_method: Any) -> None:

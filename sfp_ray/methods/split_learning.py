@@ -26,7 +26,7 @@ from sfp_ray.config import Config
 from sfp_ray.costs import Ledger
 from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ConfigError
-from sfp_ray.methods.base import SPLIT_PHASES, CostContext, Method, SequentialRelay, ServerSpec, is_body
+from sfp_ray.methods.base import SPLIT_PHASES, CostContext, Method, Projection, SequentialRelay, ServerSpec, is_body
 from sfp_ray.methods.catalog import method_info
 from sfp_ray.roles.client import BodyLink, ClientTask, SplitClientRole, TrainResult, forward_pass, tail_loss
 from sfp_ray.roles.workspace import PARTS, Workspace
@@ -82,7 +82,7 @@ class SplitLearning(Method):
     def client_role(self, ws: Workspace, cfg: Config) -> SplitLearningClient:
         return SplitLearningClient(ws, cfg)
 
-    def project(self, ctx: CostContext) -> dict[str, float]:
+    def project(self, ctx: CostContext) -> Projection:
         """Per sample: head fwd, body fwd + bwd with weight gradients, tail fwd + bwd, head bwd."""
         split, x, y, n = ctx.split, ctx.x, ctx.y, ctx.samples
         names = self.client_names(ctx.ws)
@@ -103,10 +103,10 @@ class SplitLearning(Method):
         state = ctx.state_bytes(names)
         e = ctx.cfg.train.split_epochs
         client = n * e * (f_head + f_tail + f_head_bwd)
-        return {"client_flops": client, "client_flops_first_round": client, "prune_flops": 0, "local_update_flops": 0,
-                "split_client_flops": client, "server_flops": n * e * f_body, "bytes_up": n * e * up + state,
-                "bytes_down": n * e * down + state, "split_bytes_per_sample": up + down, "state_bytes": state,
-                "split_epochs": e, "local_epochs": 0}
+        return Projection(client_flops=client, client_flops_first_round=client, prune_flops=0, local_update_flops=0,
+                          split_client_flops=client, server_flops=n * e * f_body, bytes_up=n * e * up + state,
+                          bytes_down=n * e * down + state, split_bytes_per_sample=up + down, state_bytes=state,
+                          split_epochs=e, local_epochs=0)
 
 
 class VanillaSplitLearning(SplitLearning):

@@ -64,7 +64,8 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` as CSV (no index) through a temporary file, so a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
@@ -187,10 +188,10 @@ class ReportSink:
 
     def cost_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.costs)
-        return _order(df, COST_COLUMNS)
+        return order_columns(df, COST_COLUMNS)
 
     def round_frame(self) -> pd.DataFrame:
-        return _order(pd.DataFrame(self.rounds), ROUND_COLUMNS)
+        return order_columns(pd.DataFrame(self.rounds), ROUND_COLUMNS)
 
     def flush(self) -> None:
         """Write the records added since the last flush to the CSV files.
@@ -220,8 +221,8 @@ class ReportSink:
                 f.write(pd.DataFrame(new, columns=cols).to_csv(index=False, header=False))
         else:
             df = pd.DataFrame(rows)
-            df = _order(df, first) if first is not None else df
-            _atomic_csv(df, path)
+            df = order_columns(df, first) if first is not None else df
+            write_csv(df, path)
             self._columns[name], self._colset[name] = list(df.columns), set(df.columns)
         self._written[name] = len(rows)
 
@@ -234,6 +235,7 @@ class ReportSink:
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A resource row's nested mappings as dotted columns (configurations: :func:`sfp_ray.config.dotted_items`)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -245,16 +247,26 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _diff(a: Any, b: Any) -> dict[str, Any]:
-    from sfp_ray.config import to_dict
+    """The settings of configuration ``b`` that differ from ``a``, by dotted key (as ``--set`` names them)."""
+    from sfp_ray.config import dotted_items
 
-    fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
+    fa, fb = dotted_items(a), dotted_items(b)
     return {k: fb[k] for k in fb if fa.get(k) != fb[k]}
 
 
-def _order(df: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+def order_columns(df: pd.DataFrame, first: Sequence[str], last: Sequence[str] = ()) -> pd.DataFrame:
+    """``df`` with the columns of ``first`` first and those of ``last`` last (the rest in between, as they are);
+    an empty frame becomes one with just the columns of ``first``.
+
+    Example:
+        >>> list(order_columns(pd.DataFrame([{"b": 1, "error": "", "a": 2}]), ["a"], ["error"]).columns)
+        ['a', 'b', 'error']
+    """
     if df.empty:
-        return pd.DataFrame(columns=first)
-    cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
+        return pd.DataFrame(columns=list(first))
+    cols = [c for c in first if c in df.columns]
+    cols += [c for c in df.columns if c not in cols and c not in last]
+    cols += [c for c in last if c in df.columns and c not in cols]
     return df[cols]
 
 
@@ -264,9 +276,9 @@ def _order(df: pd.DataFrame, first: list[str]) -> pd.DataFrame:
 def write_summary(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, *, plots: bool = True) -> pd.DataFrame:
     by_seed = summarize_by_seed(costs, rounds)
     summary = summarize(costs, rounds, by_seed)
-    _atomic_csv(summary, out / "summary.csv")
+    write_csv(summary, out / "summary.csv")
     if by_seed["seed"].nunique() > 1:
-        _atomic_csv(by_seed, out / "summary_by_seed.csv")
+        write_csv(by_seed, out / "summary_by_seed.csv")
     if plots and not rounds.empty:
         write_plots(out, costs, rounds, summary)
         if (out / "timeline.csv").is_file():

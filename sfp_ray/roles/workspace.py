@@ -147,6 +147,13 @@ class Workspace:
                     raise ValueError(f"state {n!r}: shape {tuple(t.shape)} != {tuple(p.shape)}")
                 p.copy_(t)
 
+    def meta_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images of the model's input shape and ``n`` labels on the ``meta`` device (for cost models)."""
+        pe = self.vit.patch_embed
+        h, w = pe.img_size
+        return (torch.empty(n, pe.proj.in_channels, h, w, device="meta"),
+                torch.zeros(n, dtype=torch.long, device="meta"))
+
     def parameters_bytes(self, names: Iterable[str]) -> int:
         return sum(self._params[n].numel() * self._params[n].element_size() for n in names)
 

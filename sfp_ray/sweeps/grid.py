@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from sfp_ray.config import Config, set_value, split_assignment
-from sfp_ray.errors import ConfigError, SfpRayError
+from sfp_ray.errors import ConfigError, SfpRayError, first_line
 
 #: Configuration keys a grid may not sweep, and what to use instead.
 RESERVED = {"seed": "use seeds (--seeds) to repeat runs", "method": "use methods (--methods)"}
@@ -217,7 +217,7 @@ def method_error(cfg: Config, method: str) -> str | None:
         check_cut(rcfg)
         check_on_meta([(method, rcfg)])
     except SfpRayError as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
+        return first_line(e)
     return None
 
 

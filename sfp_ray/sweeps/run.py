@@ -36,7 +36,8 @@ import yaml
 
 from sfp_ray.api import ConfigLike, check_out_dir, seed_list, string_list, to_config
 from sfp_ray.config import Config, RayConfig, dump_config
-from sfp_ray.errors import ConfigError, SfpRayError
+from sfp_ray.errors import ConfigError, SfpRayError, first_line
+from sfp_ray.reports.sink import write_csv
 from sfp_ray.sweeps.cells import CellJob, CellOutput, _unpack, _write_marker, finished, run_cell, run_cell_packed
 from sfp_ray.sweeps.grid import (
     Cell,
@@ -48,7 +49,7 @@ from sfp_ray.sweeps.grid import (
     parse_grid,
     share_runs,
 )
-from sfp_ray.sweeps.tables import SweepResults, _atomic_csv, _cell_frames, build_tables, write_plots
+from sfp_ray.sweeps.tables import SweepResults, _cell_frames, build_tables, write_plots
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,8 @@ class _Progress:
     def write_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         sw, sm = build_tables(self.cells, self.methods, self.seeds, self.frames, self.invalid, self.failed,
                               self.shared)
-        _atomic_csv(sw, self.folder / "sweep.csv")
-        _atomic_csv(sm, self.folder / "sweep_summary.csv")
+        write_csv(sw, self.folder / "sweep.csv")
+        write_csv(sm, self.folder / "sweep_summary.csv")
         return sw, sm
 
     def done(self, cid: str, res: CellOutput | None, error: str | None) -> None:
@@ -273,7 +274,7 @@ def _run_cells(todo: Sequence[Cell], progress: _Progress, *, executor: str, cfg_
                 res = run_cell(jobs[cell.id], where)
             except Exception as e:  # a failed cell does not stop the others; KeyboardInterrupt does
                 log.debug("cell %s failed", cell.id, exc_info=True)
-                progress.done(cell.id, None, _first_line(e))
+                progress.done(cell.id, None, first_line(e, typed=True))
                 continue
             progress.done(cell.id, res, None)
     elif todo:
@@ -298,10 +299,6 @@ def _resolve_backbones(jobs: Sequence[CellJob], say: Callable[[str], None]) -> N
                 resolve_checkpoint(rcfg, log_fn=say)
                 done.add(key)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def project_grid(grid: Mapping[str, Sequence[Any]] | Sequence[str], config: ConfigLike = None, *,

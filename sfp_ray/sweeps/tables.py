@@ -22,7 +22,6 @@ those cells' means. With a single swept key, the error bars are the 95 % CI over
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from sfp_ray.reports.sink import order_columns
 from sfp_ray.stats import ratio_text
 from sfp_ray.sweeps.grid import Cell, _column, _show
 
@@ -86,13 +86,6 @@ def _per_seed_ratios(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def _order(df: pd.DataFrame, first: Sequence[str], last: Sequence[str] = ("error",)) -> pd.DataFrame:
-    cols = [c for c in first if c in df.columns]
-    cols += [c for c in df.columns if c not in cols and c not in last]
-    cols += [c for c in last if c in df.columns and c not in cols]
-    return df[cols]
-
-
 def build_tables(cells: Sequence[Cell], methods: Sequence[str], seeds: Sequence[int], frames: Mapping[str, Any],
                  invalid: Mapping[tuple[str, str], str], failed: Mapping[str, str],
                  shared: Mapping[tuple[str, str], str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -144,16 +137,11 @@ def build_tables(cells: Sequence[Cell], methods: Sequence[str], seeds: Sequence[
                 runs += [{**head, "method": m, "seed": sd, "status": status, "error": error} for sd in seeds]
                 summaries.append({**head, "method": m, "status": status, "seeds": 0, "error": error})
     first = ["cell_id", *keys, "method", "seed", "status", "rounds", "final_accuracy", "best_accuracy"]
-    sweep = _order(pd.DataFrame(runs), first)
-    summary = _order(pd.DataFrame(summaries), ["cell_id", *keys, "method", "status", "seeds", "rounds",
-                                               "final_accuracy_mean", "final_accuracy_std", "final_accuracy_ci95"])
+    sweep = order_columns(pd.DataFrame(runs), first, last=("error",))
+    summary = order_columns(pd.DataFrame(summaries), ["cell_id", *keys, "method", "status", "seeds", "rounds",
+                                                      "final_accuracy_mean", "final_accuracy_std",
+                                                      "final_accuracy_ci95"], last=("error",))
     return sweep, summary
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def write_plots(out: Path, summary: pd.DataFrame, keys: Sequence[str], methods: Sequence[str]) -> list[Path]:

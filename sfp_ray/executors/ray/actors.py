@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from sfp_ray.config import Config
 from sfp_ray.costs import FlopMeter
 from sfp_ray.data import ArrayDataset
 from sfp_ray.errors import ClusterError
-from sfp_ray.executors.base import State
+from sfp_ray.executors.base import CutRoles, State
 from sfp_ray.executors.ray.limits import enforce_limits, mark_task, observe
 from sfp_ray.faults import InjectedFault, check_finite, exit_process, one_line, server_fault
 from sfp_ray.methods import Method
@@ -47,8 +47,7 @@ from sfp_ray.tensors import as_view, numpy_state, to_wire, torch_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClientActor", "ExclusiveCountingMeter", "RayBodyLink", "RayState", "RunSetup",
-           "ServerActor"]
+__all__ = ["ClientActor", "RayBodyLink", "RayState", "RunSetup", "ServerActor"]
 
 
 # --------------------------------------------------------------------------- shared types
@@ -184,32 +183,21 @@ class _Hosted:
     """One run hosted by a client actor: a client role per cut it served, and the global-cut workspace."""
 
     setup: RunSetup
-    roles: dict[tuple[int, int], Any]
-    meter: FlopMeter
+    cuts: CutRoles
     train: ArrayDataset
     device: torch.device
     test: ArrayDataset | None = None
     eval_ws: Workspace | None = None
-    #: a FLOP meter per cut (counts are cached per shape, and shapes do not tell cuts apart)
-    meters: dict[tuple[int, int], FlopMeter] = field(default_factory=dict)
-
-    def meter_of(self, cut: tuple[int, int] | None) -> FlopMeter:
-        return self.meter if cut is None else self.meters.setdefault(tuple(cut), FlopMeter())
 
     def role(self, cut: tuple[int, int] | None) -> Any:
         """The client role of ``cut`` (None: the run's configured cut), built on first use."""
-        cut = tuple(cut) if cut is not None else self.setup.global_cut
-        role = self.roles.get(cut)
-        if role is None:
-            ws = self.setup.workspace(self.setup.method.client_parts, cut, self.device)
-            role = self.roles[cut] = self.setup.method.client_role(ws, with_cut(self.setup.cfg, cut))
-        return role
+        return self.cuts.role(cut if cut is not None else self.setup.global_cut)
 
     def global_workspace(self) -> Workspace:
         """The workspace evaluation uses (the global cut, every part)."""
         if self.eval_ws is None:
             cut = self.setup.global_cut
-            role = self.roles.get(cut)
+            role = self.cuts.roles.get(cut)
             self.eval_ws = role.ws if role is not None else self.setup.workspace((), cut, self.device)
         self.eval_ws.hold(PARTS)
         return self.eval_ws
@@ -254,7 +242,9 @@ class ClientActor:
         if setup.key in self.runs:
             return
         self.info["determinism"] = set_determinism(setup.cfg.train.deterministic, self.compute.device)
-        hosted = _Hosted(setup, {}, FlopMeter(), _dataset(setup.train, setup.dataset), self.compute.device)
+        device = self.compute.device
+        cuts = CutRoles(setup.method, setup.cfg, lambda cut: setup.workspace(setup.method.client_parts, cut, device))
+        hosted = _Hosted(setup, cuts, _dataset(setup.train, setup.dataset), device)
         if setup.cuts is None:
             hosted.role(None)  # built now, so set-up errors surface at set-up
         self.runs[setup.key] = hosted
@@ -290,7 +280,7 @@ class ClientActor:
             if server is not None and state.server is not None:  # this client's copy of the trained body
                 ray.get(server.open.remote(key, task.client_id, task.round, state.server))
             # the new state is not copied: it is serialised when this call returns, before the next task runs
-            out = role.run(task, data, client_state, link, h.meter_of(cut), copy_state=False)
+            out = role.run(task, data, client_state, link, h.cuts.meter_of(cut), copy_state=False)
             check_finite(out.state, out.train_loss)
         except BaseException:
             if server is not None:
@@ -308,7 +298,8 @@ class ClientActor:
         ws = h.global_workspace()
         ws.load_state(state.tensors())
         t = h.setup.cfg.train
-        return eval_batches(ws.split, h.test, t.eval_batch_size, h.meter, start=start, stop=stop, precision=t.precision)
+        return eval_batches(ws.split, h.test, t.eval_batch_size, h.cuts.meter, start=start, stop=stop,
+                            precision=t.precision)
 
     def resources(self) -> dict[str, Any]:
         """Requested / enforced / observed resources now."""
@@ -318,57 +309,14 @@ class ClientActor:
 # --------------------------------------------------------------------------- server
 
 
-class ExclusiveCountingMeter(FlopMeter):
-    """A :class:`~sfp_ray.costs.FlopMeter` for a threaded actor: counting runs alone.
-
-    Counting (the first run of a key) switches PyTorch's scaled-dot-product-attention
-    backend to MATH for the duration of the call, and that switch is process-global. In a
-    threaded server, a request running concurrently with a counted one would then see
-    the switched backend, and two overlapping counted runs can undo each other's switch
-    (the second one then runs the fused kernel that the counter cannot see, and its FLOPs
-    are under-counted). A reader-writer lock makes every counted run exclusive while
-    already-counted keys still run concurrently.
-    """
-
-    def __init__(self, enabled: bool = True) -> None:
-        super().__init__(enabled)
-        self._cond = threading.Condition()
-        self._running = 0
-        self._counting = False
-        self._writers_waiting = 0
-
-    def run(self, key: Hashable, fn: Callable[[], Any]) -> tuple[Any, int]:
-        with self._cond:
-            exclusive = self.enabled and key not in self._cache
-            if exclusive:
-                self._writers_waiting += 1
-                while self._counting or self._running:
-                    self._cond.wait()
-                self._writers_waiting -= 1
-                self._counting = True
-            else:
-                while self._counting or self._writers_waiting:
-                    self._cond.wait()
-                self._running += 1
-        try:
-            return super().run(key, fn)
-        finally:
-            with self._cond:
-                if exclusive:
-                    self._counting = False
-                else:
-                    self._running -= 1
-                self._cond.notify_all()
-
-
-
 @ray.remote
 class ServerActor:
     """Hosts the body of one or more runs (a :class:`ServerRole` each).
 
     Create it with ``max_concurrency=N`` (a threaded actor) so it serves N client requests
     at once; each role keys its stored autograd graphs per request and locks its
-    bookkeeping. A trained body's per-client copies are opened and closed by the executor
+    bookkeeping, and a request whose FLOPs are being counted runs alone
+    (:data:`~sfp_ray.costs.flops.COUNT_GATE`). A trained body's per-client copies are opened and closed by the executor
     (:meth:`open`, :meth:`close`); each call waits for the previous one it depends on,
     since a threaded actor does not order calls.
     """
@@ -393,7 +341,7 @@ class ServerActor:
             ws = setup.workspace(("body",), setup.server_cut, self.compute.device)
             spec = setup.method.server(setup.cfg)
             body_of = (lambda cut: ws.split.body_for(*cut)) if setup.cuts is not None else None
-            self.roles[setup.key] = ServerRole(ws.split.body, meter=ExclusiveCountingMeter(), as_numpy=True,
+            self.roles[setup.key] = ServerRole(ws.split.body, meter=FlopMeter(), as_numpy=True,
                                                train=spec.train if spec is not None else None, body_of=body_of,
                                                precision=setup.cfg.train.precision)
 

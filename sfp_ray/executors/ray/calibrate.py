@@ -18,7 +18,7 @@ import ray
 
 from sfp_ray.config import Config
 from sfp_ray.devices import device_resource
-from sfp_ray.errors import ClusterError, SfpRayError
+from sfp_ray.errors import ClusterError, SfpRayError, first_line
 from sfp_ray.executors.ray.runtime import cluster_nodes, start_ray, stop_ray
 
 #: Amount of the node's ``device:<class>`` resource the task asks for (any node offering it qualifies).
@@ -62,8 +62,7 @@ def calibrate_on_cluster(cfg: Config, *, address: str, name: str, threads: int =
             cause = getattr(e, "cause", None) or e
             if isinstance(cause, SfpRayError):
                 raise cause from None
-            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            raise ClusterError(f"devices calibrate on the cluster failed: {first}") from None
+            raise ClusterError(f"devices calibrate on the cluster failed: {first_line(cause)}") from None
     finally:
         if started:
             stop_ray()

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import ray
 
-from sfp_ray.errors import ClusterError
+from sfp_ray.errors import ClusterError, first_line
 from sfp_ray.executors.ray.actors import RunSetup
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def await_started(actors: Mapping[K, Any], timeout_s: float,
         try:
             rows[refs[r]] = ray.get(r)
         except ray.exceptions.RayError as e:
-            failed[refs[r]] = _first_line(e)
+            failed[refs[r]] = first_line(e)
     setups = {k: runs(k) for k in rows}
     for k, todo in setups.items():
         if not todo:
@@ -90,7 +90,7 @@ def await_started(actors: Mapping[K, Any], timeout_s: float,
         try:
             ray.get([actors[k].setup.remote(s) for s in todo])
         except ray.exceptions.RayError as e:
-            failed[k] = _first_line(e)
+            failed[k] = first_line(e)
             del rows[k]
     return rows, failed
 
@@ -124,8 +124,3 @@ def kill(actor: Any) -> None:
         ray.kill(actor)
     except Exception as e:  # noqa: BLE001 - it is gone already
         log.debug("ray.kill failed: %s", e)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

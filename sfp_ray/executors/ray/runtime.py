@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sfp_ray.config import RayConfig
-from sfp_ray.errors import ClusterError
+from sfp_ray.errors import ClusterError, first_line
 
 __all__ = ["ClusterError", "check_fit", "cluster_nodes", "parse_address", "ray_address_file", "resolve_address",
            "start_ray", "stop_ray"]
@@ -229,7 +229,7 @@ def start_ray(cfg_ray: RayConfig, address: str | None = None) -> bool:
     try:
         ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=True)
     except ConnectionError as e:
-        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        first = first_line(e).rstrip(".")
         raise ClusterError(
             f"cannot join Ray at address {addr!r}: {first}; start a cluster with `ray start --head` "
             "(cluster/start-head.sh) or use --address local; see cluster/README.md"
