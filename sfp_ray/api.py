@@ -291,7 +291,7 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
 
     pairs = [(int(s), get_method(m).name) for s in seeds for m in methods]
     ckpts: list[dict[str, Any] | None] = [
-        checkpoints.load_checkpoint(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
+        checkpoints.load_run_state(checkpoints.checkpoint_path(folder, m, s)) if resuming else None for s, m in pairs]
     pending = [p for p, ck in zip(pairs, ckpts) if ck is None or not ck["finished"]]
     with _executors(executor, cfg, address, say, threads, device, folder=folder, warn=warn,
                     address_saved=address_saved) as pool:

@@ -43,8 +43,8 @@ FOLDER = "checkpoint"
 #: The plan of the invocation, in :data:`FOLDER`.
 PLAN = "run.yaml"
 
-__all__ = ["FOLDER", "FORMAT", "PLAN", "Plan", "checkpoint_path", "clear", "load_checkpoint", "read_plan",
-           "save_checkpoint", "write_plan"]
+__all__ = ["FOLDER", "FORMAT", "PLAN", "Plan", "checkpoint_path", "clear", "load_run_state", "read_plan",
+           "save_run_state", "write_plan"]
 
 
 def checkpoint_path(out: str | os.PathLike, method: str, seed: int) -> Path:
@@ -59,13 +59,13 @@ def _replace_atomically(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> None:
+def save_run_state(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically (a reader sees the previous file or this one, never a part)."""
     _replace_atomically(Path(path), lambda tmp: torch.save({"format": FORMAT, **ckpt}, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A checkpoint written by :func:`save_checkpoint`; None when there is none.
+def load_run_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A checkpoint written by :func:`save_run_state`; None when there is none.
 
     Checkpoints hold numpy arrays (client states) besides tensors, so they are unpickled in
     full: load only files of your own runs.

@@ -31,7 +31,7 @@ import torch
 
 from sfp_ray.availability import RoundJudge, cohort_size, draw, draw_traced, load_trace
 from sfp_ray.capacity import client_devices
-from sfp_ray.checkpoints import save_checkpoint
+from sfp_ray.checkpoints import save_run_state
 from sfp_ray.config import Config, to_dict
 from sfp_ray.costs import ServerLink
 from sfp_ray.data import ArrayDataset, adapt, load_dataset, partition
@@ -305,7 +305,7 @@ class Orchestrator:
         run_id: identifier written into every row (default: a short random id).
         checkpoint: a file to write the run's checkpoint to after every round
             (:mod:`sfp_ray.checkpoints`); None writes none.
-        resume: a checkpoint of this run (:func:`sfp_ray.checkpoints.load_checkpoint`) to
+        resume: a checkpoint of this run (:func:`sfp_ray.checkpoints.load_run_state`) to
             continue from: the run starts after its round, from its states, with its run id.
         warn: called with one line per client that failed an attempt (clients of a round with
             the same fate and error share one), per round that is started over, per server
@@ -513,7 +513,7 @@ class Orchestrator:
             return
         client, server = state.parts()
         f = self.spec.cfg.federation
-        save_checkpoint(self.checkpoint, {
+        save_run_state(self.checkpoint, {
             "method": self.meta.method, "seed": self.meta.seed, "run_id": self.meta.run_id,
             "executor": self.meta.executor, "round": r, "rounds": f.rounds, "finished": r == f.rounds,
             "client": client, "server": server, "client_states": dict(client_states), "totals": dict(totals),

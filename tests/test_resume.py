@@ -22,7 +22,7 @@ from conftest import as_sets, tiny
 import sfp_ray
 from sfp_ray import orchestrator
 from sfp_ray.api import resume
-from sfp_ray.checkpoints import checkpoint_path, load_checkpoint
+from sfp_ray.checkpoints import checkpoint_path, load_run_state
 from sfp_ray.cli import main
 
 TINY = tiny("model.depth=3", "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=3",
@@ -82,7 +82,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, reference, caps
     with pytest.raises(Stop):
         sfp_ray.run(TINY, method="sfprompt", executor="serial", out=out, plots=False,
                     progress=stop_after("sfprompt", 2))
-    ck = load_checkpoint(checkpoint_path(out, "sfprompt", 0))
+    ck = load_run_state(checkpoint_path(out, "sfprompt", 0))
     assert ck["round"] == 2 and not ck["finished"] and ck["server"] is None
     assert sorted(ck["client_states"]) == [0, 1, 2] and all(len(s["kept"]) == 4 for s in ck["client_states"].values())
     assert list(pd.read_csv(out / "rounds.csv")["round"]) == [1, 2]
@@ -90,7 +90,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, reference, caps
     assert main(["--quiet", "run", "--resume", str(out), "--set", "federation.rounds=3"]) == 0
     assert "sfprompt seed 0: resuming after round 2 of 3" in capsys.readouterr().err
     assert_same_run(out, reference, "sfprompt")
-    assert load_checkpoint(checkpoint_path(out, "sfprompt", 0))["finished"]
+    assert load_run_state(checkpoint_path(out, "sfprompt", 0))["finished"]
     # resuming a finished run changes nothing
     before = pd.read_csv(out / "clients.csv")
     assert main(["--quiet", "run", "--resume", str(out)]) == 0
@@ -101,7 +101,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, reference, caps
 @pytest.mark.slow  # several rounds or runs end to end
 def test_rows_flushed_after_the_last_checkpoint_are_dropped(tmp_path, reference, monkeypatch):
     """A driver killed between a round's rows and its checkpoint: the round runs again, its rows once."""
-    real = orchestrator.save_checkpoint
+    real = orchestrator.save_run_state
 
     def killed_before_round_2s_checkpoint(path, ckpt):
         if ckpt["round"] == 2:
@@ -109,12 +109,12 @@ def test_rows_flushed_after_the_last_checkpoint_are_dropped(tmp_path, reference,
         real(path, ckpt)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(orchestrator, "save_checkpoint", killed_before_round_2s_checkpoint)
+    monkeypatch.setattr(orchestrator, "save_run_state", killed_before_round_2s_checkpoint)
     with pytest.raises(Stop):
         sfp_ray.run(TINY, method="sfprompt", executor="serial", out=out, plots=False)
     monkeypatch.undo()
     assert list(pd.read_csv(out / "rounds.csv")["round"]) == [1, 2]
-    assert load_checkpoint(checkpoint_path(out, "sfprompt", 0))["round"] == 1
+    assert load_run_state(checkpoint_path(out, "sfprompt", 0))["round"] == 1
     resume(out, plots=False)
     assert_same_run(out, reference, "sfprompt")
 
@@ -126,7 +126,7 @@ def test_compare_resumes_method_by_method(tmp_path, reference, capsys):
         sfp_ray.compare(METHODS, overrides=TINY, executor="serial", out=out, plots=False,
                         progress=stop_after("sfl", 2))
     first_id = pd.read_csv(out / "rounds.csv").query("method == 'sfprompt'")["run_id"].iloc[0]
-    ck = load_checkpoint(checkpoint_path(out, "sfl", 0))
+    ck = load_run_state(checkpoint_path(out, "sfl", 0))
     assert ck["round"] == 2 and ck["server"] and all(k.startswith("body.") for k in ck["server"])
     assert main(["--quiet", "compare", "--resume", str(out), "--methods", ",".join(METHODS), "--no-plots"]) == 0
     err = capsys.readouterr().err
@@ -180,7 +180,7 @@ def test_sigkill_of_the_driver_loses_at_most_the_round_in_progress(tmp_path, ref
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    ck = load_checkpoint(checkpoint_path(out, "sfprompt", 0))
+    ck = load_run_state(checkpoint_path(out, "sfprompt", 0))
     assert ck is not None and ck["round"] in (1, 2)  # round 2's rows were out; its checkpoint may have been
     assert main(["--quiet", "run", "--resume", str(out), "--no-plots"]) == 0
     assert_same_run(out, reference, "sfprompt")
@@ -201,7 +201,7 @@ def test_ray_resume_gives_the_same_accuracies(ray_session, tmp_path):
             whole = Orchestrator(spec, ex).run()
         with RayExecutor(pool) as ex, pytest.raises(Stop):
             Orchestrator(spec, ex, checkpoint=path, progress=stop_after("sfprompt", 2)).run()
-        ck = load_checkpoint(path)
+        ck = load_run_state(path)
         assert ck["round"] == 2 and ck["executor"] == "ray"
         with RayExecutor(pool) as ex:
             rest = Orchestrator(spec, ex, resume=ck).run()

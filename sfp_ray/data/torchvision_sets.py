@@ -9,6 +9,7 @@ at run time unless :func:`fetch_torchvision` is asked to).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,13 @@ def fetch_torchvision(name: str, root: str | None, train: bool) -> Path:
     return base
 
 
-def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:
+def _load_cifar(root: str | None, train: bool, seed: int, *, hundred: bool) -> ArrayDataset:
+    """Loads CIFAR-10 (``<root>/cifar-10-batches-py``) or CIFAR-100 (``<root>/cifar-100-python``): ``3x32x32``.
+
+    Raises:
+        DataError: The files are absent or corrupt.
+    """
+    del seed
     import torchvision
 
     base = _torchvision_root(root)
@@ -78,26 +85,8 @@ def _load_cifar(root: str | None, train: bool, hundred: bool) -> ArrayDataset:
     )
 
 
-@register_dataset("cifar10", num_classes=10)
-def _load_cifar10(root: str | None, train: bool, seed: int) -> ArrayDataset:
-    """Loads CIFAR-10 (``3x32x32``, 10 classes) from ``<root>/cifar-10-batches-py``.
-
-    Raises:
-        DataError: The files are absent or corrupt.
-    """
-    del seed
-    return _load_cifar(root, train, hundred=False)
-
-
-@register_dataset("cifar100", num_classes=100)
-def _load_cifar100(root: str | None, train: bool, seed: int) -> ArrayDataset:
-    """Loads CIFAR-100 (``3x32x32``, 100 classes) from ``<root>/cifar-100-python``.
-
-    Raises:
-        DataError: The files are absent or corrupt.
-    """
-    del seed
-    return _load_cifar(root, train, hundred=True)
+for _name, _hundred in (("cifar10", False), ("cifar100", True)):
+    register_dataset(_name, num_classes=100 if _hundred else 10)(functools.partial(_load_cifar, hundred=_hundred))
 
 
 @register_dataset("svhn", num_classes=10)

@@ -65,6 +65,12 @@ def vit_embed(model: VisionTransformer | Embeddings, x: torch.Tensor) -> torch.T
     return model.norm_pre(x)
 
 
+def _share(part: nn.Module, vit: VisionTransformer, names: tuple[str, ...]) -> None:
+    """Give ``part`` the ViT's attributes ``names`` (the same modules and parameters, not copies)."""
+    for name in names:
+        setattr(part, name, getattr(vit, name))
+
+
 class Embeddings(nn.Module):
     """The embedding seams of a timm ViT, sharing (not copying) its modules and parameters."""
 
@@ -72,14 +78,8 @@ class Embeddings(nn.Module):
         super().__init__()
         if getattr(vit, "dynamic_img_size", False):
             raise ConfigError("model: dynamic_img_size ViTs are not supported by split_vit")
-        self.patch_embed = vit.patch_embed
-        self.cls_token = vit.cls_token
-        self.reg_token = vit.reg_token
-        self.pos_embed = vit.pos_embed
-        self.pos_drop = vit.pos_drop
-        self.patch_drop = vit.patch_drop
-        self.norm_pre = vit.norm_pre
-        self.no_embed_class = vit.no_embed_class
+        _share(self, vit, ("patch_embed", "cls_token", "reg_token", "pos_embed", "pos_drop", "patch_drop", "norm_pre",
+                           "no_embed_class"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return vit_embed(self, x)
@@ -262,12 +262,7 @@ class ViTTail(nn.Module):
         depth = len(vit.blocks)
         self.block_ids = list(range(depth - tail_blocks, depth))
         self.blocks = nn.ModuleDict({str(i): vit.blocks[i] for i in self.block_ids})
-        self.norm = vit.norm
-        self.fc_norm = vit.fc_norm
-        self.head_drop = vit.head_drop
-        self.attn_pool = vit.attn_pool
-        self.head = vit.head
-        self.global_pool = vit.global_pool
+        _share(self, vit, ("norm", "fc_norm", "head_drop", "attn_pool", "head", "global_pool"))
         self.pool_include_prefix = getattr(vit, "pool_include_prefix", False)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.num_prompts = num_prompts
