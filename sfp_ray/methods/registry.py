@@ -1,13 +1,19 @@
-"""The method objects by name: the built-in ones from their files, and any registered later.
+"""The method objects by name: those of every module of this package, and any registered later.
 
 Imported on first use of :func:`get_method` or :func:`register_method` (through
 :mod:`sfp_ray.methods`), since building the methods imports torch; the listing itself lives
-in :mod:`sfp_ray.methods.catalog`.
+in :mod:`sfp_ray.methods.catalog`. Every module of ``sfp_ray/methods/`` that defines a
+``register(register_method)`` function is imported and registers its methods, in file-name
+order: a new method is a new file, with nothing to edit elsewhere.
 """
 
 from __future__ import annotations
 
-from sfp_ray.methods import catalog, federated, sfprompt, split_learning
+import importlib
+import pkgutil
+
+import sfp_ray.methods as _package
+from sfp_ray.methods import catalog
 from sfp_ray.methods.base import Method
 
 _REGISTRY: dict[str, Method] = {}
@@ -28,7 +34,9 @@ def get_method(name: str) -> Method:
         raise catalog.unknown_method(name) from None
 
 
-for _module in (sfprompt, federated, split_learning):
-    _module.register(register_method)
+for _info in pkgutil.iter_modules(_package.__path__):
+    _register = getattr(importlib.import_module(f"{_package.__name__}.{_info.name}"), "register", None)
+    if callable(_register):
+        _register(register_method)
 
 __all__ = ["get_method", "register_method"]
