@@ -1,4 +1,4 @@
-"""Exceptions raised by sfp-ray library code.
+"""Exceptions raised by sfp-ray library code, and the one-line forms of errors (first lines, YAML problems, YAML files).
 
 Library code raises; only the CLI turns an error into an exit code and a one-line message.
 """

@@ -1,4 +1,4 @@
-"""Command-line interface: the only place that wires everything and starts/joins Ray.
+"""Command-line interface: the `sfp-ray` command, a thin layer over the Python API (Ray is reached through it).
 
 ::
 

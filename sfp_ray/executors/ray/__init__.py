@@ -1,4 +1,4 @@
-"""The Ray runtime of sfp-ray: the only package (besides the CLI) that imports Ray.
+"""The Ray runtime of sfp-ray: the only package that imports Ray.
 
 * :mod:`.runtime`: starting a private local Ray or joining a cluster; the fit check;
 * :mod:`.planning`: which actors a run gets, sized from the cluster with no knobs;
