@@ -275,7 +275,8 @@ def _execute(methods: Sequence[str], cfg: Config, seeds: Sequence[int], executor
     """Prepare every (seed, method) run, then execute those not finished yet, writing into ``folder``."""
     from sfp_ray import checkpoints
     from sfp_ray.methods import get_method
-    from sfp_ray.orchestrator import Orchestrator, check_resumable, prepare_run, run_meta
+    from sfp_ray.orchestrator import Orchestrator, check_resumable, run_meta
+    from sfp_ray.preparation import prepare_run
     from sfp_ray.pretrain import resolve_checkpoint
     from sfp_ray.reports import ReportSink
 

@@ -14,7 +14,7 @@ output folder exists, in two steps:
    the timm model, the cut against its real depth and every method's client on it.
 
 What needs data or weights (dataset files, a checkpoint's shapes, the per-device cut plan)
-is checked by :func:`~sfp_ray.orchestrator.prepare_run` while the actors start.
+is checked by :func:`~sfp_ray.preparation.prepare_run` while the actors start.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from sfp_ray.costs import simulate_round
 from sfp_ray.devices import load_catalog
 from sfp_ray.errors import ConfigError
 from sfp_ray.executors.serial import SerialExecutor
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
+from sfp_ray.preparation import prepare_run
 from sfp_ray.records import CostRecord, MessageRecord, Segment
 from sfp_ray.reports import ReportSink
 from sfp_ray.roles.client import ClientOutput

@@ -12,7 +12,8 @@ from conftest import as_sets, tiny
 from sfp_ray.cli import main
 from sfp_ray.config import load_config
 from sfp_ray.executors.serial import SerialExecutor
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
+from sfp_ray.preparation import prepare_run
 from sfp_ray.reports import COST_COLUMNS, ROUND_COLUMNS, ReportSink
 
 TINY = tiny("model.depth=3", "data.samples_per_client=24", "data.test_samples=64", "federation.num_clients=3",

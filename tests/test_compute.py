@@ -18,7 +18,8 @@ from sfp_ray.compute import ComputeDevice, choose_device, cuda_unusable, set_det
 from sfp_ray.config import load_config
 from sfp_ray.devices import get_device
 from sfp_ray.errors import ConfigError
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
+from sfp_ray.preparation import prepare_run
 
 TINY = tiny("model.depth=3", "devices.mix={rpi4: 1.0}")
 CUDA = torch.cuda.is_available()

@@ -487,17 +487,17 @@ def test_a_run_adapts_only_the_samples_its_clients_hold(monkeypatch: pytest.Monk
     """prepare_run resizes the images some client holds, not the whole split, and each client
     gets the same images, bit for bit and in the same order, as from the whole split adapted.
     """
-    from sfp_ray import orchestrator
+    from sfp_ray import preparation
     from sfp_ray.config import load_config
 
     overrides = ["data.name=synthetic", "data.classes=null", "model.checkpoint=none", "model.img_size=24",
                  "model.patch_size=8", "model.in_chans=3", "model.depth=2", "federation.num_clients=3",
                  "federation.clients_per_round=3", "data.samples_per_client=5", "data.test_samples=16"]
-    spec = orchestrator.prepare_run(load_config(overrides=overrides), "sfprompt")
+    spec = preparation.prepare_run(load_config(overrides=overrides), "sfprompt")
     assert len(spec.train) == 15 and tuple(spec.train.images.shape[1:]) == (3, 24, 24)
     assert sorted(np.concatenate(spec.client_indices).tolist()) == list(range(15))
-    monkeypatch.setattr(orchestrator, "_held", lambda train, parts: (train, list(parts)))  # the whole split
-    whole = orchestrator.prepare_run(load_config(overrides=overrides), "sfprompt")
+    monkeypatch.setattr(preparation, "_held", lambda train, parts: (train, list(parts)))  # the whole split
+    whole = preparation.prepare_run(load_config(overrides=overrides), "sfprompt")
     assert len(whole.train) == 2000 and tuple(whole.train.images.shape[1:]) == (3, 24, 24)
     for mine, theirs in zip(spec.client_indices, whole.client_indices, strict=True):
         assert torch.equal(spec.train.images[torch.as_tensor(mine)], whole.train.images[torch.as_tensor(theirs)])

@@ -162,7 +162,8 @@ def test_projection_columns_are_the_documented_ones():
 def test_resources_columns_are_the_documented_ones(ray_session, tmp_path):
     """A one-round Ray run with one client actor writes resources.csv with the documented columns."""
     from sfp_ray.executors.ray import RayExecutor
-    from sfp_ray.orchestrator import Orchestrator, prepare_run
+    from sfp_ray.orchestrator import Orchestrator
+    from sfp_ray.preparation import prepare_run
     from sfp_ray.reports import ReportSink
 
     cfg = load_config(overrides=[*TINY, "federation.rounds=1", "devices.mix={laptop: 1.0}", "ray.max_actors=1"])

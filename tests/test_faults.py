@@ -21,7 +21,8 @@ from sfp_ray.config import load_config
 from sfp_ray.errors import ConfigError
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.faults import ENV_VAR, check_finite, parse_faults, task_faults
-from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
+from sfp_ray.orchestrator import Orchestrator, RunResult
+from sfp_ray.preparation import prepare_run
 from sfp_ray.reports import ReportSink
 
 TINY = tiny("model.depth=3", "federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=3",

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("roles", frozenset({"roles", "pretrain", "calibration"})),
     ("methods", frozenset({"methods", "sizing", "placement"})),
     ("executors", frozenset({"executors"})),
-    ("runs", frozenset({"orchestrator", "reports", "projection", "preflight"})),
+    ("runs", frozenset({"preparation", "orchestrator", "reports", "projection", "preflight"})),
     ("front ends", frozenset({"api", "sweeps", "cli", "docgen", "__main__"})),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

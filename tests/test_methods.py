@@ -24,7 +24,8 @@ from sfp_ray.errors import ConfigError
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import FEDERATED_PHASES, SFPROMPT_PHASES, get_method, list_methods
 from sfp_ray.methods.sfprompt import SFPromptClient, sfprompt_names
-from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
+from sfp_ray.orchestrator import Orchestrator, RunResult
+from sfp_ray.preparation import prepare_run
 from sfp_ray.pruning import keep_count, select_hardest
 from sfp_ray.records import CostRecord, MessageRecord
 from sfp_ray.roles import LocalBodyLink, ServerRole, Workspace
@@ -437,3 +438,11 @@ def test_each_method_trains_at_its_own_rate_unless_train_lr_is_set():
     assert {rates[m] for m in list_methods() if m.startswith("sfprompt")} == {3e-3}  # ablations share SFPrompt's
     given = load_config(overrides=["train.lr=0.01"])
     assert {get_method(m).resolve(given).train.lr for m in list_methods()} == {0.01}
+
+
+def test_every_client_phase_of_every_method_has_a_timeline_colour() -> None:
+    from sfp_ray.methods.catalog import PHASE_COLOURS
+
+    for name in list_methods():
+        client_phases = [p for p in get_method(name).phases if p not in ("aggregate", "eval")]
+        assert client_phases and set(client_phases) <= set(PHASE_COLOURS), name

@@ -32,7 +32,8 @@ from sfp_ray.config import load_config
 from sfp_ray.costs import shape_str
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import get_method, list_methods
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
+from sfp_ray.preparation import prepare_run
 from sfp_ray.reports import ReportSink
 from sfp_ray.tensors import as_tensor
 

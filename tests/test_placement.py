@@ -13,7 +13,7 @@ from sfp_ray.errors import ConfigError
 from sfp_ray.executors.base import fedavg_parts
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import get_method
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
 from sfp_ray.placement import (
     CutCost,
     _exact_terms,
@@ -22,6 +22,7 @@ from sfp_ray.placement import (
     cut_costs,
     round_seconds,
 )
+from sfp_ray.preparation import prepare_run
 from sfp_ray.reports import ReportSink
 
 TINY = tiny("model.depth=5", "federation.num_clients=4", "federation.clients_per_round=4", "federation.rounds=2",

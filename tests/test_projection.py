@@ -19,7 +19,8 @@ from sfp_ray.cli import main
 from sfp_ray.config import load_config
 from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import list_methods
-from sfp_ray.orchestrator import Orchestrator, prepare_run
+from sfp_ray.orchestrator import Orchestrator
+from sfp_ray.preparation import prepare_run
 from sfp_ray.projection import project, project_method
 from sfp_ray.records import CostRecord, tally
 

@@ -15,7 +15,7 @@ from sfp_ray.config import build_config, load_config
 from sfp_ray.costs import Ledger
 from sfp_ray.errors import ConfigError
 from sfp_ray.executors.serial import SerialExecutor
-from sfp_ray.orchestrator import prepare_run
+from sfp_ray.preparation import prepare_run
 from sfp_ray.pruning import class_quotas, el2n_scores, keep_count, select, select_hardest
 
 # Ten samples of a label-skewed client: six of class 0, three of class 1, one of class 2.

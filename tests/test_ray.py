@@ -22,7 +22,8 @@ from sfp_ray.config import RayConfig, load_config
 from sfp_ray.devices import get_device
 from sfp_ray.errors import ClusterError, ConfigError
 from sfp_ray.executors.ray import RayExecutor, check_fit, parse_address, plan_pool, plan_slots, route, start_ray
-from sfp_ray.orchestrator import prepare_run, sample_cohort
+from sfp_ray.orchestrator import sample_cohort
+from sfp_ray.preparation import prepare_run
 
 TINY = tiny("model.depth=4", "data.test_samples=64", base=TINY_MODEL)
 

@@ -27,7 +27,8 @@ def main() -> None:
 
     from sfp_ray.config import load_config
     from sfp_ray.executors.ray import RayExecutor, start_ray
-    from sfp_ray.orchestrator import Orchestrator, prepare_run
+    from sfp_ray.orchestrator import Orchestrator
+    from sfp_ray.preparation import prepare_run
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 1, "resources": {"device:edge_server": 1}, "include_dashboard": False})

@@ -190,7 +190,8 @@ def test_ray_resume_gives_the_same_accuracies(ray_session, tmp_path):
     """On Ray: an uninterrupted run, and one stopped after round 2 and resumed, on one actor pool."""
     from sfp_ray.config import load_config
     from sfp_ray.executors.ray import ActorPool, RayExecutor
-    from sfp_ray.orchestrator import Orchestrator, prepare_run
+    from sfp_ray.orchestrator import Orchestrator
+    from sfp_ray.preparation import prepare_run
 
     spec = prepare_run(load_config(overrides=[*TINY, "federation.num_clients=2", "federation.clients_per_round=2",
                                               "devices.mix={rpi4: 1.0}"]), "sfprompt")

@@ -27,7 +27,8 @@ from sfp_ray.executors.serial import SerialExecutor
 from sfp_ray.methods import SPLIT_PHASES, get_method
 from sfp_ray.methods.base import ParallelFedAvg, SequentialRelay
 from sfp_ray.methods.split_learning import SplitLearningClient
-from sfp_ray.orchestrator import Orchestrator, RunResult, prepare_run
+from sfp_ray.orchestrator import Orchestrator, RunResult
+from sfp_ray.preparation import prepare_run
 from sfp_ray.projection import project
 from sfp_ray.records import CostRecord
 from sfp_ray.roles import LocalBodyLink, ServerRole, Workspace

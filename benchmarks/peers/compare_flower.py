@@ -116,7 +116,7 @@ def dump_work(sets: list[str], path: Path) -> dict[str, Any]:
     import torch
 
     from sfp_ray.config import load_config
-    from sfp_ray.orchestrator import derive_seed, prepare_run
+    from sfp_ray.preparation import derive_seed, prepare_run
     from sfp_ray.roles.workspace import PARTS
 
     spec_run = prepare_run(load_config(overrides=sets), "fl_full", resolve_checkpoint=lambda c: None)

@@ -10,7 +10,7 @@ with sfp-ray's own code from the very configuration it passes to ``sfp-ray run``
 * ``indices``/``offsets``: each client's training samples, as positions in the Fashion-MNIST
   training set restricted to ``spec.classes`` (original file order, labels remapped to
   ``0..k-1`` in the order of ``spec.classes``) - exactly ``RunSpec.client_indices`` of
-  ``sfp_ray.orchestrator.prepare_run``, i.e. the ``iid`` partition plus the
+  ``sfp_ray.preparation.prepare_run``, i.e. the ``iid`` partition plus the
   ``data.samples_per_client`` cap, so no partition code is re-implemented here;
 * ``seeds``: the shuffling seed of client ``c`` in round ``r`` (sfp-ray's
   ``derive_seed(seed, r, c)``), used the same way (``torch.randperm`` with a seeded generator);

@@ -16,13 +16,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sfp_ray.costs.flops import FlopMeter, Work
 from sfp_ray.records import CostRecord, Direction, Kind, MessageRecord, Segment, Side
+
+if TYPE_CHECKING:
+    from sfp_ray.devices import DeviceProfile
 
 # --------------------------------------------------------------------------- bytes
 
@@ -95,7 +98,7 @@ class Ledger:
 
     round: int
     client_id: int
-    device: Any  # DeviceProfile | None
+    device: DeviceProfile | None
     server_device: Any = None
     meter: FlopMeter = field(default_factory=FlopMeter)
     cells: dict[tuple[str, str, str], CostRecord] = field(default_factory=dict)

@@ -27,25 +27,30 @@ from typing import Any, Protocol
 
 import torch
 
-from sfp_ray.config import Config, dotted_items
+from sfp_ray.config import Config, TrainConfig, dotted_items
 from sfp_ray.costs import RoundClock, ServerLink, simulate_round
 from sfp_ray.errors import ConfigError
-from sfp_ray.methods.catalog import NOT_IN_RESULTS, MethodInfo, ignored, reads, resolve
+from sfp_ray.methods.catalog import (
+    FEDERATED_PHASES,
+    NOT_IN_RESULTS,
+    SFPROMPT_PHASES,
+    SPLIT_PHASES,
+    MethodInfo,
+    ignored,
+    reads,
+    resolve,
+)
 from sfp_ray.records import FINISHED, Segment
 from sfp_ray.roles.client import ClientOutput, ClientRole, ClientTask, bypass_loss, forward_pass, model_loss, tail_loss
 from sfp_ray.roles.server import BODY_PREFIX
 from sfp_ray.roles.workspace import Workspace
-
-SFPROMPT_PHASES = ("download", "prune", "local_update", "split_train", "upload", "aggregate", "eval")
-FEDERATED_PHASES = ("download", "local_train", "upload", "aggregate", "eval")
-SPLIT_PHASES = ("download", "split_train", "upload", "aggregate", "eval")  # split-learning baselines
 
 
 @dataclass(frozen=True)
 class ServerSpec:
     """The server a method needs: a body that is frozen (``train=None``) or trained per client."""
 
-    train: Any = None  # TrainConfig | None
+    train: TrainConfig | None = None
 
 
 class Runner(Protocol):

@@ -25,6 +25,15 @@ from sfp_ray.errors import ConfigError
 #: full federated fine-tuning, the paper's reference point.
 REFERENCE_METHOD = "fl_full"
 
+#: The phases of each family of methods, in the order a round runs them (the ``phase`` of ``costs.csv``).
+SFPROMPT_PHASES = ("download", "prune", "local_update", "split_train", "upload", "aggregate", "eval")
+FEDERATED_PHASES = ("download", "local_train", "upload", "aggregate", "eval")
+SPLIT_PHASES = ("download", "split_train", "upload", "aggregate", "eval")  # split-learning baselines
+#: The timeline plot's colour of each phase a client runs (``wait``: waiting for the server; the local
+#: phases of both families share one colour). Aggregation and evaluation are not client phases.
+PHASE_COLOURS = {"download": "#4c72b0", "prune": "#dd8452", "local_update": "#55a868", "local_train": "#55a868",
+                 "split_train": "#c44e52", "upload": "#8172b3", "wait": "#c8c8c8"}
+
 #: Configuration sections that never change what a run computes (how Ray is started, what ``project`` assumes).
 NOT_IN_RESULTS = ("ray", "project")
 
@@ -138,5 +147,6 @@ def reads(info: MethodInfo, keys: Iterable[str]) -> list[str]:
     return [k for k in keys if not ignored(k, info.ignores)]
 
 
-__all__ = ["BUILTIN", "MethodInfo", "NOT_IN_RESULTS", "REFERENCE_METHOD", "ignored", "list_methods", "method_info",
+__all__ = ["BUILTIN", "FEDERATED_PHASES", "PHASE_COLOURS", "SFPROMPT_PHASES", "SPLIT_PHASES", "MethodInfo",
+           "NOT_IN_RESULTS", "REFERENCE_METHOD", "ignored", "list_methods", "method_info",
            "reads", "record", "resolve", "unknown_method"]

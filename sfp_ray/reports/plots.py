@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from sfp_ray.errors import DataError
+from sfp_ray.methods.catalog import PHASE_COLOURS
 from sfp_ray.reports.summaries import _seeds
 from sfp_ray.stats import spread
 
@@ -95,9 +96,7 @@ def write_plots(out: Path, costs: pd.DataFrame, rounds: pd.DataFrame, summary: p
     return paths
 
 
-#: Colours of the timeline plot's phases (waits for the server are grey, server compute dark).
-PHASE_COLOURS = {"download": "#4c72b0", "prune": "#dd8452", "local_update": "#55a868", "local_train": "#55a868",
-                 "split_train": "#c44e52", "upload": "#8172b3", "wait": "#c8c8c8"}
+#: Server compute in the timeline plot (the phases' colours are the methods': ``methods.catalog.PHASE_COLOURS``).
 SERVER_COLOUR = "#222222"
 #: How each status other than ``ok`` is marked at the end of a client's bar: (marker, colour).
 STATUS_MARKS = {"dropped": ("X", "#d62728"), "late": (">", "#ff7f0e"), "failed": ("X", "#7f7f7f"),

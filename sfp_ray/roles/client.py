@@ -25,7 +25,7 @@ import abc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.roles.server import BodyReply
 from sfp_ray.roles.workspace import Workspace
 from sfp_ray.tensors import from_wire
+
+if TYPE_CHECKING:
+    from sfp_ray.devices import DeviceProfile
 
 
 class BodyLink(Protocol):
@@ -66,8 +69,8 @@ class ClientTask:
     round: int
     client_id: int
     seed: int
-    device: Any  # DeviceProfile
-    server_device: Any  # DeviceProfile
+    device: DeviceProfile
+    server_device: DeviceProfile
     indices: np.ndarray
     client_state: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1

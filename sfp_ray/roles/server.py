@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from sfp_ray.costs import FlopMeter, Work, payload_bytes, serialized_bytes, shap
 from sfp_ray.faults import InjectedFault, InjectedServerLoss, check_finite
 from sfp_ray.roles.optim import make_optimizer
 from sfp_ray.tensors import as_tensor, from_wire, to_wire
+
+if TYPE_CHECKING:
+    from sfp_ray.config import TrainConfig
 
 BODY_PREFIX = "body."  # body parameters are named as in SplitViT
 
@@ -97,7 +100,7 @@ class ServerRole:
     body: torch.nn.Module
     meter: FlopMeter = field(default_factory=FlopMeter)
     as_numpy: bool = False
-    train: Any = None  # TrainConfig | None
+    train: TrainConfig | None = None
     #: ``train.precision``: the body's forward passes autocast to it, and what crosses the cut is sent in it
     precision: str = "fp32"
     #: ``(head_blocks, tail_blocks) -> body`` for clients cut elsewhere than ``body`` (per-device cuts)
