@@ -216,3 +216,24 @@ def test_links_between_pages_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[^)]*)?\)", _read(page)):
             assert (DOCS / target).is_file(), f"docs/{page} links to {target}"
+
+
+def test_same_reports_tells_a_changed_result_from_a_changed_timing(tmp_path):
+    """``benchmarks/same_reports.py``, the check that a refactoring changed no result, can fail."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("same_reports", REPO / "benchmarks" / "same_reports.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+    rows = {"method": ["sfprompt", "fl_full"], "test_accuracy": [0.5, 0.25], "wall_s": [1.0, 2.0]}
+    pd.DataFrame(rows).to_csv(a / "rounds.csv", index=False)
+    pd.DataFrame({**rows, "wall_s": [9.0, 9.0]}).to_csv(b / "rounds.csv", index=False)
+    assert mod.main([str(a), str(b), "--files", "rounds.csv"]) == 0  # only the timing differs
+    pd.DataFrame({**rows, "test_accuracy": [0.5, 0.26]}).to_csv(b / "rounds.csv", index=False)
+    assert mod.main([str(a), str(b), "--files", "rounds.csv"]) == 1
+    assert any("test_accuracy" in line for line in mod.compare(a / "rounds.csv", b / "rounds.csv"))
