@@ -307,5 +307,4 @@ def fedavg_parts(weights: Sequence[float], ids: Sequence[int], client: Sequence[
 
 
 __all__ = ["FINISHED", "Aggregate", "CutRoles", "Executor", "LocalState", "RunSpec", "Started", "State",
-           "aggregation_flops",
-           "TensorSums", "failed_output", "fedavg_parts", "settle"]
+           "TensorSums", "aggregation_flops", "failed_output", "fedavg_parts", "settle"]

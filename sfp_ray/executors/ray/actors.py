@@ -316,9 +316,9 @@ class ServerActor:
     Create it with ``max_concurrency=N`` (a threaded actor) so it serves N client requests
     at once; each role keys its stored autograd graphs per request and locks its
     bookkeeping, and a request whose FLOPs are being counted runs alone
-    (:data:`~sfp_ray.costs.flops.COUNT_GATE`). A trained body's per-client copies are opened and closed by the executor
-    (:meth:`open`, :meth:`close`); each call waits for the previous one it depends on,
-    since a threaded actor does not order calls.
+    (:data:`~sfp_ray.costs.flops.COUNT_GATE`). A trained body's per-client copies are opened
+    and closed by the executor (:meth:`open`, :meth:`close`); each call waits for the
+    previous one it depends on, since a threaded actor does not order calls.
     """
 
     def __init__(self, device: Any, gpu_fallback: bool = False, memory: Mapping[str, float] | None = None) -> None:
